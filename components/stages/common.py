@@ -1,0 +1,142 @@
+"""Shared plumbing for pipeline stages: results, atomic writes, hashing, provenance.
+
+Stages do file I/O and call the library; they never touch Prefect or MLflow. Each stage returns a
+:class:`StageResult` that the orchestration layer (``flows/``) logs wherever it wants.
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "StageResult",
+    "MapFn",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "atomic_dir",
+    "sha256_file",
+    "sha256_bytes",
+    "git_commit",
+    "serial_map",
+    "Logger",
+    "print_logger",
+]
+
+# A map function ``map_fn(fn, items) -> list`` lets the orchestrator fan stage work out (Prefect tasks)
+# without stages knowing about it. The default runs items one after the other.
+MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], list]
+Logger = Callable[[str], None]
+
+
+def serial_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list:
+    return [fn(item) for item in items]
+
+
+def print_logger(msg: str) -> None:
+    print(msg, flush=True)
+
+
+@dataclasses.dataclass
+class StageResult:
+    """What a stage produced, for the orchestrator to log.
+
+    Attributes:
+      stage: stage name (as in ``dvc.yaml``).
+      version: the stage's ``VERSION``.
+      metrics: scalar metrics (name -> value).
+      curves: metric histories, name -> list of ``(step, value)``.
+      artifacts: files or directories worth attaching to a tracking run (relative to the root).
+      model_dir: a learned-optimizer checkpoint directory to log as a model, if any.
+      tags: free-form string tags.
+    """
+
+    stage: str
+    version: str
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    curves: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
+    artifacts: list[Path] = dataclasses.field(default_factory=list)
+    model_dir: Path | None = None
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces ``path`` whole, else it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def git_commit(root: Path) -> str:
+    """The HEAD commit of the repository at ``root`` ("unknown" outside git), "+dirty" if modified."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

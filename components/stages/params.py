@@ -1,0 +1,204 @@
+"""Experiment params: one pydantic model per stage section, validated at the boundary.
+
+A params file (``params/*.yaml``) is one :class:`PipelineParams`. Every model forbids unknown keys
+and is frozen, so a typo fails loudly. Params stop at the stage boundary: stages read these models
+and pass plain values to the library factories.
+"""
+
+import math
+from typing import Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
+
+__all__ = [
+    "DatasetName",
+    "EvalTaskName",
+    "DataParams",
+    "TaskFamilyParams",
+    "MetaTrainParams",
+    "CalibrateParams",
+    "LogGrid",
+    "EvaluateParams",
+    "ReportParams",
+    "PipelineParams",
+]
+
+DatasetName = Literal["mnist", "fashion_mnist", "digits"]
+# Held-out evaluation tasks (defined in components.tasks.registry).
+EvalTaskName = Literal["digits_mlp", "mnist_mlp_deep", "fashion_mnist_conv", "mnist_mlp"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    """prepare_data: which datasets to prepare and how."""
+
+    datasets: list[DatasetName] = Field(default=["mnist", "fashion_mnist", "digits"], min_length=1)
+    image_size: PositiveInt = Field(default=8, le=28, description="square side after area downsampling")
+    test_fraction: float = Field(
+        default=0.2, gt=0.0, lt=1.0, description="held-out fraction for datasets without a test split"
+    )
+    max_train_examples: PositiveInt | None = Field(
+        default=None, description="keep at most this many training examples per dataset (seeded)"
+    )
+
+    @model_validator(mode="after")
+    def _unique(self):
+        if len(set(self.datasets)) != len(self.datasets):
+            raise ValueError(f"datasets must be unique, got {self.datasets}")
+        return self
+
+
+class TaskFamilyParams(_Section):
+    """The meta-training distribution: image MLPs on the given datasets."""
+
+    datasets: list[DatasetName] = Field(default=["mnist", "fashion_mnist"], min_length=1)
+    hidden_sizes: list[PositiveInt] = Field(default=[32], min_length=1)
+    batch_size: PositiveInt = 128
+    param_scale_range: tuple[PositiveFloat, PositiveFloat] = Field(
+        default=(1.0, 1.0),
+        description="global weight-reparametrisation scale ~ logU[lo, hi] (1, 1 = no augmentation)",
+    )
+
+    @model_validator(mode="after")
+    def _range(self):
+        lo, hi = self.param_scale_range
+        if lo > hi:
+            raise ValueError(f"param_scale_range must be [low, high] with low <= high, got {[lo, hi]}")
+        return self
+
+
+class MetaTrainParams(_Section):
+    """meta_train: the learned optimizer and its truncated-PES meta-training."""
+
+    lopt: Literal["small_fc_lopt"] = "small_fc_lopt"
+    hidden_size: PositiveInt = 4
+    hidden_layers: PositiveInt = 2
+    task_family: TaskFamilyParams = TaskFamilyParams()
+    num_outer_steps: PositiveInt = 1000
+    num_tasks: PositiveInt = Field(default=8, description="inner problems vmapped per outer step")
+    trunc_length: PositiveInt = Field(default=20, description="inner steps per PES truncation")
+    min_unroll: PositiveInt = Field(default=200, description="shortest inner-problem length")
+    max_unroll: PositiveInt = Field(default=1000, description="longest inner-problem length")
+    sigma: PositiveFloat = Field(default=0.01, description="PES perturbation std")
+    outer_lr: PositiveFloat = 1e-3
+    outer_weight_decay: float = Field(default=0.0, ge=0.0)
+    grad_clip: PositiveFloat = Field(default=3.0, description="clip meta-gradient by value")
+    log_every: PositiveInt = 50
+    registered_name: str = Field(default="small_fc_lopt", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @model_validator(mode="after")
+    def _lengths(self):
+        if self.min_unroll > self.max_unroll:
+            raise ValueError(
+                f"min_unroll ({self.min_unroll}) must be <= max_unroll ({self.max_unroll})"
+            )
+        if self.trunc_length > self.min_unroll:
+            raise ValueError(
+                f"trunc_length ({self.trunc_length}) must be <= min_unroll ({self.min_unroll}):"
+                " a truncation may contain at most one reset"
+            )
+        return self
+
+
+class LogGrid(_Section):
+    """A log-spaced grid ``num`` points from ``min`` to ``max`` (inclusive)."""
+
+    min: PositiveFloat
+    max: PositiveFloat
+    num: PositiveInt
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        if self.num == 1 and self.min != self.max:
+            raise ValueError("num=1 needs min == max")
+        return self
+
+    def values(self) -> list[float]:
+        if self.num == 1:
+            return [float(self.min)]
+        lo, hi = math.log10(self.min), math.log10(self.max)
+        return [10 ** (lo + (hi - lo) * i / (self.num - 1)) for i in range(self.num)]
+
+
+class CalibrateParams(_Section):
+    """calibrate: the LGL2O loss guard and the sweep that picks the guard's learning rate."""
+
+    guard: Literal["adam", "sgd"] = "adam"
+    lr_grid: LogGrid = LogGrid(min=1e-4, max=1e-2, num=5)
+    num_steps: PositiveInt = 300
+    num_tasks: PositiveInt = Field(default=4, description="meta-training tasks sampled for the sweep")
+
+
+class EvaluateParams(_Section):
+    """evaluate: held-out tasks, seeds, and the tuned-Adam baseline."""
+
+    tasks: list[EvalTaskName] = Field(
+        default=["digits_mlp", "mnist_mlp_deep", "fashion_mnist_conv"], min_length=1
+    )
+    num_steps: PositiveInt = 1000
+    num_seeds: PositiveInt = 3
+    batch_size: PositiveInt = 128
+    eval_every: PositiveInt = 50
+    adam_lr_grid: LogGrid = LogGrid(min=1e-4, max=1e-1, num=7)
+    smoothing: float = Field(default=0.95, ge=0.0, lt=1.0, description="EMA for the speedup metric")
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks must be unique, got {self.tasks}")
+        if self.eval_every > self.num_steps:
+            raise ValueError(
+                f"eval_every ({self.eval_every}) must be <= num_steps ({self.num_steps})"
+            )
+        return self
+
+
+class ReportParams(_Section):
+    """report: the HTML report."""
+
+    title: str = "l2o-pipeline report"
+
+
+class PipelineParams(_Section):
+    """A whole experiment."""
+
+    seed: NonNegativeInt = 0
+    data: DataParams = DataParams()
+    meta_train: MetaTrainParams = MetaTrainParams()
+    calibrate: CalibrateParams = CalibrateParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
+
+    @model_validator(mode="after")
+    def _datasets_prepared(self):
+        from components.tasks.registry import EVAL_TASKS  # noqa: PLC0415  (avoid import cycle)
+
+        prepared = set(self.data.datasets)
+        missing = [d for d in self.meta_train.task_family.datasets if d not in prepared]
+        if missing:
+            raise ValueError(
+                f"meta_train.task_family.datasets uses {missing} but data.datasets prepares only"
+                f" {sorted(prepared)}: add them to data.datasets"
+            )
+        for name in self.evaluate.tasks:
+            ds = EVAL_TASKS[name].dataset
+            if ds not in prepared:
+                raise ValueError(
+                    f"evaluate task {name!r} needs dataset {ds!r}, which data.datasets does not"
+                    f" prepare ({sorted(prepared)}): add it to data.datasets"
+                )
+        return self
+
