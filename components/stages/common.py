@@ -140,3 +140,30 @@ def git_commit(root: Path) -> str:
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+PREPARED_DIR = Path("data/prepared")
+MANIFEST = PREPARED_DIR / "manifest.json"
+
+
+def read_manifest(root: Path) -> dict:
+    """The prepare_data manifest; a clear error if the stage has not run."""
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: run the prepare_data stage first (`l2o run` or `dvc repro prepare_data`)"
+        )
+    return json.loads(path.read_text())
+
+
+def load_prepared(root: Path, name: str) -> dict:
+    """Arrays ``x_train, y_train, x_test, y_test`` of a prepared dataset (numpy)."""
+    import numpy as np  # noqa: PLC0415  (keep this module light for the CLI)
+
+    path = Path(root) / PREPARED_DIR / f"{name}.npz"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"prepared dataset {path} not found: add {name!r} to data.datasets and run prepare_data"
+        )
+    with np.load(path) as f:
+        return {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}

@@ -29,6 +29,7 @@ __all__ = [
     "EvaluateParams",
     "ReportParams",
     "PipelineParams",
+    "params_hash",
 ]
 
 DatasetName = Literal["mnist", "fashion_mnist", "digits"]
@@ -159,9 +160,9 @@ class EvaluateParams(_Section):
     def _checks(self):
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks must be unique, got {self.tasks}")
-        if self.eval_every > self.num_steps:
+        if self.num_steps % self.eval_every:
             raise ValueError(
-                f"eval_every ({self.eval_every}) must be <= num_steps ({self.num_steps})"
+                f"num_steps ({self.num_steps}) must be a multiple of eval_every ({self.eval_every})"
             )
         return self
 
@@ -176,6 +177,7 @@ class PipelineParams(_Section):
     """A whole experiment."""
 
     seed: NonNegativeInt = 0
+    experiment_name: str = Field(default="l2o-pipeline", min_length=1, description="MLflow experiment")
     data: DataParams = DataParams()
     meta_train: MetaTrainParams = MetaTrainParams()
     calibrate: CalibrateParams = CalibrateParams()
@@ -202,3 +204,12 @@ class PipelineParams(_Section):
                 )
         return self
 
+
+
+def params_hash(params: PipelineParams) -> str:
+    """A short, stable hash of the resolved params (canonical JSON)."""
+    import hashlib  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    blob = json.dumps(params.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,42 @@
+# l2o-pipeline: everything installs from this file, pyproject.toml and uv.lock.
+#   make run    set up (if needed) and run the default pipeline (params/default.yaml)
+#   make test   set up (if needed) and run the tests
+PYTHON ?= python3
+VENV   := .venv
+TOOLS  := .tools
+UV     := $(TOOLS)/bin/uv
+PARAMS ?= params/default.yaml
+
+export UV_COMPILE_BYTECODE := 1
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: setup run test repro ui lint clean-venv
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.9,<1"
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	@touch $@
+
+setup: $(VENV)/.synced
+
+run: setup
+	$(VENV)/bin/l2o run --params $(PARAMS)
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+# dvc repro runs each stage's cmd (`l2o stage ...`) in a shell: put the venv first on PATH
+repro: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+
+ui: setup
+	$(VENV)/bin/l2o ui
+
+lint: setup
+	$(VENV)/bin/ruff check components flows tests
+
+clean-venv:
+	rm -rf $(VENV) $(TOOLS)

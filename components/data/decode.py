@@ -1,0 +1,436 @@
+"""Decode raw dataset files into arrays, downsample, split and subsample.
+
+Pure functions over bytes and numpy arrays (no file I/O, no network): ``components.stages`` fetch
+and verify the bytes, this module turns them into the model-ready arrays that
+:func:`build_arrays` returns::
+
+    x_train float32 [N, S, S, 1] in [0, 1]    y_train int32 [N]
+    x_test  float32 [M, S, S, 1] in [0, 1]    y_test  int32 [M]
+
+where ``S = image_size``. Downsampling is exact area averaging (a box filter): output pixel ``i``
+covers the input interval ``[i * H / S, (i + 1) * H / S)`` and is the mean of the input over it,
+weighting each input pixel by its overlap with the interval, so non-integer ratios (28 -> 8) are
+handled exactly and the image mean is preserved.
+
+Example:
+  >>> import numpy as np
+  >>> x = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+  >>> resize_images(x, 2)[0]
+  array([[ 2.5,  4.5],
+         [10.5, 12.5]], dtype=float32)
+"""
+
+import gzip
+import io
+import math
+import struct
+import zlib
+
+import numpy as np
+
+from components.data.sources import DatasetSpec, get_dataset
+
+__all__ = [
+    "area_weights",
+    "build_arrays",
+    "decode_digits_csv",
+    "decode_idx",
+    "resize_images",
+    "split_train_test",
+    "subsample",
+]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+# IDX type codes (third magic byte) -> big-endian dtype.
+_IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+# Tags that derive independent random streams from the one params seed.
+_SPLIT_STREAM = 1
+_SUBSAMPLE_STREAM = 2
+
+_RESIZE_CHUNK_BYTES = 1 << 23
+
+_DIGITS_PIXELS = 64
+_DIGITS_MAX = 16
+
+
+def _maybe_gunzip(raw: bytes, what: str) -> bytes:
+    """``raw`` decompressed if it starts with the gzip magic, else ``raw`` itself."""
+    raw = bytes(raw)
+    if raw[:2] != _GZIP_MAGIC:
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(
+            f"{what}: data starts with the gzip magic but does not decompress ({e}); the file is"
+            " truncated or corrupt: fetch it again"
+        ) from e
+
+
+def decode_idx(raw: bytes) -> np.ndarray:
+    """Decode an IDX file (the MNIST format), gunzipping it first if it is gzip-compressed.
+
+    Format: magic ``00 00 <type> <ndim>``, then ``ndim`` big-endian uint32 dimensions, then the
+    values, big-endian, in C order.
+
+    Args:
+      raw: the file's bytes (``.gz`` or plain).
+
+    Returns:
+      An array of shape ``dims`` in native byte order (uint8 for MNIST images and labels).
+
+    Raises:
+      ValueError: if the magic, the type code or the dimensions are invalid, or the payload size
+        does not match the dimensions (truncated or padded file).
+
+    Example:
+      >>> decode_idx(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 2, 1]))
+      array([7, 2, 1], dtype=uint8)
+    """
+    data = _maybe_gunzip(raw, "IDX file")
+    if len(data) < 4:
+        raise ValueError(f"not an IDX file: {len(data)} bytes is shorter than the 4-byte magic")
+    if data[0] != 0 or data[1] != 0:
+        raise ValueError(
+            f"not an IDX file: magic {data[:4].hex()} does not start with 0000"
+            " (expected e.g. 00000803 for images, 00000801 for labels)"
+        )
+    code, ndim = data[2], data[3]
+    if code not in _IDX_DTYPES:
+        allowed = ", ".join(f"0x{c:02x}" for c in _IDX_DTYPES)
+        raise ValueError(f"IDX type code 0x{code:02x} is not one of {allowed}")
+    if ndim == 0:
+        raise ValueError("IDX header declares 0 dimensions; expected at least 1")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(
+            f"IDX header declares {ndim} dimensions ({header} header bytes) but the file has only"
+            f" {len(data)} bytes"
+        )
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = _IDX_DTYPES[code]
+    count = math.prod(dims)
+    expected = header + count * dtype.itemsize
+    if len(data) != expected:
+        raise ValueError(
+            f"IDX size mismatch: header says shape {list(dims)} of {dtype.name}"
+            f" ({expected} bytes in all) but the file has {len(data)} bytes;"
+            " the file is truncated or corrupt"
+        )
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="))  # native order, writable copy
+
+
+def decode_digits_csv(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Decode scikit-learn's ``digits.csv.gz``: per row 64 pixel values (0..16), then the label.
+
+    Args:
+      raw: the file's bytes (``.gz`` or plain CSV).
+
+    Returns:
+      ``(images, labels)``: images uint8 ``[N, 8, 8]`` with values 0..16 (row-major, as
+      ``sklearn.datasets.load_digits().images``) and labels uint8 ``[N]`` in 0..9. The 64
+      features of ``load_digits().data`` are ``images.reshape(N, 64)``.
+
+    Raises:
+      ValueError: if the text is not a numeric CSV with 65 columns, or values are out of range.
+    """
+    data = _maybe_gunzip(raw, "digits CSV")
+    try:
+        text = data.decode("ascii")
+        rows = np.loadtxt(io.StringIO(text), delimiter=",", dtype=np.int64, ndmin=2)
+    except ValueError as e:
+        raise ValueError(f"digits CSV does not parse as integer CSV: {e}") from e
+    if rows.shape[0] == 0 or rows.shape[1] != _DIGITS_PIXELS + 1:
+        raise ValueError(
+            f"digits CSV: expected rows of {_DIGITS_PIXELS} pixels + 1 label"
+            f" ({_DIGITS_PIXELS + 1} columns), got an array of shape {rows.shape}"
+        )
+    pixels, labels = rows[:, :_DIGITS_PIXELS], rows[:, _DIGITS_PIXELS]
+    if pixels.min() < 0 or pixels.max() > _DIGITS_MAX:
+        raise ValueError(
+            f"digits CSV: pixel values must lie in 0..{_DIGITS_MAX},"
+            f" got {pixels.min()}..{pixels.max()}"
+        )
+    if labels.min() < 0 or labels.max() > 9:
+        raise ValueError(f"digits CSV: labels must lie in 0..9, got {labels.min()}..{labels.max()}")
+    side = math.isqrt(_DIGITS_PIXELS)
+    return pixels.astype(np.uint8).reshape(-1, side, side), labels.astype(np.uint8)
+
+
+def area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """The ``[n_out, n_in]`` matrix of exact area (box-filter) downsampling along one axis.
+
+    ``R[i, j] = |[i n_in / n_out, (i + 1) n_in / n_out) ∩ [j, j + 1)| / (n_in / n_out)``: the
+    fraction of output pixel ``i``'s footprint covered by input pixel ``j``. Every row sums to 1;
+    every column sums to ``n_out / n_in`` (each input pixel is used exactly once in all).
+    Computed in integer units of ``1 / n_out`` pixel, so the weights are exact rationals.
+
+    Args:
+      n_in: input length (pixels).
+      n_out: output length, ``1 <= n_out <= n_in``.
+
+    Returns:
+      float64 ``[n_out, n_in]`` weights.
+
+    Raises:
+      ValueError: if ``n_out`` is not in ``1..n_in`` (upsampling is not area averaging).
+
+    Example:
+      >>> area_weights(3, 2) * 3
+      array([[2., 1., 0.],
+             [0., 1., 2.]])
+    """
+    if not 1 <= n_out <= n_in:
+        raise ValueError(
+            f"area downsampling needs 1 <= output size <= input size, got {n_in} -> {n_out}"
+        )
+    i = np.arange(n_out)[:, None]
+    j = np.arange(n_in)[None, :]
+    # In units of 1/n_out pixel: output i spans [i n_in, (i+1) n_in), input j spans
+    # [j n_out, (j+1) n_out).
+    overlap = np.minimum((i + 1) * n_in, (j + 1) * n_out) - np.maximum(i * n_in, j * n_out)
+    return np.clip(overlap, 0, None) / n_in
+
+
+def resize_images(x: np.ndarray, size: int) -> np.ndarray:
+    """Downsample images to ``size x size`` by exact area averaging.
+
+    ``y[n] = R_H @ x[n] @ R_W^T`` (per channel) with ``R = area_weights(...)``; see the module
+    docstring. Constant images stay constant and the per-image mean is preserved.
+
+    Args:
+      x: images ``[N, H, W]`` or ``[N, H, W, C]``, any real dtype.
+      size: output side, ``1 <= size <= min(H, W)``. ``size == H == W`` returns the input
+        (as floating point) unchanged.
+
+    Returns:
+      ``[N, size, size]`` or ``[N, size, size, C]``: float64 for float64 input, else float32.
+
+    Raises:
+      ValueError: on a wrong rank or a size outside ``1..min(H, W)``.
+      TypeError: if ``size`` is not an int.
+    """
+    x = np.asarray(x)
+    if x.ndim not in (3, 4):
+        raise ValueError(
+            f"resize_images expects images [N, H, W] or [N, H, W, C], got shape {x.shape}"
+        )
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise TypeError(f"size must be an int, got {type(size).__name__}")
+    h, w = x.shape[1], x.shape[2]
+    if not 1 <= size <= min(h, w):
+        raise ValueError(
+            f"size must be in 1..{min(h, w)} for {h}x{w} images (area averaging only"
+            f" downsamples), got {size}"
+        )
+    dtype = np.dtype(np.float64 if x.dtype == np.float64 else np.float32)
+    if size == h == w:
+        return x.astype(dtype, copy=True)
+    r_h = area_weights(h, size).astype(dtype)
+    r_w = area_weights(w, size).astype(dtype)
+    if x.ndim == 4:  # [N, H, W, C] -> [N * C, H, W], resize, and back
+        n, c = x.shape[0], x.shape[3]
+        flat = np.moveaxis(x, 3, 1).reshape(n * c, h, w)
+        return np.moveaxis(resize_images(flat, size).reshape(n, c, size, size), 1, 3)
+    # Two batched matmuls, x @ R_W^T then R_H @ (.), over chunks of ~8 MiB: converting the whole
+    # input to float at once costs ~10x more (page faults) than the arithmetic.
+    out = np.empty((x.shape[0], size, size), dtype=dtype)
+    chunk = max(1, _RESIZE_CHUNK_BYTES // (h * w * dtype.itemsize))
+    for start in range(0, x.shape[0], chunk):
+        block = x[start : start + chunk].astype(dtype, copy=False)
+        out[start : start + chunk] = np.matmul(r_h, np.matmul(block, r_w.T))
+    return out
+
+
+def _check_xy(x: np.ndarray, y: np.ndarray) -> None:
+    if len(x) != len(y):
+        raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+
+
+def split_train_test(
+    x: np.ndarray, y: np.ndarray, *, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hold out ``round(test_fraction * N)`` examples, chosen by a seeded permutation.
+
+    Args:
+      x: inputs ``[N, ...]``.
+      y: labels ``[N]``.
+      test_fraction: held-out fraction, in (0, 1).
+      seed: seed of ``np.random.default_rng``; the same seed gives the same split.
+
+    Returns:
+      ``(x_train, y_train, x_test, y_test)``, each in permuted order.
+
+    Raises:
+      ValueError: if lengths differ, ``test_fraction`` is outside (0, 1), or either side of the
+        split would be empty.
+    """
+    _check_xy(x, y)
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    n = len(x)
+    n_test = round(n * test_fraction)
+    if not 0 < n_test < n:
+        raise ValueError(
+            f"test_fraction={test_fraction} of {n} examples leaves {n_test} test and"
+            f" {n - n_test} train examples; both must be non-empty"
+        )
+    perm = np.random.default_rng(seed).permutation(n)
+    test, train = perm[:n_test], perm[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def subsample(
+    x: np.ndarray, y: np.ndarray, *, max_examples: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep at most ``max_examples`` examples, chosen uniformly without replacement (seeded).
+
+    Args:
+      x: inputs ``[N, ...]``.
+      y: labels ``[N]``.
+      max_examples: how many to keep; ``None`` or ``>= N`` keeps everything.
+      seed: seed of ``np.random.default_rng``.
+
+    Returns:
+      ``(x, y)`` restricted to the chosen examples, in their original order.
+
+    Raises:
+      ValueError: if lengths differ or ``max_examples < 1``.
+    """
+    _check_xy(x, y)
+    if max_examples is None or max_examples >= len(x):
+        return x, y
+    if max_examples < 1:
+        raise ValueError(f"max_examples must be >= 1 or None, got {max_examples}")
+    keep = np.sort(np.random.default_rng(seed).choice(len(x), size=max_examples, replace=False))
+    return x[keep], y[keep]
+
+
+def _derive_seed(seed: int, stream: int) -> int:
+    """An independent seed for one use (``stream``) of the params seed."""
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1, np.uint64)[0])
+
+
+def _decode_split(
+    spec: DatasetSpec, files: dict[str, bytes], images: str, labels: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    if spec.format == "idx":
+        assert labels is not None  # guaranteed by DatasetSpec.__post_init__
+        x, y = decode_idx(files[images]), decode_idx(files[labels])
+    elif spec.format == "digits_csv":
+        x, y = decode_digits_csv(files[images])
+    else:  # pragma: no cover - DatasetFormat is a closed Literal
+        raise ValueError(f"unknown dataset format {spec.format!r}")
+    expected = (spec.image_size, spec.image_size)
+    if x.ndim != 3 or x.shape[1:] != expected:
+        raise ValueError(
+            f"{spec.name} {images}: expected images [N, {expected[0]}, {expected[1]}],"
+            f" got shape {x.shape}"
+        )
+    if y.ndim != 1 or len(y) != len(x):
+        raise ValueError(
+            f"{spec.name}: {len(x)} images in {images} but labels of shape {y.shape}"
+            f" in {labels or images}"
+        )
+    if len(y) and (y.min() < 0 or y.max() >= spec.num_classes):
+        raise ValueError(
+            f"{spec.name}: labels must lie in 0..{spec.num_classes - 1}, got {y.min()}..{y.max()}"
+        )
+    return x, y
+
+
+def _to_model_images(x: np.ndarray, pixel_max: int, image_size: int) -> np.ndarray:
+    # Resize first (it is linear), so the scaling runs on the small output.
+    out = resize_images(x, image_size)  # float32
+    out /= np.float32(pixel_max)
+    np.clip(out, 0.0, 1.0, out=out)  # weights sum to 1 up to rounding
+    return out[..., None]
+
+
+def build_arrays(
+    name: str,
+    files: dict[str, bytes],
+    *,
+    image_size: int,
+    test_fraction: float,
+    max_train_examples: int | None,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Decode a dataset's verified source files into model-ready arrays.
+
+    Steps: decode; hold out a test split (``test_fraction``, seeded) if the dataset has none;
+    keep at most ``max_train_examples`` training examples (seeded; the test split is kept whole);
+    scale pixels to [0, 1]; area-downsample to ``image_size``; add a channel axis.
+    The split and the subsample draw from independent streams derived from ``seed``.
+
+    Args:
+      name: a registered dataset (``components.data.DATASETS``).
+      files: logical file name -> bytes, for every file of the dataset (already verified).
+      image_size: output side, ``1 <= image_size <=`` the native side (28 MNIST, 8 digits).
+      test_fraction: held-out fraction for datasets without a test split, in (0, 1).
+      max_train_examples: cap on training examples, or ``None`` for all.
+      seed: the experiment seed.
+
+    Returns:
+      ``{"x_train", "y_train", "x_test", "y_test"}``: images float32 ``[N, S, S, 1]`` in [0, 1],
+      labels int32 ``[N]``.
+
+    Raises:
+      ValueError: for an unknown dataset, a missing file, an ``image_size`` larger than the
+        native size, bad split parameters, or undecodable data.
+
+    Example:
+      >>> arrays = build_arrays("digits", {"digits.csv.gz": raw}, image_size=8,
+      ...                       test_fraction=0.2, max_train_examples=None, seed=0)  # doctest: +SKIP
+      >>> arrays["x_train"].shape  # doctest: +SKIP
+      (1438, 8, 8, 1)
+    """
+    spec = get_dataset(name)
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
+        raise TypeError(f"image_size must be an int, got {type(image_size).__name__}")
+    if not 1 <= image_size <= spec.image_size:
+        raise ValueError(
+            f"image_size={image_size} is not available for {name!r}: its native images are"
+            f" {spec.image_size}x{spec.image_size} and area averaging only downsamples; use"
+            f" image_size in 1..{spec.image_size} or drop {name!r} from data.datasets"
+        )
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if max_train_examples is not None and max_train_examples < 1:
+        raise ValueError(f"max_train_examples must be >= 1 or None, got {max_train_examples}")
+    missing = [f for f in spec.file_names if f not in files]
+    if missing:
+        raise ValueError(
+            f"{name}: missing source files {missing}; expected all of {list(spec.file_names)}"
+        )
+
+    x_train, y_train = _decode_split(spec, files, spec.train_images, spec.train_labels)
+    if spec.has_test_split:
+        assert spec.test_images is not None  # guaranteed by DatasetSpec.__post_init__
+        x_test, y_test = _decode_split(spec, files, spec.test_images, spec.test_labels)
+    else:
+        x_train, y_train, x_test, y_test = split_train_test(
+            x_train, y_train, test_fraction=test_fraction, seed=_derive_seed(seed, _SPLIT_STREAM)
+        )
+    x_train, y_train = subsample(
+        x_train,
+        y_train,
+        max_examples=max_train_examples,
+        seed=_derive_seed(seed, _SUBSAMPLE_STREAM),
+    )
+    return {
+        "x_train": _to_model_images(x_train, spec.pixel_max, image_size),
+        "y_train": y_train.astype(np.int32),
+        "x_test": _to_model_images(x_test, spec.pixel_max, image_size),
+        "y_test": y_test.astype(np.int32),
+    }

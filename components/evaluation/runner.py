@@ -1,0 +1,107 @@
+"""Train a task with an optax optimizer: one compiled program, ``vmap`` over seeds (and
+hyperparameters), ``lax.scan`` over steps, evaluation at fixed intervals.
+
+Every optimizer goes through this one path (baseline, learned, guarded): the update receives the
+keyword extra args ``loss`` (the minibatch loss) and ``loss_fn`` (a closure giving the loss of any
+parameters on the *same* minibatch, used by the LGL2O guard to compare candidates).
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from components.tasks.base import ImageData, Task
+
+__all__ = ["train_curves", "run_training", "OptFactory"]
+
+# hyperparameter (a scalar array, e.g. a learning rate; ignored by learned optimizers) -> optimizer
+OptFactory = Callable[[jax.Array], optax.GradientTransformationExtraArgs]
+
+
+def run_training(
+    task: Task,
+    make_opt: OptFactory,
+    hparam: jax.Array,
+    train: ImageData,
+    eval_sets: dict[str, tuple[jax.Array, jax.Array]],
+    key: jax.Array,
+    num_steps: int,
+    eval_every: int,
+) -> dict[str, Any]:
+    """One training run (unbatched, traceable): see :func:`train_curves` for the outputs."""
+    opt = make_opt(hparam)
+    k_init, k_run = jax.random.split(key)
+    params = task.init(k_init)
+    opt_state = opt.init(params)
+
+    def evaluate(params):
+        out = {}
+        for name, batch in eval_sets.items():
+            out[f"{name}_loss"] = task.loss(params, batch)
+            out[f"{name}_acc"] = task.accuracy(params, batch)
+        return out
+
+    def step(carry, k):
+        params, opt_state = carry
+        batch = task.batch(train, k)
+        loss, grads = jax.value_and_grad(task.loss)(params, batch)
+        loss_fn = lambda p: task.loss(p, batch)  # noqa: E731
+        updates, opt_state = opt.update(grads, opt_state, params, loss=loss, loss_fn=loss_fn)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state), loss
+
+    def chunk(carry, k):
+        carry, losses = jax.lax.scan(step, carry, jax.random.split(k, eval_every))
+        return carry, (losses, evaluate(carry[0]))
+
+    n_chunks = num_steps // eval_every
+    first_eval = evaluate(params)
+    (params, opt_state), (losses, evals) = jax.lax.scan(
+        chunk, (params, opt_state), jax.random.split(k_run, n_chunks)
+    )
+    evals = {k: jnp.concatenate([first_eval[k][None], v]) for k, v in evals.items()}
+    return {"batch_loss": losses.reshape(-1), "opt_state": opt_state, **evals}
+
+
+def train_curves(
+    task: Task,
+    make_opt: OptFactory,
+    hparams: jax.Array,
+    train: ImageData,
+    eval_sets: dict[str, tuple[jax.Array, jax.Array]],
+    *,
+    keys: jax.Array,
+    num_steps: int,
+    eval_every: int,
+) -> dict[str, jax.Array]:
+    """Train ``task`` for every (hyperparameter, seed) pair in one compiled, batched program.
+
+    Args:
+      task: the problem.
+      make_opt: builds the optimizer from one hyperparameter value.
+      hparams: ``[H]`` hyperparameter values (e.g. learning rates; pass ``jnp.zeros(1)`` if unused).
+      train: training data; minibatches are drawn from it with per-step keys.
+      eval_sets: name -> full batch ``(x, y)`` evaluated every ``eval_every`` steps (and at step 0).
+      keys: ``[S]`` PRNG keys, one per seed (same seeds for every hyperparameter).
+      num_steps: training steps; must be a multiple of ``eval_every``.
+      eval_every: evaluation interval.
+
+    Returns:
+      ``batch_loss``: ``[H, S, num_steps]`` minibatch loss at the pre-update parameters;
+      ``<set>_loss`` / ``<set>_acc``: ``[H, S, num_steps // eval_every + 1]``;
+      ``opt_state``: final optimizer states (batched), for counters such as guard fallbacks.
+    """
+    if num_steps % eval_every:
+        raise ValueError(
+            f"num_steps ({num_steps}) must be a multiple of eval_every ({eval_every})"
+        )
+
+    # data are arguments, not closed-over constants: XLA would otherwise fold them into the program
+    def run(hparam, key, train, eval_sets):
+        return run_training(task, make_opt, hparam, train, eval_sets, key, num_steps, eval_every)
+
+    fn = jax.jit(jax.vmap(jax.vmap(run, in_axes=(None, 0, None, None)), in_axes=(0, None, None, None)))
+    return fn(jnp.asarray(hparams), keys, train, eval_sets)

@@ -1,0 +1,74 @@
+"""Figures for the report (matplotlib, headless). Each function returns a Figure; callers save it."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = ["COLORS", "LABELS", "meta_loss_figure", "task_curves_figure", "speedup_figure"]
+
+COLORS = {"learned": "#d62728", "guarded": "#ff7f0e", "adam_tuned": "#1f77b4"}
+LABELS = {"learned": "learned (small_fc_lopt)", "guarded": "learned + LGL2O guard", "adam_tuned": "Adam (tuned LR)"}
+
+
+def meta_loss_figure(curves: dict) -> plt.Figure:
+    """Meta-training curves: ``curves[name] = [(step, value), ...]``."""
+    fig, ax = plt.subplots(figsize=(6, 3.5), constrained_layout=True)
+    for name in ("meta_loss", "train_loss"):
+        if curves.get(name):
+            s, v = zip(*curves[name])
+            ax.plot(s, v, label=name.replace("_", " "))
+    ax.set_xlabel("outer step")
+    ax.set_ylabel("normalised / raw training loss")
+    ax.set_title("Meta-training (PES)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def _band(ax, x, stats, color, label):
+    m, s = np.asarray(stats["mean"], float), np.asarray(stats["std"], float)
+    ax.plot(x, m, color=color, label=label)
+    ax.fill_between(x, m - s, m + s, color=color, alpha=0.15, linewidth=0)
+
+
+def task_curves_figure(curves: dict) -> plt.Figure:
+    """Training loss (EMA-smoothed, per step), test loss and test accuracy of every optimizer."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
+    steps = np.asarray(curves["steps"])
+    for name, c in curves["optimizers"].items():
+        color, label = COLORS.get(name), LABELS.get(name, name)
+        n = len(c["batch_loss_smoothed"]["mean"])
+        _band(axes[0], np.arange(1, n + 1), c["batch_loss_smoothed"], color, label)
+        _band(axes[1], steps, c["test_loss"], color, label)
+        _band(axes[2], steps, c["test_acc"], color, label)
+    axes[0].set_yscale("log")
+    for ax, title in zip(axes, ("training loss (EMA 0.95)", "test loss", "test accuracy")):
+        ax.set_xlabel("step")
+        ax.set_title(f"{curves['task']}: {title}")
+        ax.grid(alpha=0.3)
+    axes[2].legend(loc="lower right")
+    return fig
+
+
+def speedup_figure(summaries: dict) -> plt.Figure:
+    """Speedup over tuned Adam per task (log scale; hatched bars are lower bounds)."""
+    tasks = list(summaries)
+    opts = ["learned", "guarded"]
+    fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(tasks)), 3.5), constrained_layout=True)
+    width = 0.8 / len(opts)
+    for j, name in enumerate(opts):
+        vals = [summaries[t][name]["speedup"] for t in tasks]
+        bars = ax.bar(np.arange(len(tasks)) + j * width, vals, width, color=COLORS[name], label=LABELS[name])
+        for bar, t in zip(bars, tasks):
+            if summaries[t][name]["lower_bound"]:
+                bar.set_hatch("//")
+    ax.axhline(1.0, color="k", lw=1, ls="--")
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(tasks)) + width * (len(opts) - 1) / 2, tasks)
+    ax.set_ylabel("speedup over tuned Adam")
+    ax.set_title("Steps tuned Adam needs to match / steps used (hatched: lower bound)")
+    ax.legend(fontsize=8)
+    return fig

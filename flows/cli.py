@@ -1,0 +1,160 @@
+"""The `l2o` command: run the pipeline, run one stage (what dvc.yaml's cmds call), open the MLflow UI.
+
+    l2o run   [--params params/default.yaml] [--set section.key=value ...] [--force]
+    l2o stage NAME [--params params.yaml]
+    l2o ui    [--host 127.0.0.1] [--port 5000]
+
+Exit codes: 0 success, 1 a stage failed, 2 invalid params or usage.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _environment(root: Path) -> None:
+    """Embedded defaults for the local stack; anything already set in the environment wins."""
+    defaults = {
+        "PREFECT_HOME": str(root / ".prefect"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "DVC_NO_ANALYTICS": "1",
+        # compiled XLA programs are reused across processes (dvc repro, re-runs): same results, less waiting
+        "JAX_COMPILATION_CACHE_DIR": str(root / ".jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    for k, v in defaults.items():
+        os.environ.setdefault(k, v)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="l2o", description="Learned-optimizer experiment pipeline.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the pipeline (only the stages DVC reports out of date)")
+    r.add_argument("--params", default="params/default.yaml", help="params YAML (default: %(default)s)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one param, e.g. --set evaluate.num_seeds=5 (repeatable)")
+    r.add_argument("--force", action="store_true", help="run every stage even if up to date")
+    s = sub.add_parser("stage", help="run one stage of dvc.yaml (what `dvc repro` calls)")
+    s.add_argument("name")
+    s.add_argument("--params", default="params.yaml", help="resolved params (default: %(default)s)")
+    u = sub.add_parser("ui", help="start the MLflow UI on the project's tracking store")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    return p
+
+
+def _load(path: str, overrides: list[str]):
+    from flows.params_io import ParamsError, load_params  # noqa: PLC0415
+
+    try:
+        return load_params(path, overrides)
+    except ParamsError as exc:
+        print(f"l2o: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _cmd_run(args, root: Path) -> int:
+    from components.stages.common import atomic_write_text  # noqa: PLC0415
+    from flows.params_io import RESOLVED_PARAMS, dump_params  # noqa: PLC0415
+
+    params = _load(args.params, args.overrides)
+    text = dump_params(params, args.params + "".join(f" --set {o}" for o in args.overrides))
+    target = root / RESOLVED_PARAMS
+    old = target.read_text() if target.exists() else None
+    if old is None or _body(old) != _body(text):
+        atomic_write_text(target, text)
+    from flows.pipeline import run_pipeline  # noqa: PLC0415
+    from flows.stage_exec import StageFailed  # noqa: PLC0415
+
+    try:
+        outcome = run_pipeline(root, params, params_file=args.params, force=args.force)
+    except StageFailed as exc:
+        print(f"l2o: error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"l2o: done in {outcome.seconds:.1f}s; ran: {', '.join(outcome.ran) or 'nothing'};"
+        f" up to date: {', '.join(outcome.skipped) or 'none'}"
+        + (f"; MLflow run {outcome.mlflow_run_id}" if outcome.mlflow_run_id else "")
+        + ("; report: reports/index.html" if (root / "reports" / "index.html").exists() else "")
+    )
+    return 0
+
+
+def _body(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+
+
+def _cmd_stage(args, root: Path) -> int:
+    from flows import dvc_glue  # noqa: PLC0415
+    from flows.stage_exec import StageFailed, execute_stage, stage_param_keys  # noqa: PLC0415
+    from flows.tracking import Tracker  # noqa: PLC0415
+
+    params = _load(args.params, [])
+    repo = dvc_glue.open_repo(root)
+    order = dvc_glue.stage_order(repo)
+    if args.name not in order:
+        print(f"l2o: error: unknown stage {args.name!r}; dvc.yaml declares: {', '.join(order)}", file=sys.stderr)
+        return 2
+    tracker = Tracker(root, params.experiment_name)
+    try:
+        execute_stage(
+            args.name,
+            params,
+            root,
+            tracker=tracker,
+            param_keys=stage_param_keys(repo, args.name),
+            parent_run_id=os.environ.get("L2O_MLFLOW_PARENT_RUN_ID"),
+            params_file=args.params,
+        )
+    except StageFailed as exc:
+        print(f"l2o: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_ui(args, root: Path) -> int:
+    from flows.tracking import configure  # noqa: PLC0415
+
+    uri = configure(root)
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    print(f"l2o: MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C to stop", flush=True)
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from flows.dvc_glue import find_root  # noqa: PLC0415
+
+    try:
+        root = find_root()
+    except FileNotFoundError as exc:
+        print(f"l2o: error: {exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "params", None):
+        # params paths are relative to where the user stands; the stages run from the root
+        resolved = Path(args.params).resolve()
+        args.params = os.path.relpath(resolved, root) if resolved.is_relative_to(root) else str(resolved)
+    os.chdir(root)
+    _environment(root)
+    import logging  # noqa: PLC0415
+
+    logging.getLogger("dvc").setLevel(logging.WARNING)
+    handler = {"run": _cmd_run, "stage": _cmd_stage, "ui": _cmd_ui}[args.command]
+    return handler(args, root)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

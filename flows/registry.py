@@ -1,0 +1,81 @@
+"""Learned optimizers in the MLflow model registry.
+
+A registered learned optimizer is an MLflow pyfunc model whose artifact is the checkpoint directory.
+:func:`load_optimizer` turns a registered name (``models:/<name>/<version>``, ``models:/<name>@alias``
+or a bare name meaning its latest version) or a checkpoint path into the optax transformation.
+"""
+
+import warnings
+from pathlib import Path
+
+import mlflow.pyfunc
+
+__all__ = ["LearnedOptimizerModel", "log_learned_optimizer", "load_optimizer"]
+
+
+class LearnedOptimizerModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of a learned-optimizer checkpoint.
+
+    ``unwrap_python_model().transformation(num_steps=...)`` gives the
+    ``optax.GradientTransformationExtraArgs``. ``predict`` applies one step from a fresh optimizer
+    state to a flat parameter vector: input columns ``params`` and ``grads`` (floats) and optionally
+    ``loss``; output: the update per parameter.
+    """
+
+    def load_context(self, context):
+        self.checkpoint = context.artifacts["checkpoint"]
+
+    def transformation(self, *, num_steps: int):
+        from components.optimizers import load  # noqa: PLC0415
+
+        return load(self.checkpoint, num_steps=num_steps)
+
+    def predict(self, context, model_input, params=None):
+        import jax.numpy as jnp  # noqa: PLC0415
+        import numpy as np  # noqa: PLC0415
+
+        num_steps = int((params or {}).get("num_steps", 1000))
+        p = jnp.asarray(np.asarray(model_input["params"], np.float32))
+        g = jnp.asarray(np.asarray(model_input["grads"], np.float32))
+        loss = float(np.asarray(model_input["loss"])[0]) if "loss" in model_input else 0.0
+        opt = self.transformation(num_steps=num_steps)
+        updates, _ = opt.update(g, opt.init(p), p, loss=jnp.asarray(loss))
+        return np.asarray(updates)
+
+
+def log_learned_optimizer(run_id: str, checkpoint: Path, registered_name: str) -> str:
+    """Log ``checkpoint`` as a pyfunc model of run ``run_id`` and register it; returns the model URI."""
+    with mlflow.start_run(run_id=run_id, nested=True), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # type-hint and pip-version notices that do not apply
+        info = mlflow.pyfunc.log_model(
+            name="learned_optimizer",
+            python_model=str(Path(__file__).with_name("lopt_model.py")),
+            artifacts={"checkpoint": str(checkpoint)},
+            pip_requirements=["jax", "optax", "numpy", "safetensors"],
+            registered_model_name=registered_name,
+        )
+    return info.model_uri
+
+
+def load_optimizer(name_or_path: str, *, num_steps: int):
+    """The optax transformation of a registered learned optimizer or of a checkpoint directory."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        from components.optimizers import load  # noqa: PLC0415
+
+        return load(path, num_steps=num_steps)
+    uri = name_or_path if name_or_path.startswith("models:/") else _latest_uri(name_or_path)
+    model = mlflow.pyfunc.load_model(uri)
+    return model.unwrap_python_model().transformation(num_steps=num_steps)
+
+
+def _latest_uri(name: str) -> str:
+    client = mlflow.tracking.MlflowClient()
+    versions = client.search_model_versions(f"name='{name}'")
+    if not versions:
+        raise ValueError(
+            f"{name!r} is neither a checkpoint directory nor a registered model: run the pipeline"
+            " (`l2o run`) or pass models:/<name>/<version>"
+        )
+    latest = max(versions, key=lambda v: int(v.version))
+    return f"models:/{name}/{latest.version}"

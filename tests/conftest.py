@@ -1,0 +1,80 @@
+"""Shared fixtures: an isolated copy of the project as a fresh git + DVC repository."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MIRROR = (REPO.parent / "shared" / "datasets").resolve()
+BIN = Path(sys.executable).parent
+PROJECT_FILES = ["components", "flows", "params", "dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore"]
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    if not (MIRROR / "SHA256SUMS").exists():
+        pytest.fail(f"dataset mirror not found at {MIRROR}: tests need ../shared/datasets beside the repo")
+    return MIRROR
+
+
+def project_env(root: Path, mirror: Path) -> dict:
+    """Environment for running `l2o` / `dvc` in a project copy: isolated stores, venv on PATH."""
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        L2O_DATA_MIRROR=str(mirror),
+        PREFECT_HOME=str(root / ".prefect"),
+        DVC_NO_ANALYTICS="1",
+        DVC_SITE_CACHE_DIR=str(root / ".dvc-site-cache"),
+        DVC_GLOBAL_CONFIG_DIR=str(root / ".dvc-global"),
+        JAX_PLATFORMS="cpu",
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="test@example.invalid",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="test@example.invalid",
+    )
+    for var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "MLFLOW_RUN_ID"):
+        env.pop(var, None)
+    return env
+
+
+def make_project_copy(dest: Path, mirror: Path) -> Path:
+    """Copy the project into ``dest`` and make it a fresh git + DVC repository."""
+    dest.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / name)
+    env = project_env(dest, mirror)
+    for cmd in (
+        ["git", "init", "-q"],
+        [str(BIN / "dvc"), "init", "-q"],
+        [str(BIN / "dvc"), "config", "core.analytics", "false"],
+        [str(BIN / "dvc"), "config", "core.check_update", "false"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "project copy"],
+    ):
+        subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True)
+    return dest
+
+
+@pytest.fixture
+def project(tmp_path, mirror) -> Path:
+    return make_project_copy(tmp_path / "project", mirror)
+
+
+def run_cli(root: Path, mirror: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run a command (``l2o ...`` or ``dvc ...`` from the venv) in a project copy."""
+    exe = str(BIN / args[0])
+    return subprocess.run(
+        [exe, *args[1:]], cwd=root, env=project_env(root, mirror), capture_output=True, text=True, timeout=timeout
+    )
