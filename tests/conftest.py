@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = (REPO.parent / "shared" / "datasets").resolve()
 BIN = Path(sys.executable).parent
+# XLA programs compiled by one pipeline run are reused by the next (all test copies share it)
+JAX_CACHE = Path(tempfile.gettempdir()) / "l2o-test-jax-cache"
 PROJECT_FILES = ["components", "flows", "params", "dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore"]
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -34,6 +37,7 @@ def project_env(root: Path, mirror: Path) -> dict:
         DVC_SITE_CACHE_DIR=str(root / ".dvc-site-cache"),
         DVC_GLOBAL_CONFIG_DIR=str(root / ".dvc-global"),
         JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE),
         GIT_AUTHOR_NAME="test",
         GIT_AUTHOR_EMAIL="test@example.invalid",
         GIT_COMMITTER_NAME="test",

@@ -29,6 +29,7 @@ class MetaTrainConfig:
     max_unroll: int = 1000
     sigma: float = 0.01
     outer_lr: float = 1e-3
+    outer_lr_schedule: str = "constant"  # or "cosine": decays to 10% of outer_lr at the last step
     outer_weight_decay: float = 0.0
     grad_clip: float = 3.0
     log_every: int = 50
@@ -43,14 +44,20 @@ class MetaTrainResult:
 
 
 def outer_optimizer(cfg: MetaTrainConfig) -> optax.GradientTransformation:
-    """Non-finite meta-gradients are zeroed, then clipped by value, then AdamW."""
+    """Non-finite meta-gradients are zeroed, then clipped by value, then AdamW (constant or cosine LR)."""
+    if cfg.outer_lr_schedule == "cosine":
+        lr = optax.cosine_decay_schedule(cfg.outer_lr, max(1, cfg.num_outer_steps), alpha=0.1)
+    elif cfg.outer_lr_schedule == "constant":
+        lr = cfg.outer_lr
+    else:
+        raise ValueError(f"outer_lr_schedule must be 'constant' or 'cosine', got {cfg.outer_lr_schedule!r}")
     zero_nans = optax.stateless(
         lambda g, _: jax.tree_util.tree_map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), g)
     )
     return optax.chain(
         zero_nans,
         optax.clip(cfg.grad_clip),
-        optax.adamw(cfg.outer_lr, weight_decay=cfg.outer_weight_decay),
+        optax.adamw(lr, weight_decay=cfg.outer_weight_decay),
     )
 
 

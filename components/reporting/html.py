@@ -75,7 +75,8 @@ def render_report(
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{e(title)}</title><style>{_CSS}</style></head><body>
 <h1>{e(title)}</h1>
-<p class=note>Held-out tasks, {evaluation['num_seeds']} seeds, {evaluation['num_steps']} steps each.
+<p class=note>Held-out tasks, {evaluation['num_seeds']} seeds, {evaluation['num_steps']} steps each; test metrics on
+the first {evaluation['eval_examples']} test examples of each dataset.
 Speedup = steps tuned Adam needs to reach the optimizer's final (EMA-smoothed) training loss, divided by the
 optimizer's steps; "&ge;" means Adam never reached it. Adam's learning rate is tuned per task on the same seeds.</p>
 <h2>Summary</h2>

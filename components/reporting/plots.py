@@ -69,6 +69,6 @@ def speedup_figure(summaries: dict) -> plt.Figure:
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(tasks)) + width * (len(opts) - 1) / 2, tasks)
     ax.set_ylabel("speedup over tuned Adam")
-    ax.set_title("Steps tuned Adam needs to match / steps used (hatched: lower bound)")
+    ax.set_title("Speedup over tuned Adam (hatched: lower bound)", fontsize=10)
     ax.legend(fontsize=8)
     return fig

@@ -43,7 +43,6 @@ VERSION = "1"
 METRICS = Path("metrics/evaluation.json")
 CURVES_DIR = Path("metrics/curves")
 OPTIMIZERS = ("learned", "guarded", "adam_tuned")
-EVAL_EXAMPLES = 5000  # train-set subset evaluated at each evaluation point
 
 
 def _stats(a: np.ndarray) -> dict:
@@ -55,9 +54,10 @@ def evaluate_task(params: PipelineParams, root: Path, name: str, log: Logger) ->
     spec = EVAL_TASKS[name]
     arrays = load_prepared(root, spec.dataset)
     train = stack_datasets([arrays["x_train"]], [arrays["y_train"]])
+    n = ev.eval_examples
     eval_sets = {
-        "train": (jnp.asarray(arrays["x_train"][:EVAL_EXAMPLES]), jnp.asarray(arrays["y_train"][:EVAL_EXAMPLES])),
-        "test": (jnp.asarray(arrays["x_test"]), jnp.asarray(arrays["y_test"])),
+        "train": (jnp.asarray(arrays["x_train"][:n]), jnp.asarray(arrays["y_train"][:n])),
+        "test": (jnp.asarray(arrays["x_test"][:n]), jnp.asarray(arrays["y_test"][:n])),
     }
     num_classes = int(arrays["y_train"].max()) + 1
     task = make_eval_task(
@@ -147,6 +147,7 @@ def run(
         "aggregate": _aggregate([r["summary"] for r in results]),
         "num_seeds": params.evaluate.num_seeds,
         "num_steps": params.evaluate.num_steps,
+        "eval_examples": params.evaluate.eval_examples,
         "component_version": VERSION,
         "params_hash": params_hash(params),
     }

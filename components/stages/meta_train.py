@@ -5,7 +5,6 @@ Reads ``data/prepared`` and the ``seed`` / ``meta_train`` params; writes the che
 ``metrics/meta_train.json`` and the DVC plot file ``plots/meta_train.json``.
 """
 
-import json
 import time
 from pathlib import Path
 
@@ -75,6 +74,7 @@ def run(
         max_unroll=mt.max_unroll,
         sigma=mt.sigma,
         outer_lr=mt.outer_lr,
+        outer_lr_schedule=mt.outer_lr_schedule,
         outer_weight_decay=mt.outer_weight_decay,
         grad_clip=mt.grad_clip,
         log_every=mt.log_every,
@@ -129,5 +129,3 @@ def run(
     )
 
 
-def read_checkpoint_config(root: Path) -> dict:
-    return json.loads((Path(root) / MODEL_DIR / "config.json").read_text())

@@ -93,6 +93,9 @@ class MetaTrainParams(_Section):
     max_unroll: PositiveInt = Field(default=1000, description="longest inner-problem length")
     sigma: PositiveFloat = Field(default=0.01, description="PES perturbation std")
     outer_lr: PositiveFloat = 1e-3
+    outer_lr_schedule: Literal["constant", "cosine"] = Field(
+        default="cosine", description="cosine decays the outer LR to 10% by the last outer step"
+    )
     outer_weight_decay: float = Field(default=0.0, ge=0.0)
     grad_clip: PositiveFloat = Field(default=3.0, description="clip meta-gradient by value")
     log_every: PositiveInt = 50
@@ -153,6 +156,9 @@ class EvaluateParams(_Section):
     num_seeds: PositiveInt = 3
     batch_size: PositiveInt = 128
     eval_every: PositiveInt = 50
+    eval_examples: PositiveInt = Field(
+        default=2000, description="train/test examples (first N of each split) scored at each evaluation point"
+    )
     adam_lr_grid: LogGrid = LogGrid(min=1e-4, max=1e-1, num=7)
     smoothing: float = Field(default=0.95, ge=0.0, lt=1.0, description="EMA for the speedup metric")
 

@@ -25,7 +25,7 @@ EVAL_TASKS: dict[str, EvalTaskSpec] = {
         "mnist", "mlp", (128, 128), activation="tanh", description="MNIST, tanh MLP 64-128-128-10 (unseen architecture)"
     ),
     "fashion_mnist_conv": EvalTaskSpec(
-        "fashion_mnist", "conv", (8, 16), description="Fashion-MNIST, CNN 8-16 channels (unseen architecture)"
+        "fashion_mnist", "conv", (4, 8), description="Fashion-MNIST, CNN 4-8 channels (unseen architecture)"
     ),
 }
 

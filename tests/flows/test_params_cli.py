@@ -1,0 +1,132 @@
+"""Params validation: every file under params/ loads; every kind of bad input fails before anything runs."""
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.stages.params import PipelineParams
+from flows.cli import main
+from flows.params_io import ParamsError, apply_overrides, load_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "params").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_params_file_validates(path):
+    params = load_params(path)
+    assert isinstance(params, PipelineParams)
+
+
+def test_resolved_params_yaml_matches_default():
+    # params.yaml (what DVC reads) is the resolved default experiment
+    assert load_params(REPO / "params.yaml") == load_params(REPO / "params" / "default.yaml")
+
+
+def test_set_overrides_nested_values():
+    params = load_params(REPO / "params" / "tiny.yaml", ["evaluate.num_seeds=5", "evaluate.adam_lr_grid.max=0.3"])
+    assert params.evaluate.num_seeds == 5
+    assert params.evaluate.adam_lr_grid.max == 0.3
+    assert params.evaluate.adam_lr_grid.num == 3  # untouched sibling kept
+
+
+def test_override_syntax_errors_are_listed():
+    with pytest.raises(ParamsError, match=r"expected KEY=VALUE") as err:
+        apply_overrides({"seed": 0}, ["seed", "seed.x=1"], "cli")
+    assert "seed is not a section" in str(err.value)
+
+
+BAD_CASES = {
+    "unknown_key": (
+        {"evaluate": {"num_seedz": 3}},
+        [],
+        ["evaluate.num_seedz: unknown key"],
+    ),
+    "wrong_type": (
+        {"meta_train": {"num_outer_steps": "many"}},
+        [],
+        ["meta_train.num_outer_steps: Input should be a valid integer"],
+    ),
+    "out_of_range": (
+        {"seed": -1, "data": {"image_size": 64}},
+        ["calibrate.lr_grid.min=-1"],
+        ["seed: Input should be greater than or equal to 0", "data.image_size: Input should be less than or equal to 28",
+         "calibrate.lr_grid.min: Input should be greater than 0"],
+    ),
+    "inconsistent": (
+        {"meta_train": {"min_unroll": 500, "max_unroll": 100}},
+        ["evaluate.eval_every=300"],
+        ["meta_train: min_unroll (500) must be <= max_unroll (100)",
+         "evaluate: num_steps (1000) must be a multiple of eval_every (300)"],
+    ),
+    "dataset_not_prepared": (
+        {"data": {"datasets": ["mnist"]}},
+        [],
+        ["meta_train.task_family.datasets uses ['fashion_mnist']"],
+    ),
+    "bad_choice": (
+        {"evaluate": {"tasks": ["imagenet_resnet"]}},
+        [],
+        ["evaluate.tasks.0: Input should be 'digits_mlp'"],
+    ),
+}
+
+
+@pytest.fixture
+def isolated(project, monkeypatch):
+    """A project copy as cwd with a private environment, and a snapshot of its files."""
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    before = sorted(p.relative_to(project).as_posix() for p in project.rglob("*") if ".git" not in p.parts)
+    return project, before
+
+
+def _assert_nothing_written(project, before):
+    after = sorted(p.relative_to(project).as_posix() for p in project.rglob("*") if ".git" not in p.parts)
+    assert after == before
+    assert load_params(project / "params.yaml") == load_params(REPO / "params.yaml")
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_invalid_params_exit_2_listing_every_problem(case, isolated, capsys):
+    project, before = isolated
+    raw, overrides, expected = BAD_CASES[case]
+    (project / "bad.yaml").write_text(yaml.safe_dump(raw))
+    before = sorted([*before, "bad.yaml"])
+    argv = ["run", "--params", "bad.yaml"] + [a for o in overrides for a in ("--set", o)]
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert "invalid params in bad.yaml" in err
+    for fragment in expected:
+        assert fragment in err, err
+    _assert_nothing_written(project, before)
+
+
+def _exit_code(argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code
+
+
+def test_missing_params_file(isolated, capsys):
+    project, before = isolated
+    assert _exit_code(["run", "--params", "params/nope.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "file not found: params/nope.yaml" in err
+    _assert_nothing_written(project, before)
+
+
+def test_invalid_yaml(isolated, capsys):
+    project, before = isolated
+    (project / "broken.yaml").write_text("seed: [1, 2\n")
+    assert _exit_code(["run", "--params", "broken.yaml"]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    _assert_nothing_written(project, sorted([*before, "broken.yaml"]))
+
+
+def test_bad_set_value(isolated, capsys):
+    project, before = isolated
+    assert _exit_code(["run", "--params", "params/tiny.yaml", "--set", "evaluate.num_seeds"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    _assert_nothing_written(project, before)

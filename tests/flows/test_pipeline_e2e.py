@@ -1,0 +1,278 @@
+"""The tiny pipeline end to end on real parts: the `l2o` CLI (Prefect flow, MLflow SQLite store, DVC
+repository) and, separately, `dvc repro` in a fresh git + DVC copy; then the MLflow content, the
+no-op re-run, the evaluate-only re-run and the registered learned optimizer."""
+
+import json
+import math
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from components.optimizers import guard_with_loss, load, make_baseline
+from conftest import BIN, make_project_copy, project_env, run_cli
+from flows.params_io import dump_params, load_params
+
+STAGES = ["prepare_data", "meta_train", "calibrate", "evaluate", "report"]
+
+
+def _client(root: Path) -> MlflowClient:
+    uri = f"sqlite:///{root / '.mlflow' / 'mlflow.db'}"
+    return MlflowClient(uri, uri)
+
+
+def _runs(client: MlflowClient, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment!r}"
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def _assert_dvc_clean(root: Path, mirror: Path) -> None:
+    status = run_cli(root, mirror, "dvc", "status")
+    assert status.returncode == 0, status.stderr
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, mirror):
+    root = make_project_copy(tmp_path_factory.mktemp("flow") / "project", mirror)
+    t0 = time.perf_counter()
+    proc = run_cli(root, mirror, "l2o", "run", "--params", "params/tiny.yaml")
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    print(f"tiny pipeline through the Prefect flow: {seconds:.0f}s")
+    # later tests re-run evaluate: keep the first run's metrics for the reproduction check
+    (root.parent / "first_evaluation.json").write_bytes((root / "metrics" / "evaluation.json").read_bytes())
+    return root, proc
+
+
+def test_flow_runs_every_stage_and_writes_the_report(tiny_run, mirror):
+    root, proc = tiny_run
+    assert "ran: prepare_data, meta_train, calibrate, evaluate, report" in proc.stdout
+    html = (root / "reports" / "index.html").read_text()
+    for fragment in ("speedup vs tuned Adam", "digits_mlp", "curves_digits_mlp.png", "meta_training.png"):
+        assert fragment in html
+    for png in ("speedup.png", "meta_training.png", "curves_digits_mlp.png"):
+        assert (root / "reports" / png).stat().st_size > 5000
+    evaluation = json.loads((root / "metrics" / "evaluation.json").read_text())
+    assert set(evaluation["tasks"]) == set(load_params(root / "params" / "tiny.yaml").evaluate.tasks)
+    for summary in evaluation["tasks"].values():
+        assert set(summary) >= {"learned", "guarded", "adam_tuned", "adam_grid"}
+        for opt in ("learned", "guarded", "adam_tuned"):
+            assert 0.0 <= summary[opt]["final_test_acc"]["mean"] <= 1.0
+            assert summary[opt]["speedup"] > 0
+        assert summary["adam_tuned"]["speedup"] == pytest.approx(1.0, abs=0.05)
+    config = json.loads((root / "models" / "lopt" / "config.json").read_text())
+    for key in ("architecture", "hyperparameters", "component_version", "params_hash", "data_hashes", "git_commit"):
+        assert key in config, config.keys()
+    assert set(config["data_hashes"]) == {"mnist", "fashion_mnist"}
+    _assert_dvc_clean(root, mirror)
+
+
+def test_mlflow_records_runs_metrics_artifacts_and_model(tiny_run):
+    root, _ = tiny_run
+    client = _client(root)
+    runs = _runs(client, "l2o-tiny")
+    parents = [r for r in runs if r.info.run_name == "pipeline"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    for tag in ("git_commit", "l2o.params_hash", "prefect.flow_run_id", "l2o.version.meta_train"):
+        assert parent.data.tags.get(tag), tag
+    assert parent.data.params["evaluate.num_seeds"] == "2"
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert sorted(children) == sorted(STAGES)
+    assert all(c.info.status == "FINISHED" for c in children.values())
+    # metric histories with steps, logged in batches
+    meta = children["meta_train"]
+    history = client.get_metric_history(meta.info.run_id, "meta_loss")
+    assert [m.step for m in history] == [5, 10]
+    assert all(math.isfinite(m.value) for m in history)
+    evaluate = children["evaluate"]
+    acc = client.get_metric_history(evaluate.info.run_id, "digits_mlp/learned/test_acc")
+    assert [m.step for m in acc] == [0, 20, 40]
+    assert "aggregate/guarded/geomean_speedup" in evaluate.data.metrics
+    assert meta.data.params["meta_train.num_outer_steps"] == "10"
+    # artifacts
+    top = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"params", "dvc", "report"} <= top
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "dvc")} == {"dvc/dvc.lock"}
+    ckpt = {a.path for a in client.list_artifacts(meta.info.run_id, "lopt")}
+    assert {"lopt/weights.safetensors", "lopt/config.json"} <= ckpt
+    assert "report/index.html" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+
+
+def _quadratic_run(opt, steps=60):
+    target = jnp.linspace(-1.0, 1.0, 8)
+    loss_fn = lambda p: 0.5 * jnp.sum((p["w"] - target) ** 2)  # noqa: E731
+    params = {"w": jnp.zeros(8)}
+    state = opt.init(params)
+    losses = []
+    for _ in range(steps):
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, state = opt.update(grads, state, params, loss=loss, loss_fn=loss_fn)
+        params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
+        losses.append(float(loss))
+    return np.array(losses), params, state
+
+
+def test_registered_model_loads_as_optax_and_steps_a_quadratic(tiny_run, monkeypatch):
+    root, _ = tiny_run
+    from flows.registry import load_optimizer  # noqa: PLC0415
+
+    client = _client(root)
+    versions = client.search_model_versions("name='small_fc_lopt_tiny'")
+    assert [v.version for v in versions] == ["1"]
+    uri = f"sqlite:///{root / '.mlflow' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    import mlflow  # noqa: PLC0415
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    registered = load_optimizer("models:/small_fc_lopt_tiny/1", num_steps=60)
+    direct = load(root / "models" / "lopt", num_steps=60)
+    losses, params, _ = _quadratic_run(registered)
+    direct_losses, direct_params, _ = _quadratic_run(direct)
+    assert np.all(np.isfinite(losses))
+    np.testing.assert_array_equal(losses, direct_losses)  # the registry gives back the same optimizer
+    assert not np.allclose(params["w"], 0.0)  # it moved the parameters
+    # guarded by SGD, the registered learned optimizer must descend on the quadratic
+    guarded_losses, _, state = _quadratic_run(guard_with_loss(registered, make_baseline("sgd", 0.1)))
+    assert guarded_losses[-1] < 0.05 * guarded_losses[0]
+    # and the pyfunc flavour answers predict() with one update per parameter
+    model = mlflow.pyfunc.load_model("models:/small_fc_lopt_tiny/1")
+    out = model.predict({"params": [0.0, 1.0, 2.0], "grads": [0.1, -0.2, 0.3], "loss": [1.0]})
+    assert np.asarray(out).shape == (3,) and np.all(np.isfinite(out))
+
+
+def test_noop_rerun_skips_every_stage(tiny_run, mirror):
+    root, _ = tiny_run
+    n_runs = len(_runs(_client(root), "l2o-tiny"))
+    t0 = time.perf_counter()
+    proc = run_cli(root, mirror, "l2o", "run", "--params", "params/tiny.yaml")
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "all 5 stages up to date" in proc.stdout
+    assert "ran: nothing" in proc.stdout
+    assert len(_runs(_client(root), "l2o-tiny")) == n_runs  # nothing new tracked
+    print(f"no-op re-run: {seconds:.1f}s")
+    _assert_dvc_clean(root, mirror)
+
+
+def test_evaluate_param_change_reruns_only_evaluate_and_report(tiny_run, mirror):
+    root, _ = tiny_run
+    before = json.loads((root / "metrics" / "evaluation.json").read_text())
+    ckpt = (root / "models" / "lopt" / "weights.safetensors").stat().st_mtime_ns
+    proc = run_cli(root, mirror, "l2o", "run", "--params", "params/tiny.yaml", "--set", "evaluate.adam_lr_grid.max=0.3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ran: evaluate, report" in proc.stdout
+    assert "up to date: prepare_data, meta_train, calibrate" in proc.stdout
+    assert (root / "models" / "lopt" / "weights.safetensors").stat().st_mtime_ns == ckpt
+    after = json.loads((root / "metrics" / "evaluation.json").read_text())
+    grid = [row["learning_rate"] for row in after["tasks"]["digits_mlp"]["adam_grid"]]
+    assert grid[-1] == pytest.approx(0.3) and grid != [r["learning_rate"] for r in before["tasks"]["digits_mlp"]["adam_grid"]]
+    assert "max: 0.3" in (root / "params.yaml").read_text()
+    runs = _runs(_client(root), "l2o-tiny")
+    latest = max((r for r in runs if r.info.run_name == "pipeline"), key=lambda r: r.info.start_time)
+    children = sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == latest.info.run_id)
+    assert children == ["evaluate", "report"]
+    _assert_dvc_clean(root, mirror)
+
+
+def test_dvc_repro_in_fresh_copy_reproduces_the_metrics(tiny_run, tmp_path, mirror):
+    flow_root, _ = tiny_run
+    root = make_project_copy(tmp_path / "repro", mirror)
+    params = load_params(root / "params" / "tiny.yaml")
+    (root / "params.yaml").write_text(dump_params(params, "params/tiny.yaml"))
+    subprocess.run(["git", "commit", "-qam", "tiny params"], cwd=root, env=project_env(root, mirror), check=True)
+    proc = run_cli(root, mirror, "dvc", "repro")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in proc.stdout
+    _assert_dvc_clean(root, mirror)
+    # same params + seed on the CPU: the same numbers as the Prefect-flow run (before its re-runs)
+    ours = json.loads((root / "metrics" / "meta_train.json").read_text())
+    theirs = json.loads((flow_root / "metrics" / "meta_train.json").read_text())
+    for key in ("meta_loss_first", "meta_loss_last", "num_meta_params"):
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-9), key
+    a = (root / "models" / "lopt" / "weights.safetensors").read_bytes()
+    b = (flow_root / "models" / "lopt" / "weights.safetensors").read_bytes()
+    assert a == b
+    ours = json.loads((root / "models" / "safeguard.json").read_text())
+    theirs = json.loads((flow_root / "models" / "safeguard.json").read_text())
+    assert _close(ours["sweep"], theirs["sweep"])
+    ours = json.loads((root / "metrics" / "evaluation.json").read_text())
+    theirs = json.loads((flow_root.parent / "first_evaluation.json").read_text())
+    assert _close(ours, theirs), "dvc repro and the Prefect flow disagree on metrics/evaluation.json"
+    # stage runs were tracked too (one MLflow run per stage process)
+    names = sorted(r.info.run_name for r in _runs(_client(root), "l2o-tiny"))
+    assert names == sorted(STAGES)
+
+
+def _close(a, b, rel=1e-6):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], rel) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9)
+    return a == b
+
+
+def test_checksum_mismatch_stops_the_pipeline(project, tmp_path, mirror):
+    bad_mirror = tmp_path / "mirror"
+    shutil.copytree(mirror, bad_mirror, ignore=shutil.ignore_patterns("cifar10_jpeg", "tiny_shakespeare"))
+    part = bad_mirror / "mnist" / "train-labels-idx1-ubyte.gz"
+    part.chmod(0o644)
+    data = bytearray(part.read_bytes())
+    data[100] ^= 0xFF
+    part.write_bytes(bytes(data))
+    proc = run_cli(project, bad_mirror, "l2o", "run", "--params", "params/tiny.yaml")
+    assert proc.returncode == 1
+    assert "prepare_data" in proc.stderr and "train-labels-idx1-ubyte.gz" in proc.stderr
+    assert "sha256" in proc.stderr
+    assert not (project / "data" / "prepared").exists()
+    assert not (project / "models").exists() and not (project / "reports").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_project_store(project, mirror):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "l2o"), "ui", "--port", str(port)],
+        cwd=project, env=project_env(project, mirror), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert r.read().decode().strip() == "OK"
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.time() < deadline, "MLflow UI did not come up in 120 s"
+                time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+            assert r.status == 200 and b"<html" in r.read().lower()
+        assert (project / ".mlflow" / "mlflow.db").exists()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
