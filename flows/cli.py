@@ -41,8 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the pipeline (only the stages DVC reports out of date)")
     r.add_argument("--params", default="params/default.yaml", help="params YAML (default: %(default)s)")
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one param, e.g. --set evaluate.num_seeds=5 (repeatable)")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one param, e.g. --set evaluate.num_seeds=5 (repeatable)",
+    )
     r.add_argument("--force", action="store_true", help="run every stage even if up to date")
     s = sub.add_parser("stage", help="run one stage of dvc.yaml (what `dvc repro` calls)")
     s.add_argument("name")
@@ -127,8 +133,20 @@ def _cmd_ui(args, root: Path) -> int:
 
     uri = configure(root)
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
+    ]
     print(f"l2o: MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C to stop", flush=True)
     os.execvpe(cmd[0], cmd, env)
     return 0  # not reached

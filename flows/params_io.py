@@ -90,7 +90,9 @@ def load_params(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     path = Path(path)
     source = str(path)
     if not path.is_file():
-        raise ParamsError(source, [f"file not found: {path} (pass an existing file, e.g. --params params/default.yaml)"])
+        raise ParamsError(
+            source, [f"file not found: {path} (pass an existing file, e.g. --params params/default.yaml)"]
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

@@ -10,8 +10,8 @@ import dataclasses
 import time
 from pathlib import Path
 
-from components.stages.params import PipelineParams, params_hash
 from components.stages.common import git_commit
+from components.stages.params import PipelineParams, params_hash
 from flows import dvc_glue
 from flows.stage_exec import StageFailed, component_versions, execute_stage, stage_param_keys
 from flows.tracking import Tracker, flatten
@@ -73,6 +73,7 @@ def run_pipeline(
         tracker.log_params(parent, flatten(params.model_dump(mode="json")))
         tracker.log_artifact(parent, root / params_file, "params")
         tracker.log_artifact(parent, root / "params.yaml", "params")
+
         def run_stage(name: str) -> None:
             execute_stage(
                 name,
@@ -102,7 +103,9 @@ def run_pipeline(
         except BaseException:
             tracker.finish(parent, "FAILED")
             raise
-        tracker.set_tags(parent, {"l2o.stages_ran": ",".join(outcome.ran), "l2o.stages_skipped": ",".join(outcome.skipped)})
+        tracker.set_tags(
+            parent, {"l2o.stages_ran": ",".join(outcome.ran), "l2o.stages_skipped": ",".join(outcome.skipped)}
+        )
         tracker.log_artifact(parent, root / "dvc.lock", "dvc")
         report = root / "reports"
         if report.is_dir():

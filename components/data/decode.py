@@ -113,8 +113,7 @@ def decode_idx(raw: bytes) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(data) < header:
         raise ValueError(
-            f"IDX header declares {ndim} dimensions ({header} header bytes) but the file has only"
-            f" {len(data)} bytes"
+            f"IDX header declares {ndim} dimensions ({header} header bytes) but the file has only {len(data)} bytes"
         )
     dims = struct.unpack(f">{ndim}I", data[4:header])
     dtype = _IDX_DTYPES[code]
@@ -157,10 +156,7 @@ def decode_digits_csv(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
         )
     pixels, labels = rows[:, :_DIGITS_PIXELS], rows[:, _DIGITS_PIXELS]
     if pixels.min() < 0 or pixels.max() > _DIGITS_MAX:
-        raise ValueError(
-            f"digits CSV: pixel values must lie in 0..{_DIGITS_MAX},"
-            f" got {pixels.min()}..{pixels.max()}"
-        )
+        raise ValueError(f"digits CSV: pixel values must lie in 0..{_DIGITS_MAX}, got {pixels.min()}..{pixels.max()}")
     if labels.min() < 0 or labels.max() > 9:
         raise ValueError(f"digits CSV: labels must lie in 0..9, got {labels.min()}..{labels.max()}")
     side = math.isqrt(_DIGITS_PIXELS)
@@ -191,9 +187,7 @@ def area_weights(n_in: int, n_out: int) -> np.ndarray:
              [0., 1., 2.]])
     """
     if not 1 <= n_out <= n_in:
-        raise ValueError(
-            f"area downsampling needs 1 <= output size <= input size, got {n_in} -> {n_out}"
-        )
+        raise ValueError(f"area downsampling needs 1 <= output size <= input size, got {n_in} -> {n_out}")
     i = np.arange(n_out)[:, None]
     j = np.arange(n_in)[None, :]
     # In units of 1/n_out pixel: output i spans [i n_in, (i+1) n_in), input j spans
@@ -222,16 +216,13 @@ def resize_images(x: np.ndarray, size: int) -> np.ndarray:
     """
     x = np.asarray(x)
     if x.ndim not in (3, 4):
-        raise ValueError(
-            f"resize_images expects images [N, H, W] or [N, H, W, C], got shape {x.shape}"
-        )
+        raise ValueError(f"resize_images expects images [N, H, W] or [N, H, W, C], got shape {x.shape}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise TypeError(f"size must be an int, got {type(size).__name__}")
     h, w = x.shape[1], x.shape[2]
     if not 1 <= size <= min(h, w):
         raise ValueError(
-            f"size must be in 1..{min(h, w)} for {h}x{w} images (area averaging only"
-            f" downsamples), got {size}"
+            f"size must be in 1..{min(h, w)} for {h}x{w} images (area averaging only downsamples), got {size}"
         )
     dtype = np.dtype(np.float64 if x.dtype == np.float64 else np.float32)
     if size == h == w:
@@ -290,9 +281,7 @@ def split_train_test(
     return x[train], y[train], x[test], y[test]
 
 
-def subsample(
-    x: np.ndarray, y: np.ndarray, *, max_examples: int | None, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def subsample(x: np.ndarray, y: np.ndarray, *, max_examples: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Keep at most ``max_examples`` examples, chosen uniformly without replacement (seeded).
 
     Args:
@@ -334,18 +323,14 @@ def _decode_split(
     expected = (spec.image_size, spec.image_size)
     if x.ndim != 3 or x.shape[1:] != expected:
         raise ValueError(
-            f"{spec.name} {images}: expected images [N, {expected[0]}, {expected[1]}],"
-            f" got shape {x.shape}"
+            f"{spec.name} {images}: expected images [N, {expected[0]}, {expected[1]}], got shape {x.shape}"
         )
     if y.ndim != 1 or len(y) != len(x):
         raise ValueError(
-            f"{spec.name}: {len(x)} images in {images} but labels of shape {y.shape}"
-            f" in {labels or images}"
+            f"{spec.name}: {len(x)} images in {images} but labels of shape {y.shape} in {labels or images}"
         )
     if len(y) and (y.min() < 0 or y.max() >= spec.num_classes):
-        raise ValueError(
-            f"{spec.name}: labels must lie in 0..{spec.num_classes - 1}, got {y.min()}..{y.max()}"
-        )
+        raise ValueError(f"{spec.name}: labels must lie in 0..{spec.num_classes - 1}, got {y.min()}..{y.max()}")
     return x, y
 
 
@@ -410,9 +395,7 @@ def build_arrays(
         raise ValueError(f"max_train_examples must be >= 1 or None, got {max_train_examples}")
     missing = [f for f in spec.file_names if f not in files]
     if missing:
-        raise ValueError(
-            f"{name}: missing source files {missing}; expected all of {list(spec.file_names)}"
-        )
+        raise ValueError(f"{name}: missing source files {missing}; expected all of {list(spec.file_names)}")
 
     x_train, y_train = _decode_split(spec, files, spec.train_images, spec.train_labels)
     if spec.has_test_split:

@@ -62,9 +62,7 @@ class MirrorPart:
     def __post_init__(self):
         _check_sha256(self.sha256, f"MirrorPart({self.path!r})")
         if self.path.startswith("/") or ".." in self.path.split("/"):
-            raise ValueError(
-                f"MirrorPart path must be relative inside the mirror, got {self.path!r}"
-            )
+            raise ValueError(f"MirrorPart path must be relative inside the mirror, got {self.path!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,17 +143,12 @@ class DatasetSpec:
         }
         for role, fname in roles.items():
             if fname is not None and fname not in names:
-                raise ValueError(
-                    f"DatasetSpec {self.name!r}: {role}={fname!r} is not one of its files {names}"
-                )
+                raise ValueError(f"DatasetSpec {self.name!r}: {role}={fname!r} is not one of its files {names}")
         if self.has_test_split != (self.test_images is not None):
             raise ValueError(
-                f"DatasetSpec {self.name!r}: has_test_split={self.has_test_split} but"
-                f" test_images={self.test_images!r}"
+                f"DatasetSpec {self.name!r}: has_test_split={self.has_test_split} but test_images={self.test_images!r}"
             )
-        if self.format == "idx" and (
-            self.train_labels is None or (self.has_test_split and self.test_labels is None)
-        ):
+        if self.format == "idx" and (self.train_labels is None or (self.has_test_split and self.test_labels is None)):
             raise ValueError(f"DatasetSpec {self.name!r}: IDX datasets need separate label files")
 
     def file(self, name: str) -> SourceFile:
@@ -340,10 +333,7 @@ FASHION_MNIST = DatasetSpec(
 # ---------------------------------------------------------------------------------------------
 # UCI "Optical Recognition of Handwritten Digits" as shipped by scikit-learn (load_digits).
 # The file has been unchanged across scikit-learn releases; the mirror copy is verbatim.
-_DIGITS_URL = (
-    "https://raw.githubusercontent.com/scikit-learn/scikit-learn/1.5.2/"
-    "sklearn/datasets/data/digits.csv.gz"
-)
+_DIGITS_URL = "https://raw.githubusercontent.com/scikit-learn/scikit-learn/1.5.2/sklearn/datasets/data/digits.csv.gz"
 DIGITS = DatasetSpec(
     name="digits",
     files=(

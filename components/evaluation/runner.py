@@ -59,9 +59,7 @@ def run_training(
 
     n_chunks = num_steps // eval_every
     first_eval = evaluate(params)
-    (params, opt_state), (losses, evals) = jax.lax.scan(
-        chunk, (params, opt_state), jax.random.split(k_run, n_chunks)
-    )
+    (params, opt_state), (losses, evals) = jax.lax.scan(chunk, (params, opt_state), jax.random.split(k_run, n_chunks))
     evals = {k: jnp.concatenate([first_eval[k][None], v]) for k, v in evals.items()}
     return {"batch_loss": losses.reshape(-1), "opt_state": opt_state, **evals}
 
@@ -95,9 +93,7 @@ def train_curves(
       ``opt_state``: final optimizer states (batched), for counters such as guard fallbacks.
     """
     if num_steps % eval_every:
-        raise ValueError(
-            f"num_steps ({num_steps}) must be a multiple of eval_every ({eval_every})"
-        )
+        raise ValueError(f"num_steps ({num_steps}) must be a multiple of eval_every ({eval_every})")
 
     # data are arguments, not closed-over constants: XLA would otherwise fold them into the program
     def run(hparam, key, train, eval_sets):

@@ -131,18 +131,14 @@ def pes_gradient(
             return (pair, after | done), out
 
         keys = jax.random.split(task_key, cfg.trunc_length)
-        (pair, any_reset), (delta, after, meta_loss, loss, done) = jax.lax.scan(
-            body, (pair, jnp.zeros((), bool)), keys
-        )
+        (pair, any_reset), (delta, after, meta_loss, loss, done) = jax.lax.scan(body, (pair, jnp.zeros((), bool)), keys)
         k = cfg.trunc_length
         d_before = jnp.sum(jnp.where(after, 0.0, delta)) / k
         d_after = jnp.sum(jnp.where(after, delta, 0.0)) / k
         return pair, any_reset, d_before, d_after, meta_loss.mean(), loss.mean(), done.sum()
 
     task_keys = jax.random.split(k_steps, cfg.num_tasks)
-    pair, any_reset, d_before, d_after, meta_loss, loss, resets = jax.vmap(one_task)(
-        theta_pair, state.inner, task_keys
-    )
+    pair, any_reset, d_before, d_after, meta_loss, loss, resets = jax.vmap(one_task)(theta_pair, state.inner, task_keys)
 
     def per_leaf(acc, e):
         acc_new = acc + e

@@ -51,9 +51,7 @@ def outer_optimizer(cfg: MetaTrainConfig) -> optax.GradientTransformation:
         lr = cfg.outer_lr
     else:
         raise ValueError(f"outer_lr_schedule must be 'constant' or 'cosine', got {cfg.outer_lr_schedule!r}")
-    zero_nans = optax.stateless(
-        lambda g, _: jax.tree_util.tree_map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), g)
-    )
+    zero_nans = optax.stateless(lambda g, _: jax.tree_util.tree_map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), g))
     return optax.chain(
         zero_nans,
         optax.clip(cfg.grad_clip),

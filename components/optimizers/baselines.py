@@ -57,9 +57,7 @@ def adam(
     return optax.with_extra_args_support(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
 
 
-def sgd(
-    learning_rate: float | jax.Array, momentum: float = 0.0
-) -> optax.GradientTransformationExtraArgs:
+def sgd(learning_rate: float | jax.Array, momentum: float = 0.0) -> optax.GradientTransformationExtraArgs:
     """Stochastic gradient descent with optional heavy-ball momentum.
 
     ``μ ← momentum·μ + g`` and ``Δp = −lr·μ``; with ``momentum == 0`` (a Python zero) no
@@ -87,9 +85,7 @@ BASELINES: dict[str, Callable[..., optax.GradientTransformationExtraArgs]] = {
 }
 
 
-def make_baseline(
-    name: str, learning_rate: float | jax.Array
-) -> optax.GradientTransformationExtraArgs:
+def make_baseline(name: str, learning_rate: float | jax.Array) -> optax.GradientTransformationExtraArgs:
     """Builds the baseline ``name`` with its default hyperparameters and ``learning_rate``.
 
     Args:
@@ -102,7 +98,5 @@ def make_baseline(
     try:
         factory = BASELINES[name]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown baseline optimizer {name!r}; expected one of {sorted(BASELINES)}."
-        ) from None
+        raise ValueError(f"Unknown baseline optimizer {name!r}; expected one of {sorted(BASELINES)}.") from None
     return factory(learning_rate)

@@ -66,9 +66,7 @@ def build_lopt(name: str, config: dict) -> Any:
     try:
         cls = LOPTS[name]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown learned optimizer architecture {name!r}; expected one of {sorted(LOPTS)}."
-        ) from None
+        raise ValueError(f"Unknown learned optimizer architecture {name!r}; expected one of {sorted(LOPTS)}.") from None
     try:
         return cls(**dict(config))
     except TypeError as err:

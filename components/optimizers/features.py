@@ -128,9 +128,7 @@ def init_momentum(param: jax.Array, num_decays: int) -> tuple[jax.Array, ...]:
     return tuple(jnp.zeros(param.shape, dtype) for _ in range(num_decays))
 
 
-def update_momentum(
-    momentum: Sequence[jax.Array], grad: jax.Array, decays: jax.Array
-) -> tuple[jax.Array, ...]:
+def update_momentum(momentum: Sequence[jax.Array], grad: jax.Array, decays: jax.Array) -> tuple[jax.Array, ...]:
     """``m_k ← β_k·m_k + (1−β_k)·g`` for every decay ``β_k`` (no clipping, as the reference)."""
     _check_decays(len(momentum), decays, "update_momentum")
     out = []
@@ -145,9 +143,7 @@ def init_rms(param: jax.Array, num_decays: int) -> tuple[jax.Array, ...]:
     return init_momentum(param, num_decays)
 
 
-def update_rms(
-    rms: Sequence[jax.Array], grad: jax.Array, decays: jax.Array
-) -> tuple[jax.Array, ...]:
+def update_rms(rms: Sequence[jax.Array], grad: jax.Array, decays: jax.Array) -> tuple[jax.Array, ...]:
     """``v_k ← β̄_k·v_k + (1−β̄_k)·g²`` with ``β̄ = clip(β, 0, 1)``."""
     _check_decays(len(rms), decays, "update_rms")
     out = []
@@ -198,9 +194,7 @@ def init_factored(param: jax.Array, num_decays: int) -> FactoredAccumulator:
     return FactoredAccumulator(v_row=rows, v_col=cols, v_full=())
 
 
-def factored_preconditioner(
-    v_row: jax.Array, v_col: jax.Array, dims: tuple[int, int]
-) -> tuple[jax.Array, jax.Array]:
+def factored_preconditioner(v_row: jax.Array, v_col: jax.Array, dims: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
     """Row and column factors of the Adafactor preconditioner, broadcastable to the tensor.
 
     Returns ``(rsqrt(v_row / mean_{d1}(v_row)), rsqrt(v_col))`` with ``d0`` re-inserted into the

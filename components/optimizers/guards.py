@@ -114,9 +114,7 @@ def guard_with_loss(
                 "guard_with_loss evaluates the loss at params + update, so it needs the current "
                 "params: call opt.update(grads, state, params, loss_fn=...)."
             )
-        learned_updates, learned_state = learned.update(
-            updates, state.learned_state, params, **extra_args
-        )
+        learned_updates, learned_state = learned.update(updates, state.learned_state, params, **extra_args)
         guard_updates, guard_state = guard.update(updates, state.guard_state, params, **extra_args)
         loss_learned = _finite_or_inf(loss_fn(optax.apply_updates(params, learned_updates)))
         loss_guard = _finite_or_inf(loss_fn(optax.apply_updates(params, guard_updates)))

@@ -143,10 +143,7 @@ def small_fc_features(
     feats += rows + cols
     feats += [jax.lax.rsqrt(r + 1e-8) for r in rows]
     feats += [jax.lax.rsqrt(c + 1e-8) for c in cols]
-    factors = [
-        F.factored_preconditioner(r, c, dims)
-        for r, c in zip(factored.v_row, factored.v_col, strict=True)
-    ]
+    factors = [F.factored_preconditioner(r, c, dims) for r, c in zip(factored.v_row, factored.v_col, strict=True)]
     pairs = _pairs(momentum, factors, "momentum and Adafactor accumulators")
     feats += [m * rf * cf for m, (rf, cf) in pairs]
     return feats
@@ -174,9 +171,7 @@ def _as_decays(values, name: str) -> tuple[float, ...]:
     except TypeError as err:
         raise TypeError(f"{name} must be a sequence of floats, got {values!r}.") from err
     if not decays or not all(0.0 <= d < 1.0 for d in decays):
-        raise ValueError(
-            f"{name} must be a non-empty sequence of decays in [0, 1), got {values!r}."
-        )
+        raise ValueError(f"{name} must be a non-empty sequence of decays in [0, 1), got {values!r}.")
     return decays
 
 
@@ -305,9 +300,7 @@ class SmallFcLOpt:
           ValueError: if ``num_steps`` is a non-positive integer or ``meta_params`` lacks a key.
         """
         if num_steps is None:
-            raise ValueError(
-                "SmallFcLOpt.make needs num_steps, e.g. make(meta_params, num_steps=1000)."
-            )
+            raise ValueError("SmallFcLOpt.make needs num_steps, e.g. make(meta_params, num_steps=1000).")
         if isinstance(num_steps, int | np.integer) and num_steps < 1:
             raise ValueError(f"SmallFcLOpt.make: num_steps must be >= 1, got {num_steps}.")
         missing = {"nn", "momentum_decays", "rms_decays", "adafactor_decays"} - set(meta_params)
@@ -354,8 +347,7 @@ class SmallFcLOpt:
             del extra_args  # loss / loss_fn are accepted for the common contract, not used
             if params is None:
                 raise ValueError(
-                    "small_fc_lopt uses the parameters as a feature: call "
-                    "opt.update(grads, state, params, loss=loss)."
+                    "small_fc_lopt uses the parameters as a feature: call opt.update(grads, state, params, loss=loss)."
                 )
             step_features = F.tanh_step_embedding(state.iteration)
             mlp = _unstack_mlp(nn, num_features, step_features, num_layers)
@@ -371,9 +363,7 @@ class SmallFcLOpt:
                     strict=True,
                 )
             ]
-            new_updates, momentum, rms, factored = (
-                treedef.unflatten([r[i] for r in results]) for i in range(4)
-            )
+            new_updates, momentum, rms, factored = (treedef.unflatten([r[i] for r in results]) for i in range(4))
             new_state = SmallFcLOptState(
                 iteration=state.iteration + jnp.ones([], jnp.int32),
                 momentum=momentum,

@@ -15,7 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from components.evaluation import ema, run_training
-from components.optimizers import fallback_fraction, guard_with_loss, load_meta_params, make_baseline
+from components.optimizers import (
+    fallback_fraction,
+    guard_with_loss,
+    load_meta_params,
+    make_baseline,
+)
 from components.stages.common import (
     Logger,
     MapFn,
@@ -39,9 +44,7 @@ def guarded_factory(lopt, meta_params, guard: str, num_steps: int):
     return lambda lr: guard_with_loss(learned, make_baseline(guard, lr))
 
 
-def run(
-    params: PipelineParams, root: Path, *, log: Logger = print_logger, map_fn: MapFn = serial_map
-) -> StageResult:
+def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_fn: MapFn = serial_map) -> StageResult:
     del map_fn  # tasks x learning rates run as one batched program
     root = Path(root)
     cal = params.calibrate

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from components.evaluation import ema, speedup_over, summarize_runs, train_curves
+from components.evaluation import ema, final_loss_ratio, speedup_over_adam, summarize_runs, train_curves
 from components.optimizers import fallback_fraction, load_meta_params, make_baseline
 from components.stages.calibrate import SAFEGUARD, guarded_factory
 from components.stages.common import (
@@ -92,7 +92,7 @@ def evaluate_task(params: PipelineParams, root: Path, name: str, log: Logger) ->
     seconds = time.perf_counter() - t0
 
     steps = list(range(0, ev.num_steps + 1, ev.eval_every))
-    adam_curve = np.asarray(runs["adam_tuned"]["batch_loss"][0]).mean(axis=0)
+    adam_grid_curves = np.asarray(adam["batch_loss"]).mean(axis=1)  # [H, T], seed-averaged
     summary, curves = {}, {"task": name, "steps": steps, "optimizers": {}}
     for opt_name in OPTIMIZERS:
         r = {k: np.asarray(v[0]) for k, v in runs[opt_name].items() if k != "opt_state"}  # [S, ...]
@@ -104,7 +104,8 @@ def evaluate_task(params: PipelineParams, root: Path, name: str, log: Logger) ->
             "final_train_acc": summarize_runs(r["train_acc"][:, -1]),
             "diverged_seeds": int((~np.isfinite(batch_loss[:, -1])).sum()),
         }
-        row.update(speedup_over(adam_curve, batch_loss.mean(axis=0), decay=ev.smoothing))
+        row.update(speedup_over_adam(adam_grid_curves, batch_loss.mean(axis=0), decay=ev.smoothing))
+        row["final_loss_ratio"] = final_loss_ratio(float(adam_final[best]), row["final_train_loss"]["mean"])
         if opt_name == "guarded":
             fb = np.asarray(fallback_fraction(runs["guarded"]["opt_state"]))[0]
             row["fallback_fraction"] = summarize_runs(fb)
@@ -130,9 +131,7 @@ def evaluate_task(params: PipelineParams, root: Path, name: str, log: Logger) ->
     return {"name": name, "summary": summary, "curves": curves, "seconds": seconds}
 
 
-def run(
-    params: PipelineParams, root: Path, *, log: Logger = print_logger, map_fn: MapFn = serial_map
-) -> StageResult:
+def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_fn: MapFn = serial_map) -> StageResult:
     """Evaluate every task (fanned out through ``map_fn``) and write the metrics files."""
     root = Path(root)
     t0 = time.perf_counter()

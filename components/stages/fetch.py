@@ -85,9 +85,7 @@ def resolve_mirror(root: Path) -> Path | None:
 
 
 def _mismatch(path: object, expected: str, actual: str, fix: str) -> DataIntegrityError:
-    return DataIntegrityError(
-        f"sha256 mismatch for {path}: expected {expected}, got {actual}. {fix}"
-    )
+    return DataIntegrityError(f"sha256 mismatch for {path}: expected {expected}, got {actual}. {fix}")
 
 
 def _read_mirror(spec_file: SourceFile, mirror: Path) -> FetchedFile:
@@ -114,9 +112,7 @@ def _read_mirror(spec_file: SourceFile, mirror: Path) -> FetchedFile:
     actual = sha256_bytes(whole)
     if actual != spec_file.sha256:
         where = " + ".join(part.path for part in spec_file.mirror_parts)
-        raise _mismatch(
-            f"{spec_file.name} assembled from {mirror}/{{{where}}}", spec_file.sha256, actual, fix
-        )
+        raise _mismatch(f"{spec_file.name} assembled from {mirror}/{{{where}}}", spec_file.sha256, actual, fix)
     return FetchedFile(whole, actual, "mirror")
 
 
@@ -211,9 +207,7 @@ def fetch_file_with_origin(
     return _download_verified(spec_file, cache_dir, log)
 
 
-def fetch_file(
-    spec_file: SourceFile, *, mirror: Path | None, cache_dir: Path, log: Logger = print_logger
-) -> bytes:
+def fetch_file(spec_file: SourceFile, *, mirror: Path | None, cache_dir: Path, log: Logger = print_logger) -> bytes:
     """Fetch one source file's bytes, verified against its pinned sha256s.
 
     With a mirror, every part file and the concatenated whole are checked; otherwise the file is

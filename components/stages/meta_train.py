@@ -57,9 +57,7 @@ def lopt_from_params(params: PipelineParams):
     return build_lopt(mt.lopt, {"hidden_size": mt.hidden_size, "hidden_layers": mt.hidden_layers})
 
 
-def run(
-    params: PipelineParams, root: Path, *, log: Logger = print_logger, map_fn: MapFn = serial_map
-) -> StageResult:
+def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_fn: MapFn = serial_map) -> StageResult:
     del map_fn  # a single jitted loop; populations are batched inside it
     root = Path(root)
     mt = params.meta_train
@@ -94,9 +92,7 @@ def run(
         "params_hash": params_hash(params),
         "seed": params.seed,
         "meta_train": params.meta_train.model_dump(mode="json"),
-        "data_hashes": {
-            name: manifest["datasets"][name]["sha256"] for name in params.meta_train.task_family.datasets
-        },
+        "data_hashes": {name: manifest["datasets"][name]["sha256"] for name in params.meta_train.task_family.datasets},
         "git_commit": git_commit(root),
         "backend": jax.default_backend(),
     }
@@ -104,7 +100,7 @@ def run(
     # curves.json travels with the checkpoint (written after save: the directory exists now)
     atomic_write_json(root / MODEL_DIR / "curves.json", result.curves)
     head = float(np.mean([v for _, v in meta_loss[: max(1, len(meta_loss) // 10)]]))
-    tail = float(np.mean([v for _, v in meta_loss[-max(1, len(meta_loss) // 10):]]))
+    tail = float(np.mean([v for _, v in meta_loss[-max(1, len(meta_loss) // 10) :]]))
     metrics = {
         "meta_loss_first": head,
         "meta_loss_last": tail,
@@ -115,7 +111,10 @@ def run(
     atomic_write_json(root / METRICS, metrics)
     atomic_write_json(
         root / PLOT,
-        [{"step": s, "meta_loss": v, "train_loss": t} for (s, v), (_, t) in zip(meta_loss, result.curves["train_loss"])],
+        [
+            {"step": s, "meta_loss": v, "train_loss": t}
+            for (s, v), (_, t) in zip(meta_loss, result.curves["train_loss"])
+        ],
     )
     log(f"meta_train: meta-loss {head:.4f} -> {tail:.4f} in {seconds:.0f}s")
     return StageResult(
@@ -127,5 +126,3 @@ def run(
         model_dir=MODEL_DIR,
         tags={"lopt": lopt.name, "registered_name": mt.registered_name},
     )
-
-

@@ -104,9 +104,7 @@ class MetaTrainParams(_Section):
     @model_validator(mode="after")
     def _lengths(self):
         if self.min_unroll > self.max_unroll:
-            raise ValueError(
-                f"min_unroll ({self.min_unroll}) must be <= max_unroll ({self.max_unroll})"
-            )
+            raise ValueError(f"min_unroll ({self.min_unroll}) must be <= max_unroll ({self.max_unroll})")
         if self.trunc_length > self.min_unroll:
             raise ValueError(
                 f"trunc_length ({self.trunc_length}) must be <= min_unroll ({self.min_unroll}):"
@@ -149,9 +147,7 @@ class CalibrateParams(_Section):
 class EvaluateParams(_Section):
     """evaluate: held-out tasks, seeds, and the tuned-Adam baseline."""
 
-    tasks: list[EvalTaskName] = Field(
-        default=["digits_mlp", "mnist_mlp_deep", "fashion_mnist_conv"], min_length=1
-    )
+    tasks: list[EvalTaskName] = Field(default=["digits_mlp", "mnist_mlp_deep", "fashion_mnist_conv"], min_length=1)
     num_steps: PositiveInt = 1000
     num_seeds: PositiveInt = 3
     batch_size: PositiveInt = 128
@@ -167,9 +163,7 @@ class EvaluateParams(_Section):
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks must be unique, got {self.tasks}")
         if self.num_steps % self.eval_every:
-            raise ValueError(
-                f"num_steps ({self.num_steps}) must be a multiple of eval_every ({self.eval_every})"
-            )
+            raise ValueError(f"num_steps ({self.num_steps}) must be a multiple of eval_every ({self.eval_every})")
         return self
 
 
@@ -209,7 +203,6 @@ class PipelineParams(_Section):
                     f" prepare ({sorted(prepared)}): add it to data.datasets"
                 )
         return self
-
 
 
 def params_hash(params: PipelineParams) -> str:

@@ -70,9 +70,7 @@ def write_npz(f: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
             info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
             info.compress_type = zipfile.ZIP_STORED
             with zf.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(
-                    member, np.ascontiguousarray(arrays[key]), allow_pickle=False
-                )
+                np.lib.format.write_array(member, np.ascontiguousarray(arrays[key]), allow_pickle=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +96,7 @@ def _fetch_dataset(name: str, *, mirror: Path | None, cache_dir: Path, log: Logg
     """Fetch and verify every source file of dataset ``name``."""
     start = time.perf_counter()
     spec = get_dataset(name)
-    files = {
-        f.name: fetch_file_with_origin(f, mirror=mirror, cache_dir=cache_dir, log=log)
-        for f in spec.files
-    }
+    files = {f.name: fetch_file_with_origin(f, mirror=mirror, cache_dir=cache_dir, log=log) for f in spec.files}
     return _Fetched(name, files, time.perf_counter() - start)
 
 

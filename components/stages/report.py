@@ -6,7 +6,13 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from components.reporting import LABELS, meta_loss_figure, render_report, speedup_figure, task_curves_figure
+from components.reporting import (
+    LABELS,
+    meta_loss_figure,
+    render_report,
+    speedup_figure,
+    task_curves_figure,
+)
 from components.stages.calibrate import SAFEGUARD
 from components.stages.common import (
     Logger,
@@ -16,8 +22,10 @@ from components.stages.common import (
     print_logger,
     serial_map,
 )
-from components.stages.evaluate import CURVES_DIR, METRICS as EVAL_METRICS
-from components.stages.meta_train import METRICS as META_METRICS, MODEL_DIR
+from components.stages.evaluate import CURVES_DIR
+from components.stages.evaluate import METRICS as EVAL_METRICS
+from components.stages.meta_train import METRICS as META_METRICS
+from components.stages.meta_train import MODEL_DIR
 from components.stages.params import PipelineParams
 
 __all__ = ["VERSION", "REPORT_DIR", "run"]
@@ -26,9 +34,7 @@ VERSION = "1"
 REPORT_DIR = Path("reports")
 
 
-def run(
-    params: PipelineParams, root: Path, *, log: Logger = print_logger, map_fn: MapFn = serial_map
-) -> StageResult:
+def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_fn: MapFn = serial_map) -> StageResult:
     del map_fn
     root = Path(root)
     evaluation = json.loads((root / EVAL_METRICS).read_text())

@@ -91,8 +91,7 @@ class Task:
     log_scale: jax.Array
 
     def tree_flatten(self):
-        aux = (self.name, self.model, self.hidden, self.activation, self.image_shape,
-               self.num_classes, self.batch_size)
+        aux = (self.name, self.model, self.hidden, self.activation, self.image_shape, self.num_classes, self.batch_size)
         return (self.dataset_index, self.log_scale), aux
 
     @classmethod

@@ -37,9 +37,7 @@ def apply_mlp(params: dict, x: jax.Array, activation: str = "relu") -> jax.Array
     return h
 
 
-def init_conv(
-    key: jax.Array, image_shape: Sequence[int], channels: Sequence[int], num_classes: int
-) -> dict:
+def init_conv(key: jax.Array, image_shape: Sequence[int], channels: Sequence[int], num_classes: int) -> dict:
     """Parameters of a small CNN: 3x3 'SAME' convs with the given channels, global mean pool, dense head."""
     h, w, c = image_shape
     keys = jax.random.split(key, len(channels) + 1)

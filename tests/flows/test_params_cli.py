@@ -51,14 +51,19 @@ BAD_CASES = {
     "out_of_range": (
         {"seed": -1, "data": {"image_size": 64}},
         ["calibrate.lr_grid.min=-1"],
-        ["seed: Input should be greater than or equal to 0", "data.image_size: Input should be less than or equal to 28",
-         "calibrate.lr_grid.min: Input should be greater than 0"],
+        [
+            "seed: Input should be greater than or equal to 0",
+            "data.image_size: Input should be less than or equal to 28",
+            "calibrate.lr_grid.min: Input should be greater than 0",
+        ],
     ),
     "inconsistent": (
         {"meta_train": {"min_unroll": 500, "max_unroll": 100}},
         ["evaluate.eval_every=300"],
-        ["meta_train: min_unroll (500) must be <= max_unroll (100)",
-         "evaluate: num_steps (1000) must be a multiple of eval_every (300)"],
+        [
+            "meta_train: min_unroll (500) must be <= max_unroll (100)",
+            "evaluate: num_steps (1000) must be a multiple of eval_every (300)",
+        ],
     ),
     "dataset_not_prepared": (
         {"data": {"datasets": ["mnist"]}},

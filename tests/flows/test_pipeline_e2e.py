@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import BIN, make_project_copy, project_env, run_cli
 from mlflow.tracking import MlflowClient
 
 from components.optimizers import guard_with_loss, load, make_baseline
-from conftest import BIN, make_project_copy, project_env, run_cli
 from flows.params_io import dump_params, load_params
 
 STAGES = ["prepare_data", "meta_train", "calibrate", "evaluate", "report"]
@@ -69,7 +69,7 @@ def test_flow_runs_every_stage_and_writes_the_report(tiny_run, mirror):
         for opt in ("learned", "guarded", "adam_tuned"):
             assert 0.0 <= summary[opt]["final_test_acc"]["mean"] <= 1.0
             assert summary[opt]["speedup"] > 0
-        assert summary["adam_tuned"]["speedup"] == pytest.approx(1.0, abs=0.05)
+        assert 0.0 < summary["adam_tuned"]["speedup"] <= 1.0 + 1e-9  # the envelope is at least as good
     config = json.loads((root / "models" / "lopt" / "config.json").read_text())
     for key in ("architecture", "hyperparameters", "component_version", "params_hash", "data_hashes", "git_commit"):
         assert key in config, config.keys()
@@ -179,7 +179,9 @@ def test_evaluate_param_change_reruns_only_evaluate_and_report(tiny_run, mirror)
     assert (root / "models" / "lopt" / "weights.safetensors").stat().st_mtime_ns == ckpt
     after = json.loads((root / "metrics" / "evaluation.json").read_text())
     grid = [row["learning_rate"] for row in after["tasks"]["digits_mlp"]["adam_grid"]]
-    assert grid[-1] == pytest.approx(0.3) and grid != [r["learning_rate"] for r in before["tasks"]["digits_mlp"]["adam_grid"]]
+    assert grid[-1] == pytest.approx(0.3) and grid != [
+        r["learning_rate"] for r in before["tasks"]["digits_mlp"]["adam_grid"]
+    ]
     assert "max: 0.3" in (root / "params.yaml").read_text()
     runs = _runs(_client(root), "l2o-tiny")
     latest = max((r for r in runs if r.info.run_name == "pipeline"), key=lambda r: r.info.start_time)
@@ -254,7 +256,11 @@ def test_ui_serves_the_project_store(project, mirror):
     port = _free_port()
     proc = subprocess.Popen(
         [str(BIN / "l2o"), "ui", "--port", str(port)],
-        cwd=project, env=project_env(project, mirror), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=project,
+        env=project_env(project, mirror),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.time() + 120

@@ -159,9 +159,7 @@ def test_resize_28_to_8_preserves_mean_on_real_images(mirror):
     images = decode_idx(_read(mirror, "mnist/t10k-images-idx3-ubyte.gz"))[:500]
     small = resize_images(images, 8)
     assert small.shape == (500, 8, 8) and small.dtype == np.float32
-    np.testing.assert_allclose(
-        small.mean(axis=(1, 2)), images.mean(axis=(1, 2), dtype=np.float64), rtol=1e-5
-    )
+    np.testing.assert_allclose(small.mean(axis=(1, 2)), images.mean(axis=(1, 2), dtype=np.float64), rtol=1e-5)
     assert small.min() >= 0 and small.max() <= 255 * (1 + 1e-6)  # a convex combination
 
 
@@ -230,16 +228,12 @@ def test_subsample():
 # -------------------------------------------------------------------------- build_arrays
 def test_build_arrays_digits(mirror):
     files = {"digits.csv.gz": _read(mirror, "sklearn_digits/digits.csv.gz")}
-    out = build_arrays(
-        "digits", files, image_size=8, test_fraction=0.2, max_train_examples=None, seed=0
-    )
+    out = build_arrays("digits", files, image_size=8, test_fraction=0.2, max_train_examples=None, seed=0)
     assert sorted(out) == ["x_test", "x_train", "y_test", "y_train"]
     assert out["x_train"].shape == (1438, 8, 8, 1) and out["x_test"].shape == (359, 8, 8, 1)
     assert out["x_train"].dtype == np.float32 and out["y_train"].dtype == np.int32
     assert out["x_train"].min() == 0.0 and out["x_train"].max() == 1.0
-    again = build_arrays(
-        "digits", files, image_size=4, test_fraction=0.2, max_train_examples=100, seed=0
-    )
+    again = build_arrays("digits", files, image_size=4, test_fraction=0.2, max_train_examples=100, seed=0)
     assert again["x_train"].shape == (100, 4, 4, 1)
     # Same seed -> same split, whatever the image size and train cap.
     np.testing.assert_array_equal(again["y_test"], out["y_test"])
@@ -248,9 +242,7 @@ def test_build_arrays_digits(mirror):
 def test_build_arrays_rejects_image_size_above_native_for_digits(mirror):
     files = {"digits.csv.gz": _read(mirror, "sklearn_digits/digits.csv.gz")}
     with pytest.raises(ValueError, match=r"image_size=16 is not available for 'digits'.*8x8"):
-        build_arrays(
-            "digits", files, image_size=16, test_fraction=0.2, max_train_examples=None, seed=0
-        )
+        build_arrays("digits", files, image_size=16, test_fraction=0.2, max_train_examples=None, seed=0)
 
 
 def test_build_arrays_rejects_unknown_dataset_and_missing_files():

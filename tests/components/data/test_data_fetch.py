@@ -50,9 +50,7 @@ def test_fetch_from_mirror_rejects_a_corrupt_part(tmp_path, mirror):
 
 def test_fetch_from_mirror_rejects_a_wrong_whole_file(tmp_path, mirror):
     wrong = dataclasses.replace(DIGITS_FILE, sha256="f" * 64)
-    with pytest.raises(
-        DataIntegrityError, match=r"digits\.csv\.gz assembled from .*expected f{64}"
-    ):
+    with pytest.raises(DataIntegrityError, match=r"digits\.csv\.gz assembled from .*expected f{64}"):
         fetch_file(wrong, mirror=mirror, cache_dir=tmp_path, log=_quiet)
 
 

@@ -112,8 +112,14 @@ def test_meta_training_lowers_the_meta_loss():
     y = np.argmax(x.reshape(1000, -1) @ w, -1).astype(np.int32)
     family = ImageMLPFamily(("synthetic",), (16,), (8, 8, 1), 10, 32)
     cfg = MetaTrainConfig(
-        num_outer_steps=150, num_tasks=4, trunc_length=10, min_unroll=30, max_unroll=100,
-        sigma=0.1, outer_lr=3e-2, log_every=50,
+        num_outer_steps=150,
+        num_tasks=4,
+        trunc_length=10,
+        min_unroll=30,
+        max_unroll=100,
+        sigma=0.1,
+        outer_lr=3e-2,
+        log_every=50,
     )
     lopt = LearnableSGD(np.log(1e-3))
     lines = []
@@ -127,8 +133,16 @@ def test_meta_training_lowers_the_meta_loss():
 
 def test_meta_training_is_deterministic_given_the_key():
     family = QuadraticFamily()
-    cfg = MetaTrainConfig(num_outer_steps=5, num_tasks=4, trunc_length=3, min_unroll=6, max_unroll=12, sigma=0.01,
-                          outer_lr=1e-2, log_every=5)
+    cfg = MetaTrainConfig(
+        num_outer_steps=5,
+        num_tasks=4,
+        trunc_length=3,
+        min_unroll=6,
+        max_unroll=12,
+        sigma=0.01,
+        outer_lr=1e-2,
+        log_every=5,
+    )
     runs = [
         meta_train(LearnableSGD(), family, jnp.zeros(()), cfg, key=jax.random.PRNGKey(3), log=lambda m: None)
         for _ in range(2)

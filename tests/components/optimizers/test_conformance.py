@@ -37,9 +37,7 @@ class Problem:
 
 
 PROBLEMS = {
-    "parabola": Problem(
-        parabola, (-1.0, 10.0, 1.0), (0.0, 0.0, 0.0), 2000, {"adam": 0.1, "sgd": 0.1}
-    ),
+    "parabola": Problem(parabola, (-1.0, 10.0, 1.0), (0.0, 0.0, 0.0), 2000, {"adam": 0.1, "sgd": 0.1}),
     # lr 1e-3 for SGD: below 1/L near the valley (the Hessian's largest eigenvalue at (1, 1) is ~1002).
     "rosenbrock": Problem(rosenbrock, (0.0, 0.0), (1.0, 1.0), 20000, {"adam": 0.01, "sgd": 1e-3}),
 }
@@ -70,16 +68,10 @@ class OptimizerCase:
 OPTIMIZERS_UNDER_TEST = [
     OptimizerCase("adam", lambda lr: adam(lr["adam"]), ("parabola", "rosenbrock")),
     OptimizerCase("sgd", lambda lr: sgd(lr["sgd"]), ("parabola", "rosenbrock")),
-    OptimizerCase(
-        "sgd_momentum", lambda lr: sgd(lr["sgd"], momentum=0.9), ("parabola", "rosenbrock")
-    ),
+    OptimizerCase("sgd_momentum", lambda lr: sgd(lr["sgd"], momentum=0.9), ("parabola", "rosenbrock")),
     # Untrained learned optimizers: no convergence claim, only the structural checks + finiteness.
-    OptimizerCase(
-        "small_fc_lopt_init", lambda lr: _LOPT.make(_META_PARAMS_INIT, num_steps=100), ()
-    ),
-    OptimizerCase(
-        "small_fc_lopt_random", lambda lr: _LOPT.make(_META_PARAMS_RANDOM, num_steps=100), ()
-    ),
+    OptimizerCase("small_fc_lopt_init", lambda lr: _LOPT.make(_META_PARAMS_INIT, num_steps=100), ()),
+    OptimizerCase("small_fc_lopt_random", lambda lr: _LOPT.make(_META_PARAMS_RANDOM, num_steps=100), ()),
     # LGL2O with gradient descent as the guard: every step is at least as good as a GD step from
     # the same point, so it inherits GD's descent guarantee and converges on both problems. With
     # these random meta-params the learned candidate is accepted on ~10% of the Rosenbrock steps
@@ -190,9 +182,7 @@ def test_extra_args_accepted(case):
     def one_update(params):
         state = opt.init(params)
         grads = jax.grad(_loss)(params)
-        return opt.update(
-            grads, state, params, loss=_loss(params), loss_fn=_loss, unused_extra=jnp.ones(3)
-        )
+        return opt.update(grads, state, params, loss=_loss(params), loss_fn=_loss, unused_extra=jnp.ones(3))
 
     updates, _ = jax.eval_shape(one_update, params)  # traces without compiling
     assert _shapes_and_dtypes(updates) == _shapes_and_dtypes(params)

@@ -128,9 +128,7 @@ def test_missing_loss_fn_is_a_clear_error():
     opt = guard_with_loss(sgd(0.1), adam(0.1))
     params = {"x": jnp.ones(2)}
     state = opt.init(params)
-    with pytest.raises(
-        TypeError, match=r"needs the loss closure.*loss_fn=lambda p: loss\(p, batch\)"
-    ):
+    with pytest.raises(TypeError, match=r"needs the loss closure.*loss_fn=lambda p: loss\(p, batch\)"):
         opt.update(params, state, params, loss=jnp.float32(1.0))
     with pytest.raises(TypeError, match="needs the loss closure"):
         jax.jit(lambda p, s: opt.update(p, s, p))(params, state)

@@ -220,9 +220,7 @@ def test_decay_reparametrisation_round_trip():
 
 
 def test_tanh_step_embedding():
-    np.testing.assert_allclose(
-        F.tanh_step_embedding(jnp.int32(7)), np.tanh(7 / TIMESCALES - 1), rtol=1e-6
-    )
+    np.testing.assert_allclose(F.tanh_step_embedding(jnp.int32(7)), np.tanh(7 / TIMESCALES - 1), rtol=1e-6)
 
 
 def test_factored_dims_uses_the_two_largest_axes():
@@ -319,9 +317,7 @@ def test_update_matches_numpy_reference():
 
 def test_update_under_jit_and_vmap_over_perturbed_meta_params():
     base = LOPT.init_meta_params(jax.random.key(0))
-    eps = jax.tree.map(
-        lambda x: 0.1 * jax.random.normal(jax.random.key(x.size), x.shape), base
-    )  # one direction
+    eps = jax.tree.map(lambda x: 0.1 * jax.random.normal(jax.random.key(x.size), x.shape), base)  # one direction
     batch = jax.tree.map(lambda b, e: jnp.stack([b + e, b - e, b + 2 * e, b]), base, eps)
     params = random_tree(2, [(5, 3)])
     grads = random_tree(3, [(5, 3)])
@@ -388,9 +384,7 @@ def test_save_load_round_trip(tmp_path):
 
     opt = load(path, num_steps=10)
     assert isinstance(opt, optax.GradientTransformationExtraArgs)
-    got = jax.jit(lambda p, g: opt.update(g, opt.init(p), p, loss=jnp.float32(1.0))[0])(
-        params, grads
-    )
+    got = jax.jit(lambda p, g: opt.update(g, opt.init(p), p, loss=jnp.float32(1.0))[0])(params, grads)
     np.testing.assert_allclose(got["leaf0"], want["leaf0"], rtol=1e-6, atol=1e-12)
 
 
@@ -462,9 +456,7 @@ def test_mismatched_keys_raise(checkpoint):
 
 def test_unknown_architecture_raises(checkpoint):
     _edit_config(checkpoint, architecture="velo")
-    with pytest.raises(
-        ValueError, match=r"Unknown learned optimizer architecture 'velo'.*small_fc"
-    ):
+    with pytest.raises(ValueError, match=r"Unknown learned optimizer architecture 'velo'.*small_fc"):
         load_meta_params(checkpoint)
     with pytest.raises(ValueError, match="Invalid hyperparameters"):
         build_lopt("small_fc_lopt", {"hidden_sizes": 3})
