@@ -130,7 +130,7 @@ def test_registered_model_loads_as_optax_and_steps_a_quadratic(tiny_run, monkeyp
 
     client = _client(root)
     versions = client.search_model_versions("name='small_fc_lopt_tiny'")
-    assert [v.version for v in versions] == ["1"]
+    assert [str(v.version) for v in versions] == ["1"]
     uri = f"sqlite:///{root / '.mlflow' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
