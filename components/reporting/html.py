@@ -70,7 +70,8 @@ def render_report(
         if k.startswith("task:")
     )
     sweep = "".join(
-        f"<tr><td>{s['learning_rate']:.3g}</td><td>{s['final_loss']:.4f}</td><td>{s['fallback_fraction']:.0%}</td></tr>"
+        f"<tr><td>{s['learning_rate']:.3g}</td><td>{s['final_loss']:.4f}</td><td>{s['guard_alone_final_loss']:.4f}</td>"
+        f"<td>{s['fallback_fraction']:.0%}</td></tr>"
         for s in safeguard["sweep"]
     )
     return f"""<!doctype html>
@@ -95,7 +96,7 @@ steps; "&ge;" means Adam never reached it. Final-loss ratio = tuned Adam's final
 <img src='{e(figures["meta_loss"])}' alt='meta-training curve'>
 <h2>Safeguard (LGL2O)</h2>
 <p>Guard {e(safeguard["guard"])}, learning rate {safeguard["learning_rate"]:.3g}, chosen by: {e(safeguard["selection"])}.</p>
-<table><tr><th>guard LR</th><th>final loss</th><th>fallback fraction</th></tr>{sweep}</table>
+<table><tr><th>guard LR</th><th>guarded final loss</th><th>guard alone final loss</th><th>fallback fraction</th></tr>{sweep}</table>
 <h2>Params</h2><pre>{e(json.dumps(params, indent=2, sort_keys=True))}</pre>
 </body></html>
 """
