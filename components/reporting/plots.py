@@ -14,17 +14,14 @@ LABELS = {"learned": "learned (small_fc_lopt)", "guarded": "learned + LGL2O guar
 
 
 def meta_loss_figure(curves: dict) -> plt.Figure:
-    """Meta-training curves: ``curves[name] = [(step, value), ...]``."""
+    """The PES meta-loss curve: ``curves["meta_loss"] = [(outer_step, value), ...]``."""
     fig, ax = plt.subplots(figsize=(6, 3.5), constrained_layout=True)
-    for name in ("meta_loss", "train_loss"):
-        if curves.get(name):
-            s, v = zip(*curves[name])
-            ax.plot(s, v, label=name.replace("_", " "))
+    s, v = zip(*curves["meta_loss"])
+    ax.plot(s, v, color="#d62728")
     ax.set_xlabel("outer step")
-    ax.set_ylabel("normalised / raw training loss")
-    ax.set_title("Meta-training (PES)")
+    ax.set_ylabel("meta-loss")
+    ax.set_title("Meta-training (PES): normalised inner training loss", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
     return fig
 
 
