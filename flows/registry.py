@@ -18,8 +18,8 @@ class LearnedOptimizerModel(mlflow.pyfunc.PythonModel):
 
     ``unwrap_python_model().transformation(num_steps=...)`` gives the
     ``optax.GradientTransformationExtraArgs``. ``predict`` applies one step from a fresh optimizer
-    state to a flat parameter vector: input columns ``params`` and ``grads`` (floats) and optionally
-    ``loss``; output: the update per parameter.
+    state to flat parameter vectors: each input instance has ``params`` and ``grads`` (floats) and
+    optionally ``loss``; the output has one update vector per instance.
     """
 
     def load_context(self, context):
@@ -30,17 +30,22 @@ class LearnedOptimizerModel(mlflow.pyfunc.PythonModel):
 
         return load(self.checkpoint, num_steps=num_steps)
 
-    def predict(self, context, model_input, params=None):
+    def predict(
+        self, context, model_input: list[dict[str, list[float]]], params: dict | None = None
+    ) -> list[list[float]]:
         import jax.numpy as jnp  # noqa: PLC0415
         import numpy as np  # noqa: PLC0415
 
         num_steps = int((params or {}).get("num_steps", 1000))
-        p = jnp.asarray(np.asarray(model_input["params"], np.float32))
-        g = jnp.asarray(np.asarray(model_input["grads"], np.float32))
-        loss = float(np.asarray(model_input["loss"])[0]) if "loss" in model_input else 0.0
         opt = self.transformation(num_steps=num_steps)
-        updates, _ = opt.update(g, opt.init(p), p, loss=jnp.asarray(loss))
-        return np.asarray(updates)
+        out = []
+        for instance in model_input:
+            p = jnp.asarray(np.asarray(instance["params"], np.float32))
+            g = jnp.asarray(np.asarray(instance["grads"], np.float32))
+            loss = float(np.asarray(instance.get("loss", [0.0]))[0])
+            updates, _ = opt.update(g, opt.init(p), p, loss=jnp.asarray(loss))
+            out.append(np.asarray(updates).tolist())
+        return out
 
 
 def log_learned_optimizer(run_id: str, checkpoint: Path, registered_name: str) -> str:

@@ -150,8 +150,8 @@ def test_registered_model_loads_as_optax_and_steps_a_quadratic(tiny_run, monkeyp
     assert guarded_losses[-1] < 0.05 * guarded_losses[0]
     # and the pyfunc flavour answers predict() with one update per parameter
     model = mlflow.pyfunc.load_model("models:/small_fc_lopt_tiny/1")
-    out = model.predict({"params": [0.0, 1.0, 2.0], "grads": [0.1, -0.2, 0.3], "loss": [1.0]})
-    assert np.asarray(out).shape == (3,) and np.all(np.isfinite(out))
+    out = model.predict([{"params": [0.0, 1.0, 2.0], "grads": [0.1, -0.2, 0.3], "loss": [1.0]}])
+    assert np.asarray(out).shape == (1, 3) and np.all(np.isfinite(out))
 
 
 def test_noop_rerun_skips_every_stage(tiny_run, mirror):
