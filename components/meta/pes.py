@@ -60,6 +60,7 @@ def sample_length(key: jax.Array, lo: int, hi: int) -> jax.Array:
 
 
 def _fresh_inner(lopt, meta_params, family, cfg: PESConfig, key: jax.Array) -> InnerState:
+    """A new inner problem: task, horizon and initial params from ``key``; optimizer state from θ."""
     k_task, k_len, k_init = jax.random.split(key, 3)
     task = family.sample(k_task)
     length = sample_length(k_len, cfg.min_unroll, cfg.max_unroll)
@@ -114,7 +115,6 @@ def pes_gradient(
 
     def one_task(theta2, pair: InnerState, task_key):
         step2 = jax.vmap(lambda th, st, batch: _inner_step(lopt, th, st, batch, _loss_and_grad), in_axes=(0, 0, None))
-        init2 = jax.vmap(lambda th, fresh: lopt.make(th, num_steps=fresh.length).init(fresh.params), in_axes=(0, None))
 
         def body(carry, k):
             pair, after = carry
@@ -123,8 +123,8 @@ def pes_gradient(
             batch = task.batch(data, k_batch)
             losses, pair = step2(theta2, pair, batch)
             done = pair.step[0] >= pair.length[0]
-            fresh = _fresh_inner(lopt, meta_params, family, cfg, k_reset)
-            fresh2 = jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), fresh)._replace(opt_state=init2(theta2, fresh))
+            # the same new problem for both branches (same key), its optimizer state built from θ±ε
+            fresh2 = jax.vmap(lambda th: _fresh_inner(lopt, th, family, cfg, k_reset))(theta2)
             pair = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), fresh2, pair)
             norm = task.normalized_loss(losses)
             out = (norm[0] - norm[1], after, norm.mean(), losses.mean(), done)

@@ -49,7 +49,9 @@ def _stats(a: np.ndarray) -> dict:
     return {"mean": a.mean(axis=0).tolist(), "std": a.std(axis=0).tolist()}
 
 
-def evaluate_task(params: PipelineParams, root: Path, name: str, log: Logger) -> dict:
+def evaluate_task(
+    params: PipelineParams, root: Path, name: str, lopt, meta_params, safeguard: dict, log: Logger
+) -> dict:
     ev = params.evaluate
     spec = EVAL_TASKS[name]
     arrays = load_prepared(root, spec.dataset)
@@ -63,8 +65,6 @@ def evaluate_task(params: PipelineParams, root: Path, name: str, log: Logger) ->
     task = make_eval_task(
         name, image_shape=arrays["x_train"].shape[1:], num_classes=num_classes, batch_size=ev.batch_size
     )
-    lopt, meta_params, _ = load_meta_params(root / MODEL_DIR)
-    safeguard = json.loads((root / SAFEGUARD).read_text())
     seed_keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(params.seed), 2), ev.num_seeds)
     common = dict(keys=seed_keys, num_steps=ev.num_steps, eval_every=ev.eval_every)
     t0 = time.perf_counter()
@@ -135,7 +135,11 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
     """Evaluate every task (fanned out through ``map_fn``) and write the metrics files."""
     root = Path(root)
     t0 = time.perf_counter()
-    results = map_fn(lambda name: evaluate_task(params, root, name, log), list(params.evaluate.tasks))
+    lopt, meta_params, _ = load_meta_params(root / MODEL_DIR)
+    safeguard = json.loads((root / SAFEGUARD).read_text())
+    results = map_fn(
+        lambda name: evaluate_task(params, root, name, lopt, meta_params, safeguard, log), list(params.evaluate.tasks)
+    )
     for r in results:
         atomic_write_json(root / CURVES_DIR / f"{r['name']}.json", r["curves"])
     for stale in (root / CURVES_DIR).glob("*.json"):
