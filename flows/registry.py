@@ -10,7 +10,7 @@ from pathlib import Path
 
 import mlflow.pyfunc
 
-__all__ = ["LearnedOptimizerModel", "log_learned_optimizer", "load_optimizer"]
+__all__ = ["LearnedOptimizerModel", "log_learned_optimizer", "load_optimizer", "resolve_checkpoint"]
 
 
 class LearnedOptimizerModel(mlflow.pyfunc.PythonModel):
@@ -70,17 +70,37 @@ def load_optimizer(name_or_path: str, *, num_steps: int):
 
         return load(path, num_steps=num_steps)
     uri = name_or_path if name_or_path.startswith("models:/") else _latest_uri(name_or_path)
+    if uri is None:
+        raise ValueError(
+            f"{name_or_path!r} is neither a checkpoint directory nor a registered model: run the pipeline"
+            " (`l2o run`) or pass models:/<name>/<version>"
+        )
     model = mlflow.pyfunc.load_model(uri)
     return model.unwrap_python_model().transformation(num_steps=num_steps)
 
 
-def _latest_uri(name: str) -> str:
+def resolve_checkpoint(reference: str) -> str | None:
+    """Checkpoint source for ``components.optimizers.load`` (entry point ``l2o_pipeline.checkpoint_sources``).
+
+    Downloads the checkpoint of a registered model (``models:/<name>/<version>``,
+    ``models:/<name>@<alias>`` or a bare registered name = its latest version) from the tracking
+    store of ``MLFLOW_TRACKING_URI`` and returns its local directory; ``None`` for a name that is not
+    registered there.
+    """
+    if not reference.startswith("models:/"):
+        if "/" in reference or "\\" in reference:
+            return None  # a path that does not exist, not a model name
+        reference = _latest_uri(reference)
+        if reference is None:
+            return None
+    model = mlflow.pyfunc.load_model(reference)
+    return model.unwrap_python_model().checkpoint
+
+
+def _latest_uri(name: str) -> str | None:
     client = mlflow.tracking.MlflowClient()
     versions = client.search_model_versions(f"name='{name}'")
     if not versions:
-        raise ValueError(
-            f"{name!r} is neither a checkpoint directory nor a registered model: run the pipeline"
-            " (`l2o run`) or pass models:/<name>/<version>"
-        )
+        return None
     latest = max(versions, key=lambda v: int(v.version))
     return f"models:/{name}/{latest.version}"

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from components.meta.frozen import trainable_mask
 from components.tasks.base import ImageData, Task
 
 __all__ = ["InnerState", "PESState", "PESConfig", "init_pes_state", "pes_gradient", "sample_length"]
@@ -106,9 +107,14 @@ def pes_gradient(
     k_eps, k_steps = jax.random.split(key)
     leaves, treedef = jax.tree_util.tree_flatten(meta_params)
     eps_keys = jax.random.split(k_eps, len(leaves))
+    # frozen meta-params (lopt.frozen_keys(), e.g. one of Celo's phases) are not perturbed
+    keep = jax.tree_util.tree_leaves(trainable_mask(lopt, meta_params))
     eps = jax.tree_util.tree_unflatten(
         treedef,
-        [cfg.sigma * jax.random.normal(k, (cfg.num_tasks, *p.shape), p.dtype) for k, p in zip(eps_keys, leaves)],
+        [
+            cfg.sigma * jax.random.normal(k, (cfg.num_tasks, *p.shape), p.dtype) * float(t)
+            for k, p, t in zip(eps_keys, leaves, keep)
+        ],
     )
     # θ+ε and θ−ε stacked on an antithetic axis of size 2: [num_tasks, 2, ...]
     theta_pair = jax.tree_util.tree_map(lambda t, e: jnp.stack([t[None] + e, t[None] - e], axis=1), meta_params, eps)

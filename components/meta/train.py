@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from components.meta.frozen import penalty_gradient, trainable_mask
 from components.meta.pes import PESConfig, init_pes_state, pes_gradient
 from components.tasks.base import ImageData
 
@@ -43,8 +44,12 @@ class MetaTrainResult:
     inner_steps: int
 
 
-def outer_optimizer(cfg: MetaTrainConfig) -> optax.GradientTransformation:
-    """Non-finite meta-gradients are zeroed, then clipped by value, then AdamW (constant or cosine LR)."""
+def outer_optimizer(cfg: MetaTrainConfig, mask: Any = None) -> optax.GradientTransformation:
+    """Non-finite meta-gradients are zeroed, then clipped by value, then AdamW (constant or cosine LR).
+
+    ``mask`` (a pytree of bools like the meta-params, see :func:`~components.meta.frozen.trainable_mask`)
+    leaves the ``False`` leaves untouched: zero update, no weight decay.
+    """
     if cfg.outer_lr_schedule == "cosine":
         lr = optax.cosine_decay_schedule(cfg.outer_lr, max(1, cfg.num_outer_steps), alpha=0.1)
     elif cfg.outer_lr_schedule == "constant":
@@ -52,11 +57,15 @@ def outer_optimizer(cfg: MetaTrainConfig) -> optax.GradientTransformation:
     else:
         raise ValueError(f"outer_lr_schedule must be 'constant' or 'cosine', got {cfg.outer_lr_schedule!r}")
     zero_nans = optax.stateless(lambda g, _: jax.tree_util.tree_map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), g))
-    return optax.chain(
+    train = optax.chain(
         zero_nans,
         optax.clip(cfg.grad_clip),
         optax.adamw(lr, weight_decay=cfg.outer_weight_decay),
     )
+    if mask is None:
+        return train
+    labels = jax.tree_util.tree_map(lambda keep: "train" if keep else "frozen", mask)
+    return optax.multi_transform({"train": train, "frozen": optax.set_to_zero()}, labels)
 
 
 def meta_train(
@@ -67,6 +76,7 @@ def meta_train(
     *,
     key: jax.Array,
     log: Callable[[str], None] = print,
+    init_meta_params: Any = None,
 ) -> MetaTrainResult:
     """Meta-train ``lopt`` on ``family`` with truncated PES.
 
@@ -77,6 +87,12 @@ def meta_train(
       cfg: loop and estimator settings.
       key: the only source of randomness.
       log: where progress lines go.
+      init_meta_params: start from these meta-params instead of ``lopt.init_meta_params`` (e.g.
+        Celo's phase 2 from the phase-1 result).
+
+    Frozen meta-params declared by ``lopt.frozen_keys()`` are neither perturbed nor updated, and the
+    gradient of ``lopt.meta_penalty`` (if declared) is added to the PES estimate
+    (:mod:`components.meta.frozen`).
 
     Returns:
       The trained meta-parameters and curves ``meta_loss``, ``train_loss``, ``grad_norm`` sampled
@@ -84,14 +100,17 @@ def meta_train(
     """
     pes_cfg = PESConfig(cfg.num_tasks, cfg.trunc_length, cfg.min_unroll, cfg.max_unroll, cfg.sigma)
     k_init, k_state, k_loop = jax.random.split(key, 3)
-    meta_params = lopt.init_meta_params(k_init)
-    opt = outer_optimizer(cfg)
+    meta_params = lopt.init_meta_params(k_init) if init_meta_params is None else init_meta_params
+    opt = outer_optimizer(cfg, trainable_mask(lopt, meta_params))
     opt_state = opt.init(meta_params)
     state = init_pes_state(lopt, meta_params, family, pes_cfg, k_state)
 
     @jax.jit
     def outer_step(meta_params, opt_state, state, data, key):
         grad, state, aux = pes_gradient(lopt, meta_params, family, pes_cfg, state, data, key)
+        penalty = penalty_gradient(lopt, meta_params)
+        if penalty is not None:
+            grad = jax.tree_util.tree_map(jnp.add, grad, penalty)
         updates, opt_state = opt.update(grad, opt_state, meta_params)
         meta_params = optax.apply_updates(meta_params, updates)
         aux = dict(aux, grad_norm=optax.global_norm(grad))

@@ -21,6 +21,7 @@ Example:
   >>> opt = load(path, num_steps=1000)
 """
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -31,12 +32,11 @@ from typing import Any
 import jax
 import numpy as np
 import optax
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
 
-from components.optimizers.small_fc_lopt import SmallFcLOpt
+from components.optimizers import registry
 
 __all__ = [
+    "CHECKPOINT_SOURCES_GROUP",
     "CONFIG_FILE",
     "FORMAT_VERSION",
     "LOPTS",
@@ -47,8 +47,14 @@ __all__ = [
     "save",
 ]
 
-LOPTS: dict[str, type] = {"small_fc_lopt": SmallFcLOpt}
+LOPTS = registry.LEARNED
 """Learned-optimizer architectures by name (the ``architecture`` field of ``config.json``)."""
+
+CHECKPOINT_SOURCES_GROUP = "l2o_pipeline.checkpoint_sources"
+"""Entry-point group of resolvers that turn a non-path reference (e.g. an MLflow registered model
+name) into a local checkpoint directory: ``resolver(reference: str) -> str | None`` (``None``: not
+mine). The pipeline's ``flows.registry`` registers one for the MLflow model registry, so the library
+itself never imports MLflow."""
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
@@ -63,13 +69,11 @@ def build_lopt(name: str, config: dict) -> Any:
       ValueError: for an unknown name (listing the registered ones) or hyperparameters the
         architecture does not accept.
     """
+    if not isinstance(name, str) or name not in LOPTS:
+        raise ValueError(f"Unknown learned optimizer architecture {name!r}; expected one of {sorted(LOPTS)}.")
     try:
-        cls = LOPTS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"Unknown learned optimizer architecture {name!r}; expected one of {sorted(LOPTS)}.") from None
-    try:
-        return cls(**dict(config))
-    except TypeError as err:
+        return registry.learned_optimizer(name, **dict(config))
+    except (TypeError, ValueError) as err:
         raise ValueError(f"Invalid hyperparameters for {name!r}: {config!r} ({err}).") from err
 
 
@@ -134,6 +138,7 @@ def save(directory: str | os.PathLike, lopt: Any, meta_params: Any, metadata: di
     except TypeError as err:
         raise ValueError(f"save: config/metadata must be JSON-serialisable ({err}).") from err
     weights = {k: np.ascontiguousarray(np.asarray(v)) for k, v in _flatten(meta_params).items()}
+    from safetensors.numpy import save_file  # noqa: PLC0415 - optional on bare GPU workers
 
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
@@ -196,6 +201,9 @@ def load_meta_params(path: str | os.PathLike) -> tuple[Any, Any, dict]:
     weights_path = path / WEIGHTS_FILE
     if not weights_path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} has no {WEIGHTS_FILE}: {weights_path}")
+    from safetensors import SafetensorError  # noqa: PLC0415 - optional on bare GPU workers
+    from safetensors.numpy import load_file  # noqa: PLC0415
+
     try:
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -223,12 +231,44 @@ def load_meta_params(path: str | os.PathLike) -> tuple[Any, Any, dict]:
     return lopt, jax.tree.unflatten(treedef, leaves), config
 
 
-def load(path: str | os.PathLike, *, num_steps: int) -> optax.GradientTransformationExtraArgs:
-    """Loads a checkpoint as a ready optax transformation: ``lopt.make(meta_params, num_steps=…)``.
+def resolve(reference: str | os.PathLike) -> Path:
+    """The local checkpoint directory of ``reference``: a path, or a name a registered source resolves.
+
+    Sources are the entry points of :data:`CHECKPOINT_SOURCES_GROUP` (installed with the pipeline:
+    MLflow registered models, ``models:/<name>/<version>``, ``models:/<name>@<alias>`` or a bare
+    registered name meaning its latest version).
 
     Raises:
-      FileNotFoundError: if the directory or one of its files is missing.
+      FileNotFoundError: if no directory exists there and no source knows the name.
+    """
+    path = Path(reference)
+    if path.is_dir():
+        return path
+    tried = []
+    for entry in importlib.metadata.entry_points(group=CHECKPOINT_SOURCES_GROUP):
+        tried.append(entry.name)
+        found = entry.load()(str(reference))
+        if found is not None:
+            return Path(found)
+    raise FileNotFoundError(
+        f"{str(reference)!r} is not a learned-optimizer checkpoint directory"
+        + (f" and no checkpoint source ({', '.join(tried)}) knows it" if tried else "")
+        + ". Pass the directory written by the meta_train stage (e.g. models/lopt) or a registered model "
+        "name such as models:/small_fc_lopt/1 (with MLFLOW_TRACKING_URI pointing at its store)."
+    )
+
+
+def load(path_or_registered_name: str | os.PathLike, *, num_steps: int) -> optax.GradientTransformationExtraArgs:
+    """A trained learned optimizer as a ready optax transformation: ``lopt.make(meta_params, num_steps=…)``.
+
+    Args:
+      path_or_registered_name: a checkpoint directory, or a registered model reference (see
+        :func:`resolve`).
+      num_steps: length of the run the optimizer will be used for.
+
+    Raises:
+      FileNotFoundError: if the checkpoint (or one of its files) cannot be found.
       ValueError: if the files are corrupted or the weights do not match the architecture.
     """
-    lopt, meta_params, _ = load_meta_params(path)
+    lopt, meta_params, _ = load_meta_params(resolve(path_or_registered_name))
     return lopt.make(meta_params, num_steps=num_steps)

@@ -23,6 +23,13 @@ Formulas, per decay ``β`` and gradient ``g`` (all without bias correction):
   ``fac_g = g · rsqrt(v + 1e-9)``.
 * second-moment normaliser: ``x / sqrt(1e-5 + mean(x²))`` over all tensor axes.
 * step embedding: ``tanh(t/τ − 1)`` for the 11 timescales in :data:`TANH_TIMESCALES`.
+* fractional step embedding (VeLO / Celo): ``tanh(10·(t/T − s))`` for the 9 shifts in
+  :data:`FRACTION_SHIFTS`.
+* loss-buffer features (VeLO / Celo, ``BufferLossAccumulators``): 10 bias-corrected loss EMAs with
+  half-lives ``logspace(1, log10(T), 10)`` and their running minima, summarised as 9 features
+  ``clip((ĉ_i − min_i) / max(1e-8, ĉ_{i+1} − min_i) − 1, −1, 1)`` (0 for the first 2 steps); see
+  :func:`update_loss_buffer`.
+* gradient clipping: elementwise to ``±1000`` before anything else (VeLO / Celo).
 * decay reparametrisation: ``θ = log(1−β)/10`` and ``β = 1 − exp(10·θ)``.
 """
 
@@ -34,7 +41,16 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "FRACTION_SHIFTS",
+    "GRAD_CLIP",
     "TANH_TIMESCALES",
+    "LossBufferState",
+    "clip_gradient",
+    "fractional_tanh_embedding",
+    "init_loss_buffer",
+    "loss_buffer_features",
+    "param_scale",
+    "update_loss_buffer",
     "FactoredAccumulator",
     "accumulator_dtype",
     "decay_to_param",
@@ -57,6 +73,15 @@ TANH_TIMESCALES: tuple[float, ...] = (
     1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5,
 )  # fmt: skip
 """Timescales τ of the step-count embedding ``tanh(t/τ − 1)`` (MLPLOpt / AdafacMLPLOpt)."""
+
+FRACTION_SHIFTS: tuple[float, ...] = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
+"""Shifts ``s`` of the fractional step embedding ``tanh(10·(t/T − s))`` (VeLO / Celo)."""
+
+GRAD_CLIP = 1000.0
+"""Elementwise gradient clip applied first by VeLO and Celo."""
+
+NUM_LOSS_EMAS = 10
+"""Number of loss EMAs in the loss buffer (half-lives log-spaced from 10 to ``num_steps``)."""
 
 _FACTORED_EPS = 1e-30  # added to g² before the factored means (reference value)
 _SAFE_RSQRT_FLOOR = 1e-9
@@ -87,6 +112,92 @@ def tanh_step_embedding(step: jax.Array) -> jax.Array:
     """Step-count features ``tanh(t/τ − 1)`` for τ in :data:`TANH_TIMESCALES`, shape ``[11]``."""
     t = jnp.asarray(step).astype(jnp.float32)
     return jnp.tanh(t / jnp.asarray(TANH_TIMESCALES, jnp.float32) - 1.0)
+
+
+def fractional_tanh_embedding(step: jax.Array, num_steps: jax.Array) -> jax.Array:
+    """Training-progress features ``tanh(10·(t/T − s))`` for s in :data:`FRACTION_SHIFTS`, shape ``[9]``.
+
+    ``t`` and ``T`` may be traced; ``T`` is floored at 1.
+    """
+    frac = jnp.asarray(step, jnp.float32) / jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
+    return jnp.tanh(10.0 * (frac - jnp.asarray(FRACTION_SHIFTS, jnp.float32)))
+
+
+class LossBufferState(NamedTuple):
+    """Loss EMAs of :func:`init_loss_buffer` (VeLO / Celo's ``BufferLossAccumulators``).
+
+    Attributes:
+      means: ``[10]`` EMAs of the (clipped) loss, not bias-corrected.
+      running_min: ``[10]`` running minima of the bias-corrected EMAs (1e12 at start).
+      decays: ``[10]`` EMA decays ``exp(−1/halflife)``.
+      iteration: int32 number of losses seen.
+    """
+
+    means: jax.Array
+    running_min: jax.Array
+    decays: jax.Array
+    iteration: jax.Array
+
+
+def init_loss_buffer(num_steps) -> LossBufferState:
+    """Empty loss buffer for a run of ``num_steps`` (a Python int or a traced scalar).
+
+    Half-lives are ``logspace(1, log10(num_steps), 10)`` (as the reference, also below 10 steps, where
+    they decrease from 10 to ``num_steps``; ``num_steps`` is floored at 1) and decays
+    ``exp(−1/halflife)``.
+    """
+    log_t = jnp.log10(jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0))
+    halflife = 10.0 ** jnp.linspace(1.0, log_t, NUM_LOSS_EMAS)
+    return LossBufferState(
+        means=jnp.zeros((NUM_LOSS_EMAS,), jnp.float32),
+        running_min=jnp.full((NUM_LOSS_EMAS,), 999999999999.0, jnp.float32),
+        decays=jnp.exp(-1.0 / halflife).astype(jnp.float32),
+        iteration=jnp.zeros([], jnp.int32),
+    )
+
+
+def update_loss_buffer(state: LossBufferState, loss: jax.Array) -> LossBufferState:
+    """Adds one loss to the buffer.
+
+    With ``k`` the iteration before the update and ``ĉ = means / (1 − β^(k+1))``:
+    the loss is clipped to ``min(2·|max(ĉ)|, ℓ)`` (``max(ĉ)`` replaced by ``ℓ`` on the first
+    step), ``means ← β·means + (1−β)·ℓ``, ``running_min ← min(running_min, means/(1 − β^(k+1)))``
+    and ``k ← k + 1``.
+    """
+    loss = jnp.asarray(loss, jnp.float32)
+    decays = state.decays
+    correction = 1.0 - decays ** (state.iteration + 1).astype(jnp.float32)
+    approx_max = jnp.max(state.means / correction)
+    approx_max = jnp.where(state.iteration == 0, loss, approx_max)
+    loss = jnp.minimum(2.0 * jnp.abs(approx_max), loss)
+    means = decays * state.means + (1.0 - decays) * loss
+    running_min = jnp.minimum(state.running_min, means / correction)
+    return LossBufferState(means, running_min, decays, state.iteration + 1)
+
+
+def loss_buffer_features(state: LossBufferState) -> jax.Array:
+    """The 9 loss features of the buffer, ``[9]``.
+
+    With ``ĉ = means / (1 − β^k)`` (``k`` the number of losses seen):
+    ``f_i = clip((ĉ_i − min_i) / max(1e-8, ĉ_{i+1} − min_i) − 1, −1, 1)`` for i = 0..8, all 0 while
+    ``k ≤ 2``.
+    """
+    corrected = state.means / (1.0 - state.decays ** state.iteration.astype(jnp.float32))
+    running_min = state.running_min[:-1]
+    denom = jnp.maximum(1e-8, corrected[1:] - running_min)
+    feats = jnp.clip((corrected[:-1] - running_min) / denom - 1.0, -1.0, 1.0)
+    return jnp.where(state.iteration <= 2, jnp.zeros_like(feats), feats)
+
+
+def clip_gradient(grad: jax.Array, limit: float = GRAD_CLIP) -> jax.Array:
+    """Elementwise clip to ``[−limit, limit]``."""
+    return jnp.clip(grad, -limit, limit)
+
+
+def param_scale(param: jax.Array) -> jax.Array:
+    """Per-tensor parameter scale ``sqrt(mean(p²) + 1e-9)`` (VeLO / Celo's ``param_scale_mult``)."""
+    p = param.astype(accumulator_dtype(param.dtype))
+    return jnp.sqrt(jnp.mean(jnp.square(p)) + 1e-9)
 
 
 # --------------------------------------------------------------------------- normalisers

@@ -140,10 +140,15 @@ def test_registered_model_loads_as_optax_and_steps_a_quadratic(tiny_run, monkeyp
     mlflow.set_registry_uri(uri)
     registered = load_optimizer("models:/small_fc_lopt_tiny/1", num_steps=60)
     direct = load(root / "models" / "lopt", num_steps=60)
+    # the library's own load() reaches the registry through the installed checkpoint source
+    by_name = load("small_fc_lopt_tiny", num_steps=60)
     losses, params, _ = _quadratic_run(registered)
     direct_losses, direct_params, _ = _quadratic_run(direct)
     assert np.all(np.isfinite(losses))
     np.testing.assert_array_equal(losses, direct_losses)  # the registry gives back the same optimizer
+    np.testing.assert_array_equal(_quadratic_run(by_name)[0], direct_losses)
+    with pytest.raises(FileNotFoundError, match="not a learned-optimizer checkpoint directory"):
+        load("no_such_registered_model", num_steps=60)
     assert not np.allclose(params["w"], 0.0)  # it moved the parameters
     # guarded by SGD, the registered learned optimizer must descend on the quadratic
     guarded_losses, _, state = _quadratic_run(guard_with_loss(registered, make_baseline("sgd", 0.1)))

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from components.optimizers import (
-    LOPTS,
+    LOPTS,  # noqa: F401 - re-exported name stays importable
     SmallFcLOpt,
     build_lopt,
     load,
@@ -17,6 +17,7 @@ from components.optimizers import (
     save,
 )
 from components.optimizers import features as F
+from components.optimizers.registry import learned_class
 from components.optimizers.small_fc_lopt import small_fc_features
 
 TIMESCALES = np.array([1, 3, 10, 30, 100, 300, 1e3, 3e3, 1e4, 3e4, 1e5])
@@ -184,7 +185,7 @@ def test_config_round_trip():
     lopt = SmallFcLOpt(hidden_size=8, hidden_layers=1, exp_mult=0.01)
     config = json.loads(json.dumps(lopt.config()))
     assert build_lopt("small_fc_lopt", config) == lopt
-    assert LOPTS[lopt.name] is SmallFcLOpt
+    assert learned_class(lopt.name) is SmallFcLOpt and learned_class("adafac_mlp_lopt") is SmallFcLOpt
 
 
 def test_invalid_hyperparameters_raise():
@@ -410,7 +411,7 @@ def checkpoint(tmp_path):
 
 
 def test_missing_checkpoint_raises(tmp_path, checkpoint):
-    with pytest.raises(FileNotFoundError, match="checkpoint directory not found.*nowhere"):
+    with pytest.raises(FileNotFoundError, match="nowhere.* is not a learned-optimizer checkpoint directory"):
         load(tmp_path / "nowhere", num_steps=10)
     (checkpoint / "weights.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="has no weights.safetensors"):
@@ -455,8 +456,8 @@ def test_mismatched_keys_raise(checkpoint):
 
 
 def test_unknown_architecture_raises(checkpoint):
-    _edit_config(checkpoint, architecture="velo")
-    with pytest.raises(ValueError, match=r"Unknown learned optimizer architecture 'velo'.*small_fc"):
+    _edit_config(checkpoint, architecture="no_such_lopt")
+    with pytest.raises(ValueError, match=r"Unknown learned optimizer architecture 'no_such_lopt'.*small_fc"):
         load_meta_params(checkpoint)
     with pytest.raises(ValueError, match="Invalid hyperparameters"):
         build_lopt("small_fc_lopt", {"hidden_sizes": 3})
