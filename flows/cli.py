@@ -3,6 +3,7 @@
     l2o run   [--params params/default.yaml] [--set section.key=value ...] [--force]
     l2o stage NAME [--params params.yaml]
     l2o ui    [--host 127.0.0.1] [--port 5000]
+    l2o optimizers   (every optimizer name usable in params files, with its hyperparameters)
 
 Exit codes: 0 success, 1 a stage failed, 2 invalid params or usage.
 """
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     u = sub.add_parser("ui", help="start the MLflow UI on the project's tracking store")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
+    sub.add_parser("optimizers", help="list every optimizer name usable in params files, with its hyperparameters")
     return p
 
 
@@ -152,6 +154,17 @@ def _cmd_ui(args, root: Path) -> int:
     return 0  # not reached
 
 
+def _cmd_optimizers(args, root: Path) -> int:
+    del args, root
+    from components.optimizers import registry  # noqa: PLC0415
+
+    for kind, names in registry.available().items():
+        print(f"{kind}:")
+        for name in names:
+            print(f"  {name:<16} {', '.join(registry.spec_hyperparameters(name))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from flows.dvc_glue import find_root  # noqa: PLC0415
@@ -170,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging  # noqa: PLC0415
 
     logging.getLogger("dvc").setLevel(logging.WARNING)
-    handler = {"run": _cmd_run, "stage": _cmd_stage, "ui": _cmd_ui}[args.command]
+    handler = {"run": _cmd_run, "stage": _cmd_stage, "ui": _cmd_ui, "optimizers": _cmd_optimizers}[args.command]
     return handler(args, root)
 
 

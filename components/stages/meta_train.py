@@ -12,7 +12,8 @@ import jax
 import numpy as np
 
 from components.meta import MetaTrainConfig, meta_train
-from components.optimizers import build_lopt, save
+from components.optimizers import save
+from components.optimizers.registry import learned_optimizer
 from components.stages.common import (
     Logger,
     MapFn,
@@ -54,7 +55,7 @@ def build_family(params: PipelineParams, root: Path):
 
 def lopt_from_params(params: PipelineParams):
     mt = params.meta_train
-    return build_lopt(mt.lopt, {"hidden_size": mt.hidden_size, "hidden_layers": mt.hidden_layers})
+    return learned_optimizer(mt.lopt, **mt.lopt_hyperparams)
 
 
 def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_fn: MapFn = serial_map) -> StageResult:

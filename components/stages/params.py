@@ -6,7 +6,7 @@ and pass plain values to the library factories.
 """
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -79,12 +79,34 @@ class TaskFamilyParams(_Section):
         return self
 
 
+def _check_optimizer(name: str, hyperparams: dict, kind: str, where: str) -> None:
+    """Validates an optimizer name of the wanted kind and its hyperparameter names (and values)."""
+    from components.optimizers import registry  # noqa: PLC0415 - keeps `import params` light
+
+    try:
+        actual = registry.kind_of(name)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    if actual != kind:
+        names = registry.available()["learned" if kind == "learned" else "baselines"]
+        raise ValueError(f"{where}: {name!r} is a {actual}, expected a {kind} optimizer: one of {names}")
+    if kind == "learned":
+        try:
+            registry.learned_optimizer(name, **hyperparams)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}_hyperparams for {name!r}: {err}") from None
+
+
 class MetaTrainParams(_Section):
     """meta_train: the learned optimizer and its truncated-PES meta-training."""
 
-    lopt: Literal["small_fc_lopt"] = "small_fc_lopt"
-    hidden_size: PositiveInt = 4
-    hidden_layers: PositiveInt = 2
+    lopt: str = Field(
+        default="small_fc_lopt",
+        description="learned optimizer to meta-train: a name of components.optimizers.available()['learned']",
+    )
+    lopt_hyperparams: dict[str, Any] = Field(
+        default_factory=dict, description="its architecture hyperparameters, e.g. {hidden_size: 4} (defaults otherwise)"
+    )
     task_family: TaskFamilyParams = TaskFamilyParams()
     num_outer_steps: PositiveInt = 1000
     num_tasks: PositiveInt = Field(default=8, description="inner problems vmapped per outer step")
@@ -103,6 +125,7 @@ class MetaTrainParams(_Section):
 
     @model_validator(mode="after")
     def _lengths(self):
+        _check_optimizer(self.lopt, self.lopt_hyperparams, "learned", "meta_train.lopt")
         if self.min_unroll > self.max_unroll:
             raise ValueError(f"min_unroll ({self.min_unroll}) must be <= max_unroll ({self.max_unroll})")
         if self.trunc_length > self.min_unroll:
@@ -138,10 +161,15 @@ class LogGrid(_Section):
 class CalibrateParams(_Section):
     """calibrate: the LGL2O loss guard and the sweep that picks the guard's learning rate."""
 
-    guard: Literal["adam", "sgd"] = "adam"
+    guard: str = Field(default="adam", description="hand-designed guard: a name of available()['baselines']")
     lr_grid: LogGrid = LogGrid(min=1e-4, max=1e-2, num=5)
     num_steps: PositiveInt = 300
     num_tasks: PositiveInt = Field(default=4, description="meta-training tasks sampled for the sweep")
+
+    @model_validator(mode="after")
+    def _guard(self):
+        _check_optimizer(self.guard, {}, "baseline", "calibrate.guard")
+        return self
 
 
 class EvaluateParams(_Section):

@@ -24,6 +24,15 @@ def test_resolved_params_yaml_matches_default():
     assert load_params(REPO / "params.yaml") == load_params(REPO / "params" / "default.yaml")
 
 
+def test_any_learned_optimizer_and_baseline_guard_are_selectable():
+    params = load_params(
+        REPO / "params" / "tiny.yaml",
+        ["meta_train.lopt=celo", "meta_train.lopt_hyperparams.lstm_hidden_size=8", "calibrate.guard=lion"],
+    )
+    assert params.meta_train.lopt == "celo" and params.meta_train.lopt_hyperparams == {"lstm_hidden_size": 8}
+    assert params.calibrate.guard == "lion"
+
+
 def test_set_overrides_nested_values():
     params = load_params(REPO / "params" / "tiny.yaml", ["evaluate.num_seeds=5", "evaluate.adam_lr_grid.max=0.3"])
     assert params.evaluate.num_seeds == 5
@@ -74,6 +83,19 @@ BAD_CASES = {
         {"evaluate": {"tasks": ["imagenet_resnet"]}},
         [],
         ["evaluate.tasks.0: Input should be 'digits_mlp'"],
+    ),
+    "unknown_optimizer": (
+        {"meta_train": {"lopt": "small_fc_lop"}},
+        ["calibrate.guard=celo"],
+        [
+            "meta_train.lopt: Unknown optimizer 'small_fc_lop'. Known names",
+            "'celo' is a learned, expected a baseline optimizer: one of ['adabelief'",
+        ],
+    ),
+    "bad_lopt_hyperparameter": (
+        {"meta_train": {"lopt": "celo", "lopt_hyperparams": {"hidden_size": 4}}},
+        [],
+        ["meta_train.lopt_hyperparams for 'celo': Learned optimizer 'celo' has no hyperparameter(s) ['hidden_size']"],
     ),
 }
 
