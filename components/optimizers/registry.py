@@ -136,7 +136,7 @@ def spec_hyperparameters(name: str) -> list[str]:
     """The keyword arguments ``create(name, ...)`` accepts (for validating params files)."""
     kind = kind_of(name)
     if kind == "baseline":
-        return sorted(baselines.baseline_hyperparameters(name))
+        return sorted([*baselines.baseline_hyperparameters(name), "learning_rate"])
     if kind == "learned":
         return sorted([*_accepted(learned_class(name)), "num_steps", "key", "meta_params"])
     module, factory, inner = WRAPPERS[name]
