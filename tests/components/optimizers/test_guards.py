@@ -1,4 +1,5 @@
-"""LGL2O guard: picks the lower-loss candidate, counts fallbacks, fails clearly without loss_fn."""
+"""LGL2O guard: picks the lower-loss candidate (same or fresh batch), counts fallbacks, converges with a
+divergent learned optimizer, never accepts non-finite candidates, fails clearly without its loss closure."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import pytest
 
 from components.optimizers import (
     GuardWithLossState,
+    SmallFcLOpt,
     adam,
     fallback_fraction,
     guard_with_loss,
@@ -146,3 +148,172 @@ def test_non_scalar_loss_fn_is_a_clear_error():
 def test_fallback_fraction_before_any_step():
     opt = guard_with_loss(sgd(0.1), adam(0.1))
     assert float(fallback_fraction(opt.init({"x": jnp.ones(2)}))) == 0.0
+
+
+def test_missing_fresh_loss_fn_is_a_clear_error():
+    opt = guard_with_loss(sgd(0.1), adam(0.1), loss_batch="fresh")
+    params = {"x": jnp.ones(2)}
+    state = opt.init(params)
+    # loss_fn alone is not enough in "fresh" mode: the comparison needs the independent batch
+    with pytest.raises(TypeError, match=r"loss_batch='fresh'.*fresh_loss_fn=None.*fresh_loss_fn=lambda p"):
+        opt.update(params, state, params, loss_fn=parabola)
+    with pytest.raises(ValueError, match="fresh_loss_fn must return a scalar"):
+        opt.update(params, state, params, fresh_loss_fn=lambda p: p["x"])
+
+
+def test_construction_errors():
+    with pytest.raises(ValueError, match=r"loss_batch must be one of \['fresh', 'same'\], got 'train'"):
+        guard_with_loss(sgd(0.1), adam(0.1), loss_batch="train")
+    with pytest.raises(TypeError, match="guard_with_loss: guard must be an optax GradientTransformation"):
+        guard_with_loss(sgd(0.1), 0.1)
+    with pytest.raises(TypeError, match="guard_with_loss: learned must be an optax GradientTransformation"):
+        guard_with_loss(None, sgd(0.1))
+
+
+# ----------------------------------------------------------------------------- stochastic least squares
+
+DIM = 10
+
+
+def _regression_problem():
+    rng = np.random.default_rng(1)
+    x_true = jnp.asarray(rng.normal(size=DIM), jnp.float32)
+
+    def sample_batch(key, size=8):
+        k_a, k_noise = jax.random.split(key)
+        a = jax.random.normal(k_a, (size, DIM)) * jnp.linspace(0.3, 1.5, DIM)
+        return a, a @ x_true + 0.3 * jax.random.normal(k_noise, (size,))
+
+    def batch_loss(params, batch):
+        a, y = batch
+        return jnp.mean(jnp.square(a @ params["x"] - y))
+
+    return sample_batch, batch_loss
+
+
+@pytest.mark.parametrize("loss_batch", ["same", "fresh"])
+def test_accepted_loss_never_above_the_guard_candidate_on_the_estimating_batch(loss_batch):
+    """At every step: loss_est(x + update) <= loss_est(x + u_G), on the batch the guard estimates with."""
+    sample_batch, batch_loss = _regression_problem()
+    learned = optax.with_extra_args_support(optax.scale(-0.3))  # GD with a step too large for some batches
+    guard = sgd(0.02)
+    opt = guard_with_loss(learned, guard, loss_batch=loss_batch)
+
+    @jax.jit
+    def run(params, key):
+        def body(carry, key):
+            params, state = carry
+            k_train, k_fresh = jax.random.split(key)
+            train, fresh = sample_batch(k_train), sample_batch(k_fresh)
+            loss_fn = lambda p: batch_loss(p, train)  # noqa: E731
+            fresh_loss_fn = lambda p: batch_loss(p, fresh)  # noqa: E731
+            estimate = loss_fn if loss_batch == "same" else fresh_loss_fn
+            loss, grads = jax.value_and_grad(loss_fn)(params)
+            guard_updates, _ = guard.update(grads, state.guard_state, params)
+            learned_updates, _ = learned.update(grads, state.learned_state, params)
+            updates, new_state = opt.update(
+                grads, state, params, loss=loss, loss_fn=loss_fn, fresh_loss_fn=fresh_loss_fn
+            )
+            new_params = optax.apply_updates(params, updates)
+            took_learned = new_state.num_fallbacks == state.num_fallbacks
+            record = {
+                "accepted": estimate(new_params),
+                "guard": estimate(optax.apply_updates(params, guard_updates)),
+                "took_learned": took_learned,
+                # the decision the training batch alone would have made
+                "train_prefers_learned": loss_fn(optax.apply_updates(params, learned_updates))
+                <= loss_fn(optax.apply_updates(params, guard_updates)),
+            }
+            return (new_params, new_state), record
+
+        return jax.lax.scan(body, (params, opt.init(params)), jax.random.split(key, 300))
+
+    (_, state), rec = run({"x": jnp.zeros(DIM)}, jax.random.key(0))
+    rec = jax.tree.map(np.asarray, rec)
+    assert np.all(rec["accepted"] <= rec["guard"] * (1 + 1e-6) + 1e-7)
+    # both decisions occur, so the inequality was exercised on learned and guard steps alike
+    assert 0 < int(state.num_fallbacks) < int(state.num_steps) == 300
+    disagreements = np.sum(rec["took_learned"] != rec["train_prefers_learned"])
+    if loss_batch == "same":
+        assert disagreements == 0
+    else:  # the fresh batch decides, and it disagrees with the training batch on some steps
+        assert disagreements > 0
+
+
+# ----------------------------------------------------------------------------- ill-conditioned quadratic
+
+
+def ill_conditioned_quadratic(dim=10, kappa=100.0):
+    """f(x) = ½ (x − x*)ᵀ H (x − x*), eigenvalues of H log-spaced in [1, kappa] (L = kappa)."""
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    h = jnp.asarray((q * np.logspace(0, np.log10(kappa), dim)) @ q.T, jnp.float32)
+    x_star = jnp.asarray(rng.normal(size=dim), jnp.float32)
+
+    def loss(params):
+        d = params["x"] - x_star
+        return 0.5 * d @ (h @ d)
+
+    return loss, {"x": jnp.zeros(dim, jnp.float32)}
+
+
+def run_on(loss, params, opt, num_steps):
+    @jax.jit
+    def go(params):
+        def body(carry, _):
+            params, state = carry
+            value, grads = jax.value_and_grad(loss)(params)
+            updates, state = opt.update(grads, state, params, loss=value, loss_fn=loss)
+            return (optax.apply_updates(params, updates), state), value
+
+        (params, state), losses = jax.lax.scan(body, (params, opt.init(params)), None, length=num_steps)
+        return params, state, losses
+
+    return go(params)
+
+
+_BIG_META = jax.tree.map(lambda x: 10.0 * x, SmallFcLOpt().init_meta_params(jax.random.key(1)))
+DIVERGENT = {
+    "ascent_10g": lambda: optax.with_extra_args_support(optax.scale(10.0)),  # u = +10·g
+    "small_fc_lopt_x10": lambda: SmallFcLOpt().make(_BIG_META, num_steps=1500),  # raises the loss alone
+}
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENT))
+def test_converges_on_an_ill_conditioned_quadratic_with_a_divergent_learned_optimizer(name):
+    loss, params = ill_conditioned_quadratic()
+    _, _, alone = run_on(loss, params, DIVERGENT[name](), 50)
+    assert not alone[-1] < alone[0]  # the learned optimizer alone does not descend
+    lr = 1.0 / 100.0  # 1/L
+    final, state, losses = run_on(loss, params, guard_with_loss(DIVERGENT[name](), sgd(lr)), 1500)
+    losses = np.asarray(losses)
+    assert np.all(np.diff(losses) <= 0)  # every step is at least a GD step from the same point
+    assert float(loss(final)) <= 1e-6 * losses[0]
+    assert 0.9 <= float(fallback_fraction(state)) <= 1.0
+
+
+def test_nan_producing_learned_optimizer_is_never_accepted():
+    # small_fc_lopt with 100× its initial meta-params overflows to inf/NaN on its first step
+    big = jax.tree.map(lambda x: 100.0 * x, SmallFcLOpt().init_meta_params(jax.random.key(1)))
+    loss, params = ill_conditioned_quadratic()
+    final, state, losses = run_on(loss, params, guard_with_loss(SmallFcLOpt().make(big, num_steps=30), sgd(0.01)), 30)
+    plain, _, _ = run_on(loss, params, sgd(0.01), 30)
+    assert int(state.num_fallbacks) == int(state.num_steps) == 30
+    np.testing.assert_allclose(final["x"], plain["x"], rtol=1e-6)  # plain GD (up to XLA rounding)
+
+
+def test_non_finite_entry_in_a_parameter_the_loss_ignores_is_never_accepted():
+    def nan_in_unused(updates, state, params=None, **extra_args):
+        return {"x": -0.5 * updates["x"], "unused": jnp.full_like(updates["unused"], jnp.nan)}, state
+
+    learned = optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), nan_in_unused)
+    f = lambda p: parabola(p) + 0.0 * jnp.sum(jnp.nan_to_num(p["unused"]))  # noqa: E731
+    opt = guard_with_loss(learned, sgd(0.01))
+    params = {"x": jnp.asarray([3.0, -2.0]), "unused": jnp.zeros(2)}
+    state = opt.init(params)
+    for _ in range(3):
+        updates, state = opt.update(jax.grad(f)(params), state, params, loss_fn=f)
+        params = optax.apply_updates(params, updates)
+    # the learned step on x alone would win every time (lower loss), but it carries a NaN
+    assert int(state.num_fallbacks) == 3
+    assert np.all(np.isfinite(np.asarray(params["unused"])))
