@@ -46,10 +46,17 @@ def run_training(
 
     def step(carry, k):
         params, opt_state = carry
-        batch = task.batch(train, k)
+        k_batch, k_fresh = jax.random.split(k)
+        batch = task.batch(train, k_batch)
         loss, grads = jax.value_and_grad(task.loss)(params, batch)
         loss_fn = lambda p: task.loss(p, batch)  # noqa: E731
-        updates, opt_state = opt.update(grads, opt_state, params, loss=loss, loss_fn=loss_fn)
+        # an independent batch for safeguards that estimate losses on fresh data (LGL2O
+        # loss_batch="fresh"); XLA drops the sampling when no optimizer uses it
+        fresh_batch = task.batch(train, k_fresh)
+        fresh_loss_fn = lambda p: task.loss(p, fresh_batch)  # noqa: E731
+        updates, opt_state = opt.update(
+            grads, opt_state, params, loss=loss, loss_fn=loss_fn, fresh_loss_fn=fresh_loss_fn
+        )
         params = optax.apply_updates(params, updates)
         return (params, opt_state), loss
 

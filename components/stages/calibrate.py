@@ -38,10 +38,10 @@ VERSION = "1"
 SAFEGUARD = Path("models/safeguard.json")
 
 
-def guarded_factory(lopt, meta_params, guard: str, num_steps: int):
-    """``lr -> guard_with_loss(learned, make_baseline(guard, lr))`` for the evaluation runner."""
+def guarded_factory(lopt, meta_params, guard: str, num_steps: int, loss_batch: str = "same"):
+    """``lr -> guard_with_loss(learned, make_baseline(guard, lr), loss_batch=...)`` for the evaluation runner."""
     learned = lopt.make(meta_params, num_steps=num_steps)
-    return lambda lr: guard_with_loss(learned, make_baseline(guard, lr))
+    return lambda lr: guard_with_loss(learned, make_baseline(guard, lr), loss_batch=loss_batch)
 
 
 def _select(guarded: np.ndarray, alone: np.ndarray, rtol: float = 1e-3) -> int:
@@ -60,7 +60,7 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
     family, data = build_family(params, root)
     lrs = cal.lr_grid.values()
     key = jax.random.fold_in(jax.random.PRNGKey(params.seed), 1)
-    make = guarded_factory(lopt, meta_params, cal.guard, cal.num_steps)
+    make = guarded_factory(lopt, meta_params, cal.guard, cal.num_steps, cal.loss_batch)
     t0 = time.perf_counter()
 
     k_tasks, k_runs = jax.random.split(key)
@@ -98,6 +98,7 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
     doc = {
         "method": "lgl2o",
         "guard": cal.guard,
+        "loss_batch": cal.loss_batch,
         "learning_rate": lrs[best],
         "selection": (
             "lowest mean EMA(0.95)-smoothed normalised final training loss of the guarded optimizer on"

@@ -74,7 +74,7 @@ def evaluate_task(
         "learned": train_curves(task, lambda _: learned, jnp.zeros(1), train, eval_sets, **common),
         "guarded": train_curves(
             task,
-            guarded_factory(lopt, meta_params, safeguard["guard"], ev.num_steps),
+            guarded_factory(lopt, meta_params, safeguard["guard"], ev.num_steps, safeguard.get("loss_batch", "same")),
             jnp.asarray([safeguard["learning_rate"]], jnp.float32),
             train,
             eval_sets,

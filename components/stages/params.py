@@ -162,6 +162,10 @@ class CalibrateParams(_Section):
     """calibrate: the LGL2O loss guard and the sweep that picks the guard's learning rate."""
 
     guard: str = Field(default="adam", description="hand-designed guard: a name of available()['baselines']")
+    loss_batch: Literal["same", "fresh"] = Field(
+        default="same",
+        description="LGL2O compares the two candidates' losses on the training batch or on an independent batch",
+    )
     lr_grid: LogGrid = LogGrid(min=1e-4, max=1e-2, num=5)
     num_steps: PositiveInt = 300
     num_tasks: PositiveInt = Field(default=4, description="meta-training tasks sampled for the sweep")
