@@ -1,0 +1,462 @@
+"""``velo``: VeLO's hypernetwork learned optimizer (``HyperV2``) as an optax transformation.
+
+Re-implementation of learned_optimization's ``research/general_lopt/hyper_v2.py`` (Metz et al.
+2022, "VeLO: Training Versatile Learned Optimizers by Scaling Up", arXiv 2211.09760), with the
+``ff_mult`` argument of Celo's copy (``amoudgl/celo``, ``celo/optimizers/velo.py``). See
+``research/algorithms.md`` §2.1 (architecture), §0.2 (accumulators, loss buffer) and §1.1 (the
+per-parameter MLP it shares with Celo, :mod:`.velo_mlp`).
+
+A per-tensor LSTM reads statistics of every parameter tensor and, per tensor, emits the weights of
+a small per-parameter MLP (as a mixture of a bank of MLPs) and a learning-rate multiplier. Per
+update at step ``t`` (counted from 0) of a run of ``T`` steps, with loss ``ℓ``:
+
+1. ``g ← clip(g, ±1000)``; the loss buffer (initialised with the true ``T``) takes ``ℓ`` and gives
+   9 loss features ``L`` (:func:`~.features.update_loss_buffer`).
+2. Per-tensor LSTM input (:func:`tensor_lstm_features`), from the current ``p`` and the momentum
+   ``m_k`` and second moment ``v_j`` accumulators *before* this step's update, each rescaled by
+   ``μ = 1/sqrt(max(1e-9, mean(p²)))``; concatenated in the sorted order of their names:
+
+   * ``fraction_left``: ``tanh(10·(t/T − s))``, 9 shifts ``s``;
+   * ``loss_features``: ``L`` (9);
+   * ``mean_rms``: ``a(mean(μ·v_j))`` per RMS decay;
+   * ``rank``: one-hot (5 classes) of the number of axes of size > 1;
+   * ``var_m``: ``a(mean((μ·m_k − mean(μ·m_k))²))`` per momentum decay;
+   * ``var_rms``: ``a(mean((μ·v_j − mean(μ·m_k))²))`` — the reference subtracts the *momentum*
+     mean (a quirk we keep for checkpoint compatibility); ``(j, k)`` broadcast like NumPy over the
+     two decay vectors, so there are ``max(n_m, n_v)`` entries (3 with the defaults, not 1);
+
+   with ``a(x) = 0.5·clip(log(1e-8 + |10·x|), −5, 5)``: 30 inputs with the default decays.
+3. The rows (one per tensor) go through the mixing layer and the LSTM
+   (:func:`~.lstm.mix_tensors`, :func:`~.lstm.lstm_step`), whose state ``[n_tensors, H]`` is kept in
+   the optimizer state and starts from the meta-learned ``lstm_init_state``; heads
+   ``c = Linear(K)(h)`` (no softmax) and ``λ = Linear(1)(h)`` (linear, may be negative).
+4. Tensor ``i``'s MLP weights: ``θ_i = ff_mult · mean_k(c_ik · θ_k)`` over the bank
+   ``θ_1..θ_K`` (:func:`mix_ff_params`); every leaf, biases included, is mixed.
+5. Accumulators are updated with ``g``; the 30 per-parameter features (:mod:`.velo_mlp`), each
+   normalised over the tensor, go through the MLP ``30 → 4 → 4 → 3`` to ``(d, s, ·)`` and
+   ``Δ = λ_i · d · exp(exp_mult·s) · step_mult · sqrt(mean(p²) + 1e-9)``; the update is ``−Δ``.
+
+Meta-parameters mirror the released checkpoint's structure (no loader is provided; a converter
+would map these names one to one):
+
+* ``lstm_init_state``: ``{"hidden", "cell"}`` each ``[1, H]`` (haiku ``LSTMState``, zeros at init);
+* ``rnn_params``: ``mix`` = ``{"mix_unused", "mix", "input"}`` (haiku ``linear``, ``linear_1``,
+  ``linear_2``; the first is created but unused by the reference), ``lstm`` (``rnn/linear``),
+  ``rnn_to_controls`` and ``step_size``, each ``{"w", "b"}``;
+* ``ff_mod_stack``: the MLP bank, ``{"w0__0", …, "w0__13", "w1", "w2", "b0", "b1", "b2"}`` each with a
+  leading axis of size ``param_inits`` (haiku nests them under ``"~"``).
+
+Sizes: the default is VeLO-S as configured by Celo (``velo_s``: LSTM 64, 32 MLPs, ``ff_mult=1``);
+:meth:`VeLO.released_sizes` gives the released VeLO's (LSTM 512, 256 MLPs, ``ff_mult=100``, Celo's
+``velo_4000``).
+
+Performance: each tensor's MLP has its own weights, so its elementwise sums read that tensor's
+scalars; the work stays elementwise per tensor (one small ``[n_tensors, K] @ [K, …]`` matmul per
+bank leaf mixes the weights of all tensors at once). The trace grows with the number of tensors.
+
+Choices where the reference was unclear or that we made differently:
+
+* Only the fixed (correct) behaviour is offered: ``use_bugged_loss_features=False`` (loss buffer
+  with the true ``T``) and ``use_bugged_next_lstm_state=False`` (the LSTM state is carried). The
+  released checkpoint was trained with the first flag on; loading it would need that option.
+* Not exposed: ablation flags, ``mix_layers=False``, ``precondition_output``, ``rnn_state_decay``,
+  ``clip_param_scale_amount``, the validation-mode feature and ``constant_loss`` (all off in the
+  reference's VeLO configs). Accumulator decays are fixed (not meta-learned), as in the reference.
+* ``T`` may be traced; ``t/T`` uses ``max(T, 1)``. It is stored in the state (as the reference).
+* The reference rescales ``g`` for the LSTM features but never uses it; we do not compute it.
+* Accumulators are kept in at least float32 and the update is cast back to the parameter dtype.
+* An empty parameter tree gets empty updates (the reference's max-pool would fail).
+* Kept from the reference although hazardous: the un-factored ``m·(v^a)^−½`` feature
+  (:mod:`.velo_mlp`) makes backprop meta-gradients NaN a step after an exactly-zero gradient entry
+  of a 0-/1-D tensor (a bias at its optimum, a dead unit); ES/PES meta-gradients are unaffected.
+* Random draws differ from the reference (different key splitting).
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> lopt = VeLO(lstm_hidden_size=8, param_inits=4)
+  >>> meta_params = lopt.init_meta_params(jax.random.key(0))
+  >>> opt = lopt.make(meta_params, num_steps=100)
+  >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros((2,))}
+  >>> state = opt.init(params)
+  >>> grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.5), params)
+  >>> updates, state = opt.update(grads, state, params, loss=jnp.float32(1.0))
+  >>> updates["w"].shape, state.lstm.hidden.shape
+  ((3, 2), (2, 8))
+"""
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from components.optimizers import features as F
+from components.optimizers import lstm as L
+from components.optimizers import velo_mlp
+
+__all__ = ["VeLO", "VeLOState", "mix_ff_params", "tensor_lstm_features"]
+
+NUM_RANK_CLASSES = 5
+"""Classes of the one-hot rank feature (ranks ≥ 5 give all zeros, as ``jax.nn.one_hot``)."""
+
+
+def _clip_log_abs(x: jax.Array, scale: float = 10.0) -> jax.Array:
+    """``0.5 · clip(log(1e-8 + |scale·x|), −5, 5)``."""
+    return 0.5 * jnp.clip(jnp.log(1e-8 + jnp.abs(x * scale)), -5.0, 5.0)
+
+
+def tensor_lstm_features(
+    param: jax.Array,
+    momentum: Sequence[jax.Array],
+    rms: Sequence[jax.Array],
+    iteration: jax.Array,
+    num_steps: jax.Array,
+    loss_features: jax.Array,
+) -> jax.Array:
+    """The LSTM input of one tensor (step 2 of the module docstring).
+
+    Args:
+      param: the parameter tensor ``p``.
+      momentum: momentum accumulators ``m_k`` (the reference uses them *before* this step's update).
+      rms: second-moment accumulators ``v_j`` (likewise before the update).
+      iteration: step ``t`` (may be traced).
+      num_steps: run length ``T`` (may be traced).
+      loss_features: the 9 loss-buffer features.
+
+    Returns:
+      A float32 vector: fraction embedding (9), loss features (9), ``mean_rms`` (``n_v``), rank
+      one-hot (5), ``var_m`` (``n_m``), ``var_rms`` (``max(n_m, n_v)``).
+
+    Raises:
+      ValueError: if the momentum and RMS decay counts cannot be paired for ``var_rms``.
+    """
+    p = param.astype(jnp.float32)
+    mult = jax.lax.rsqrt(jnp.maximum(1e-9, jnp.mean(jnp.square(p))))
+    m = [x.astype(jnp.float32) * mult for x in momentum]
+    v = [x.astype(jnp.float32) * mult for x in rms]
+    mean_m = [jnp.mean(x) for x in m]
+    pairs = velo_mlp.pair_decays(v, mean_m, "RMS accumulators and momentum means (var_rms)")
+    rank = int(np.sum(np.asarray(param.shape) > 1))
+    inputs = {
+        "fraction_left": F.fractional_tanh_embedding(iteration, num_steps),
+        "loss_features": jnp.asarray(loss_features, jnp.float32),
+        "mean_rms": _clip_log_abs(jnp.stack([jnp.mean(x) for x in v])),
+        "rank": jax.nn.one_hot(rank, NUM_RANK_CLASSES, dtype=jnp.float32),
+        "var_m": _clip_log_abs(jnp.stack([jnp.mean(jnp.square(x - mu)) for x, mu in zip(m, mean_m, strict=True)])),
+        # quirk kept from the reference: centred on the momentum mean, not the RMS mean
+        "var_rms": _clip_log_abs(jnp.stack([jnp.mean(jnp.square(x - mu)) for x, mu in pairs])),
+    }
+    return jnp.concatenate([inputs[k] for k in sorted(inputs)])
+
+
+def mix_ff_params(ff_mod_stack: dict, controls: jax.Array, ff_mult: float) -> dict:
+    """Per-tensor MLP weights ``θ_i = ff_mult · mean_k(c_ik · θ_k)`` for every leaf of the bank.
+
+    Args:
+      ff_mod_stack: the bank, each leaf ``[K, …]``.
+      controls: ``[n_tensors, K]`` mixing coefficients.
+      ff_mult: the overall multiplier (1 for VeLO-S, 100 for released VeLO).
+
+    Returns:
+      The same dict with each leaf ``[n_tensors, …]``.
+    """
+
+    def mix(bank):
+        k = bank.shape[0]
+        flat = bank.reshape(k, -1)
+        mixed = (controls @ flat) * (ff_mult / k)
+        return mixed.reshape((controls.shape[0], *bank.shape[1:]))
+
+    return jax.tree.map(mix, ff_mod_stack)
+
+
+class VeLOState(NamedTuple):
+    """State of a ``velo`` transformation.
+
+    Attributes:
+      iteration: int32 step counter ``t``.
+      num_steps: int32 run length ``T`` (possibly traced when the state was built).
+      loss_buffer: the loss EMAs (:class:`~.features.LossBufferState`).
+      momentum: params-shaped tree; each leaf a tuple of momentum accumulators.
+      rms: params-shaped tree; each leaf a tuple of second-moment accumulators.
+      factored: params-shaped tree of :class:`~.features.FactoredAccumulator`.
+      lstm: :class:`~.lstm.LSTMState` with one ``[H]`` row per parameter tensor (leaf order).
+    """
+
+    iteration: jax.Array
+    num_steps: jax.Array
+    loss_buffer: F.LossBufferState
+    momentum: Any
+    rms: Any
+    factored: Any
+    lstm: L.LSTMState
+
+
+def _as_decays(values, name: str) -> tuple[float, ...]:
+    try:
+        decays = tuple(float(v) for v in values)
+    except TypeError as err:
+        raise TypeError(f"VeLO.{name} must be a sequence of floats, got {values!r}.") from err
+    if not decays or not all(0.0 <= d < 1.0 for d in decays):
+        raise ValueError(f"VeLO.{name} must be a non-empty sequence of decays in [0, 1), got {values!r}.")
+    return decays
+
+
+_INT_FIELDS = (("lstm_hidden_size", 1), ("param_inits", 1), ("ff_hidden_size", 1), ("ff_hidden_layers", 0))
+_META_KEYS = ("lstm_init_state", "rnn_params", "ff_mod_stack")
+
+
+@dataclasses.dataclass(frozen=True)
+class VeLO:
+    """VeLO's per-tensor LSTM hypernetwork over a bank of per-parameter MLPs (``HyperV2``).
+
+    See the module docstring for the maths and the reference.
+
+    Attributes:
+      lstm_hidden_size: width ``H`` of the mixing layer and the LSTM (64; released VeLO 512).
+      param_inits: size ``K`` of the MLP bank (32; released 256).
+      ff_mult: multiplier of the mixed MLP weights (1; released 100).
+      ff_hidden_size: hidden width of the per-parameter MLP (4).
+      ff_hidden_layers: hidden layers of the per-parameter MLP (2).
+      exp_mult: multiplier of the magnitude output inside the exponential (0.001).
+      step_mult: overall step multiplier (0.001).
+      param_scale_mult: multiply steps by ``RMS(p)`` (True).
+      initial_momentum_decays: momentum decays (fixed).
+      initial_rms_decays: second-moment decays (fixed).
+      initial_adafactor_decays: Adafactor decays (fixed).
+    """
+
+    lstm_hidden_size: int = 64
+    param_inits: int = 32
+    ff_mult: float = 1.0
+    ff_hidden_size: int = 4
+    ff_hidden_layers: int = 2
+    exp_mult: float = 0.001
+    step_mult: float = 0.001
+    param_scale_mult: bool = True
+    initial_momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+    initial_rms_decays: tuple[float, ...] = (0.999,)
+    initial_adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+
+    name: ClassVar[str] = "velo"
+
+    def __post_init__(self):
+        for field, low in _INT_FIELDS:
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise TypeError(f"VeLO.{field} must be an int, got {value!r}.")
+            if value < low:
+                raise ValueError(f"VeLO.{field} must be >= {low}, got {value}.")
+            object.__setattr__(self, field, int(value))
+        for field in ("ff_mult", "exp_mult", "step_mult"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+                raise TypeError(f"VeLO.{field} must be a float, got {value!r}.")
+            object.__setattr__(self, field, float(value))
+        if not isinstance(self.param_scale_mult, bool | np.bool_):
+            raise TypeError(f"VeLO.param_scale_mult must be a bool, got {self.param_scale_mult!r}.")
+        object.__setattr__(self, "param_scale_mult", bool(self.param_scale_mult))
+        for field in ("initial_momentum_decays", "initial_rms_decays", "initial_adafactor_decays"):
+            object.__setattr__(self, field, _as_decays(getattr(self, field), field))
+        _ = self.num_lstm_inputs  # validates that the decay counts can be combined
+
+    @classmethod
+    def released_sizes(cls, **overrides) -> "VeLO":
+        """The released VeLO's sizes (Celo's ``velo_4000``): LSTM 512, 256 MLPs, ``ff_mult=100``."""
+        return cls(**({"lstm_hidden_size": 512, "param_inits": 256, "ff_mult": 100.0} | overrides))
+
+    # ------------------------------------------------------------------ sizes
+
+    @property
+    def _decay_counts(self) -> tuple[int, int, int]:
+        return len(self.initial_momentum_decays), len(self.initial_rms_decays), len(self.initial_adafactor_decays)
+
+    @property
+    def feature_groups(self) -> tuple[int, ...]:
+        """First-layer group widths of the per-parameter MLP (:func:`.velo_mlp.feature_groups`)."""
+        return velo_mlp.feature_groups(*self._decay_counts)
+
+    @functools.cached_property
+    def num_lstm_inputs(self) -> int:
+        """Width of the per-tensor LSTM input (30 by default), traced from :func:`tensor_lstm_features`."""
+        n_m, n_v, _ = self._decay_counts
+        p = jnp.zeros((3, 2), jnp.float32)
+
+        def trace(p):
+            return tensor_lstm_features(
+                p, F.init_momentum(p, n_m), F.init_rms(p, n_v), 0, 1, jnp.zeros((F.NUM_LOSS_EMAS - 1,))
+            )
+
+        _ = self.feature_groups  # validates the per-parameter decay pairings too
+        return int(jax.eval_shape(trace, p).shape[0])
+
+    # ------------------------------------------------------------------ contract
+
+    def config(self) -> dict:
+        """JSON-serialisable hyperparameters; ``VeLO(**lopt.config())`` rebuilds it."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for field in ("initial_momentum_decays", "initial_rms_decays", "initial_adafactor_decays"):
+            out[field] = list(out[field])
+        return out
+
+    def init_meta_params(self, key: jax.Array) -> dict:
+        """Initial meta-parameters θ (structure in the module docstring).
+
+        Every linear layer is haiku's default ``TruncNormal(−2, 2)/sqrt(fan_in)`` with zero biases
+        (the layout of :func:`.lstm.init_mix`, :func:`.lstm.init_lstm` and :func:`.lstm.linear_init`,
+        drawn at once); the bank's ``K`` MLPs are drawn independently
+        (:func:`.velo_mlp.init_ff_params`); the LSTM's initial state is zeros.
+        """
+        h, k = self.lstm_hidden_size, self.param_inits
+        k_ff, k_rnn = jax.random.split(key)
+        groups = self.feature_groups
+        init_one = functools.partial(
+            velo_mlp.init_ff_params,
+            groups=groups,
+            hidden_size=self.ff_hidden_size,
+            hidden_layers=self.ff_hidden_layers,
+        )
+        # (name, fan_in, fan_out) of every linear layer, as lstm.init_mix / init_lstm / linear_init
+        # lay them out; drawn at once (one compile) by truncated_normal_blocks.
+        n_in = self.num_lstm_inputs
+        layers = [
+            (("mix", "mix_unused"), n_in, h),
+            (("mix", "mix"), n_in, h),
+            (("mix", "input"), n_in, h),
+            (("lstm",), 2 * h, 4 * h),
+            (("rnn_to_controls",), h, k),
+            (("step_size",), h, 1),
+        ]
+        weights = velo_mlp.truncated_normal_blocks(
+            k_rnn, [(fan_in, fan_out) for _, fan_in, fan_out in layers], [1.0 / np.sqrt(f) for _, f, _ in layers]
+        )
+        rnn: dict = {"mix": {}}
+        for (path, _, fan_out), w in zip(layers, weights, strict=True):
+            target = rnn["mix"] if path[0] == "mix" else rnn
+            target[path[-1]] = {"w": w, "b": jnp.zeros((fan_out,), jnp.float32)}
+        return {
+            "lstm_init_state": {"hidden": jnp.zeros((1, h), jnp.float32), "cell": jnp.zeros((1, h), jnp.float32)},
+            "rnn_params": rnn,
+            "ff_mod_stack": jax.vmap(init_one)(jax.random.split(k_ff, k)),
+        }
+
+    def make(self, meta_params: Any, *, num_steps) -> optax.GradientTransformationExtraArgs:
+        """Builds the inner optimizer for meta-parameters θ (which may be traced).
+
+        Args:
+          meta_params: θ as returned by :meth:`init_meta_params` (possibly perturbed, batched under
+            ``jax.vmap`` or differentiated).
+          num_steps: length ``T`` of the inner run: a Python int or a traced integer scalar.
+
+        Returns:
+          An ``optax.GradientTransformationExtraArgs``. ``update(grads, state, params, loss=loss)``
+          needs ``params`` and the scalar ``loss``, and ignores other keyword extra args.
+
+        Raises:
+          ValueError: if ``num_steps`` is missing or a non-positive int, or ``meta_params`` lacks a
+            key.
+        """
+        if num_steps is None:
+            raise ValueError("VeLO.make needs num_steps, e.g. make(meta_params, num_steps=1000).")
+        if isinstance(num_steps, int | np.integer) and num_steps < 1:
+            raise ValueError(f"VeLO.make: num_steps must be >= 1, got {num_steps}.")
+        missing = set(_META_KEYS) - set(meta_params)
+        if missing:
+            raise ValueError(
+                f"VeLO.make: meta_params lacks {sorted(missing)}; build them with lopt.init_meta_params(key)."
+            )
+        init_state = meta_params["lstm_init_state"]
+        rnn = meta_params["rnn_params"]
+        bank = meta_params["ff_mod_stack"]
+        n_m, n_v, n_a = self._decay_counts
+        mom_decays = jnp.asarray(self.initial_momentum_decays, jnp.float32)
+        rms_decays = jnp.asarray(self.initial_rms_decays, jnp.float32)
+        fac_decays = jnp.asarray(self.initial_adafactor_decays, jnp.float32)
+        groups = self.feature_groups
+        ff_mult, exp_mult, step_mult = self.ff_mult, self.exp_mult, self.step_mult
+        param_scale_mult = self.param_scale_mult
+
+        def init_fn(params):
+            n = len(jax.tree.leaves(params))
+            return VeLOState(
+                iteration=jnp.zeros([], jnp.int32),
+                num_steps=jnp.asarray(num_steps).astype(jnp.int32),
+                loss_buffer=F.init_loss_buffer(num_steps),
+                momentum=jax.tree.map(lambda p: F.init_momentum(p, n_m), params),
+                rms=jax.tree.map(lambda p: F.init_rms(p, n_v), params),
+                factored=jax.tree.map(lambda p: F.init_factored(p, n_a), params),
+                lstm=L.LSTMState(
+                    hidden=jnp.tile(init_state["hidden"], (n, 1)),
+                    cell=jnp.tile(init_state["cell"], (n, 1)),
+                ),
+            )
+
+        def leaf_update(param, grad, momentum, rms, factored, ff, lr_mult):
+            momentum = F.update_momentum(momentum, grad, mom_decays)
+            rms = F.update_rms(rms, grad, rms_decays)
+            factored, fac_g = F.update_factored(factored, grad, fac_decays)
+            feats = velo_mlp.hyper_features(param, grad, momentum, rms, fac_g, factored)
+            direction, magnitude, *_ = velo_mlp.apply_ff(ff, velo_mlp.normalize_channels(feats), groups)
+            step = velo_mlp.param_step(
+                direction, magnitude, param, exp_mult=exp_mult, step_mult=step_mult, param_scale_mult=param_scale_mult
+            )
+            update = jnp.broadcast_to(-lr_mult * step, param.shape).astype(param.dtype)
+            return update, momentum, rms, factored
+
+        def update_fn(updates, state, params=None, **extra_args):
+            loss = extra_args.get("loss")
+            if loss is None:
+                raise TypeError(
+                    "velo needs the current loss as a keyword extra arg: "
+                    "call opt.update(grads, state, params, loss=loss)."
+                )
+            if params is None:
+                raise ValueError(
+                    "velo uses the parameters as features: call opt.update(grads, state, params, loss=loss)."
+                )
+            loss_buffer = F.update_loss_buffer(state.loss_buffer, loss)
+            grads, treedef = jax.tree.flatten(updates)
+            grads = [F.clip_gradient(g) for g in grads]
+            leaves = treedef.flatten_up_to(params)
+            momenta = treedef.flatten_up_to(state.momentum)
+            rmses = treedef.flatten_up_to(state.rms)
+            factoreds = treedef.flatten_up_to(state.factored)
+            if not grads:
+                return updates, state._replace(iteration=state.iteration + 1, loss_buffer=loss_buffer)
+
+            loss_feats = F.loss_buffer_features(loss_buffer)
+            rows = jnp.stack(
+                [
+                    tensor_lstm_features(p, m, v, state.iteration, state.num_steps, loss_feats)
+                    for p, m, v in zip(leaves, momenta, rmses, strict=True)
+                ]
+            )
+            hidden, lstm_state = L.lstm_step(rnn["lstm"], L.mix_tensors(rnn["mix"], rows), state.lstm)
+            controls = hidden @ rnn["rnn_to_controls"]["w"] + rnn["rnn_to_controls"]["b"]
+            lr_mults = (hidden @ rnn["step_size"]["w"] + rnn["step_size"]["b"])[:, 0]
+            mixed = mix_ff_params(bank, controls, ff_mult)
+
+            results = []
+            for i, args in enumerate(zip(leaves, grads, momenta, rmses, factoreds, strict=True)):
+                ff = {name: w[i] for name, w in mixed.items()}
+                results.append(leaf_update(*args, ff, lr_mults[i]))
+            new_updates, momentum, rms, factored = (treedef.unflatten([r[j] for r in results]) for j in range(4))
+            new_state = VeLOState(
+                iteration=state.iteration + jnp.ones([], jnp.int32),
+                num_steps=state.num_steps,
+                loss_buffer=loss_buffer,
+                momentum=momentum,
+                rms=rms,
+                factored=factored,
+                lstm=L.LSTMState(
+                    hidden=lstm_state.hidden.astype(state.lstm.hidden.dtype),
+                    cell=lstm_state.cell.astype(state.lstm.cell.dtype),
+                ),
+            )
+            return new_updates, new_state
+
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
