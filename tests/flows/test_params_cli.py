@@ -157,3 +157,14 @@ def test_bad_set_value(isolated, capsys):
     assert _exit_code(["run", "--params", "params/tiny.yaml", "--set", "evaluate.num_seeds"]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
     _assert_nothing_written(project, before)
+
+
+def test_optimizers_command_lists_every_name(capsys):
+    from components.optimizers import available  # noqa: PLC0415
+
+    assert main(["optimizers"]) == 0
+    out = capsys.readouterr().out
+    for names in available().values():
+        for name in names:
+            assert f"  {name} " in out
+    assert "learning_rate" in out and "num_steps" in out
