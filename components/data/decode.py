@@ -1,16 +1,14 @@
-"""Decode raw dataset files into arrays, downsample, split and subsample.
+"""Decode the MNIST-family files, and the array operations every image dataset shares.
 
-Pure functions over bytes and numpy arrays (no file I/O, no network): ``components.stages`` fetch
-and verify the bytes, this module turns them into the model-ready arrays that
-:func:`build_arrays` returns::
+Pure functions over bytes and numpy arrays (no file I/O, no network): IDX (MNIST, Fashion-MNIST)
+and scikit-learn's digits CSV decoding; exact area downsampling; centred zero-padding; a seeded
+train/test split and subsample. ``components.data.prepare`` assembles them into prepared arrays.
 
-    x_train float32 [N, S, S, 1] in [0, 1]    y_train int32 [N]
-    x_test  float32 [M, S, S, 1] in [0, 1]    y_test  int32 [M]
-
-where ``S = image_size``. Downsampling is exact area averaging (a box filter): output pixel ``i``
-covers the input interval ``[i * H / S, (i + 1) * H / S)`` and is the mean of the input over it,
-weighting each input pixel by its overlap with the interval, so non-integer ratios (28 -> 8) are
-handled exactly and the image mean is preserved.
+Downsampling is exact area averaging (a box filter): output pixel ``i`` covers the input interval
+``[i * H / S, (i + 1) * H / S)`` and is the mean of the input over it, weighting each input pixel by
+its overlap with the interval, so non-integer ratios (28 -> 8) are handled exactly and the image
+mean is preserved. Nothing here upsamples by interpolation: the only larger size is defined by
+zero-padding (:func:`pad_images`).
 
 Example:
   >>> import numpy as np
@@ -28,13 +26,11 @@ import zlib
 
 import numpy as np
 
-from components.data.sources import DatasetSpec, get_dataset
-
 __all__ = [
     "area_weights",
-    "build_arrays",
     "decode_digits_csv",
     "decode_idx",
+    "pad_images",
     "resize_images",
     "split_train_test",
     "subsample",
@@ -51,10 +47,6 @@ _IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-
-# Tags that derive independent random streams from the one params seed.
-_SPLIT_STREAM = 1
-_SUBSAMPLE_STREAM = 2
 
 _RESIZE_CHUNK_BYTES = 1 << 23
 
@@ -305,115 +297,31 @@ def subsample(x: np.ndarray, y: np.ndarray, *, max_examples: int | None, seed: i
     return x[keep], y[keep]
 
 
-def _derive_seed(seed: int, stream: int) -> int:
-    """An independent seed for one use (``stream``) of the params seed."""
-    return int(np.random.SeedSequence([seed, stream]).generate_state(1, np.uint64)[0])
+def pad_images(x: np.ndarray, size: int) -> np.ndarray:
+    """Centre ``[N, H, W, ...]`` images in a ``size x size`` frame of zeros.
 
-
-def _decode_split(
-    spec: DatasetSpec, files: dict[str, bytes], images: str, labels: str | None
-) -> tuple[np.ndarray, np.ndarray]:
-    if spec.format == "idx":
-        assert labels is not None  # guaranteed by DatasetSpec.__post_init__
-        x, y = decode_idx(files[images]), decode_idx(files[labels])
-    elif spec.format == "digits_csv":
-        x, y = decode_digits_csv(files[images])
-    else:  # pragma: no cover - DatasetFormat is a closed Literal
-        raise ValueError(f"unknown dataset format {spec.format!r}")
-    expected = (spec.image_size, spec.image_size)
-    if x.ndim != 3 or x.shape[1:] != expected:
-        raise ValueError(
-            f"{spec.name} {images}: expected images [N, {expected[0]}, {expected[1]}], got shape {x.shape}"
-        )
-    if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(
-            f"{spec.name}: {len(x)} images in {images} but labels of shape {y.shape} in {labels or images}"
-        )
-    if len(y) and (y.min() < 0 or y.max() >= spec.num_classes):
-        raise ValueError(f"{spec.name}: labels must lie in 0..{spec.num_classes - 1}, got {y.min()}..{y.max()}")
-    return x, y
-
-
-def _to_model_images(x: np.ndarray, pixel_max: int, image_size: int) -> np.ndarray:
-    # Resize first (it is linear), so the scaling runs on the small output.
-    out = resize_images(x, image_size)  # float32
-    out /= np.float32(pixel_max)
-    np.clip(out, 0.0, 1.0, out=out)  # weights sum to 1 up to rounding
-    return out[..., None]
-
-
-def build_arrays(
-    name: str,
-    files: dict[str, bytes],
-    *,
-    image_size: int,
-    test_fraction: float,
-    max_train_examples: int | None,
-    seed: int,
-) -> dict[str, np.ndarray]:
-    """Decode a dataset's verified source files into model-ready arrays.
-
-    Steps: decode; hold out a test split (``test_fraction``, seeded) if the dataset has none;
-    keep at most ``max_train_examples`` training examples (seeded; the test split is kept whole);
-    scale pixels to [0, 1]; area-downsample to ``image_size``; add a channel axis.
-    The split and the subsample draw from independent streams derived from ``seed``.
+    The one way this package enlarges images: e.g. MNIST 28x28 -> 32x32 (2 pixels each side), the
+    input size of LeNet-5 (LeCun et al. 1998), whose background is 0 like MNIST's. ``size - H`` and
+    ``size - W`` must be even so the image stays centred.
 
     Args:
-      name: a registered dataset (``components.data.DATASETS``).
-      files: logical file name -> bytes, for every file of the dataset (already verified).
-      image_size: output side, ``1 <= image_size <=`` the native side (28 MNIST, 8 digits).
-      test_fraction: held-out fraction for datasets without a test split, in (0, 1).
-      max_train_examples: cap on training examples, or ``None`` for all.
-      seed: the experiment seed.
+      x: images ``[N, H, W]`` or ``[N, H, W, C]``.
+      size: output side, ``>= max(H, W)``, with ``size - H`` and ``size - W`` even.
 
     Returns:
-      ``{"x_train", "y_train", "x_test", "y_test"}``: images float32 ``[N, S, S, 1]`` in [0, 1],
-      labels int32 ``[N]``.
+      ``[N, size, size, ...]`` of ``x.dtype``; ``x`` itself when already ``size x size``.
 
     Raises:
-      ValueError: for an unknown dataset, a missing file, an ``image_size`` larger than the
-        native size, bad split parameters, or undecodable data.
-
-    Example:
-      >>> arrays = build_arrays("digits", {"digits.csv.gz": raw}, image_size=8,
-      ...                       test_fraction=0.2, max_train_examples=None, seed=0)  # doctest: +SKIP
-      >>> arrays["x_train"].shape  # doctest: +SKIP
-      (1438, 8, 8, 1)
+      ValueError: on a wrong rank, a smaller size, or an odd margin.
     """
-    spec = get_dataset(name)
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
-        raise TypeError(f"image_size must be an int, got {type(image_size).__name__}")
-    if not 1 <= image_size <= spec.image_size:
-        raise ValueError(
-            f"image_size={image_size} is not available for {name!r}: its native images are"
-            f" {spec.image_size}x{spec.image_size} and area averaging only downsamples; use"
-            f" image_size in 1..{spec.image_size} or drop {name!r} from data.datasets"
-        )
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if max_train_examples is not None and max_train_examples < 1:
-        raise ValueError(f"max_train_examples must be >= 1 or None, got {max_train_examples}")
-    missing = [f for f in spec.file_names if f not in files]
-    if missing:
-        raise ValueError(f"{name}: missing source files {missing}; expected all of {list(spec.file_names)}")
-
-    x_train, y_train = _decode_split(spec, files, spec.train_images, spec.train_labels)
-    if spec.has_test_split:
-        assert spec.test_images is not None  # guaranteed by DatasetSpec.__post_init__
-        x_test, y_test = _decode_split(spec, files, spec.test_images, spec.test_labels)
-    else:
-        x_train, y_train, x_test, y_test = split_train_test(
-            x_train, y_train, test_fraction=test_fraction, seed=_derive_seed(seed, _SPLIT_STREAM)
-        )
-    x_train, y_train = subsample(
-        x_train,
-        y_train,
-        max_examples=max_train_examples,
-        seed=_derive_seed(seed, _SUBSAMPLE_STREAM),
-    )
-    return {
-        "x_train": _to_model_images(x_train, spec.pixel_max, image_size),
-        "y_train": y_train.astype(np.int32),
-        "x_test": _to_model_images(x_test, spec.pixel_max, image_size),
-        "y_test": y_test.astype(np.int32),
-    }
+    x = np.asarray(x)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"pad_images expects images [N, H, W] or [N, H, W, C], got shape {x.shape}")
+    h, w = x.shape[1], x.shape[2]
+    if size < max(h, w) or (size - h) % 2 or (size - w) % 2:
+        raise ValueError(f"cannot centre {h}x{w} images in {size}x{size}: size must be >= both sides by even margins")
+    if size == h == w:
+        return x
+    top, left = (size - h) // 2, (size - w) // 2
+    pad = [(0, 0), (top, size - h - top), (left, size - w - left)] + [(0, 0)] * (x.ndim - 3)
+    return np.pad(x, pad)

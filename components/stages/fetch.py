@@ -2,9 +2,12 @@
 
 Where files come from (:func:`resolve_mirror`):
 
-1. ``$L2O_DATA_MIRROR`` if set (it must be an existing folder);
+1. ``$L2O_DATA_MIRROR`` if set (it must be an existing folder, or ``none`` to always download);
 2. else ``<root>/../shared/datasets`` if it exists;
 3. else nothing: files are downloaded from their canonical URLs into a cache folder.
+
+Mirror-only files (no canonical download, e.g. the CIFAR-10 JPEG copy) can only come from a mirror;
+asking to download one raises ``FileNotFoundError`` saying so.
 
 From a mirror, each part file is checked against its pinned sha256, then the concatenated whole
 file against its own. A download is streamed to a temporary file, checked, and only then renamed
@@ -27,6 +30,7 @@ from components.stages.common import Logger, print_logger, sha256_bytes, sha256_
 __all__ = [
     "DOWNLOAD_TIMEOUT_S",
     "MIRROR_ENV",
+    "NO_MIRROR",
     "DataIntegrityError",
     "FetchedFile",
     "fetch_file",
@@ -35,6 +39,7 @@ __all__ = [
 ]
 
 MIRROR_ENV = "L2O_DATA_MIRROR"
+NO_MIRROR = "none"  # L2O_DATA_MIRROR=none: download even if ../shared/datasets exists
 DOWNLOAD_TIMEOUT_S = 60.0
 _CHUNK = 1 << 20
 
@@ -64,20 +69,23 @@ def resolve_mirror(root: Path) -> Path | None:
       root: the project root.
 
     Returns:
-      ``$L2O_DATA_MIRROR`` if set (non-empty), else ``<root>/../shared/datasets`` if that folder
-      exists, else ``None``. Paths are returned resolved (absolute).
+      ``None`` if ``$L2O_DATA_MIRROR`` is ``none``; else ``$L2O_DATA_MIRROR`` if set (non-empty);
+      else ``<root>/../shared/datasets`` if that folder exists; else ``None``. Paths are returned
+      resolved (absolute).
 
     Raises:
       FileNotFoundError: if ``$L2O_DATA_MIRROR`` is set but is not an existing folder.
     """
     env = os.environ.get(MIRROR_ENV, "")
+    if env.strip().lower() == NO_MIRROR:
+        return None
     if env:
         path = Path(env).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(
                 f"{MIRROR_ENV}={env!r} is not an existing folder. Point it at a dataset mirror"
                 f" (a folder laid out like ../shared/datasets, e.g. holding mnist/ and"
-                f" sklearn_digits/), or unset it to use ../shared/datasets or download."
+                f" sklearn_digits/), unset it to use ../shared/datasets, or set it to {NO_MIRROR!r} to download."
             )
         return path.resolve()
     default = Path(root) / ".." / "shared" / "datasets"
@@ -89,10 +97,14 @@ def _mismatch(path: object, expected: str, actual: str, fix: str) -> DataIntegri
 
 
 def _read_mirror(spec_file: SourceFile, mirror: Path) -> FetchedFile:
+    download = (
+        f"set {MIRROR_ENV}={NO_MIRROR} to download it from {spec_file.urls[0]}"
+        if spec_file.urls
+        else "(this file is mirror-only: it has no canonical download)"
+    )
     fix = (
         f"The mirror at {mirror} is corrupt or incomplete: restore it (check it with"
-        f" `cd {mirror} && sha256sum -c SHA256SUMS`), set {MIRROR_ENV} to a good mirror, or use"
-        f" no mirror to re-download from {spec_file.urls[0]}."
+        f" `cd {mirror} && sha256sum -c SHA256SUMS`), set {MIRROR_ENV} to a good mirror, or {download}."
     )
     chunks = []
     n = len(spec_file.mirror_parts)
@@ -118,7 +130,7 @@ def _read_mirror(spec_file: SourceFile, mirror: Path) -> FetchedFile:
 
 def _cache_path(spec_file: SourceFile, cache_dir: Path) -> Path:
     # Content-addressed: MNIST and Fashion-MNIST share logical file names.
-    return Path(cache_dir) / f"{spec_file.url_sha256[:16]}-{spec_file.name}"
+    return Path(cache_dir) / f"{(spec_file.url_sha256 or spec_file.sha256)[:16]}-{spec_file.name}"
 
 
 def _download(url: str, cache_dir: Path, name: str) -> tuple[Path, str]:
@@ -141,6 +153,13 @@ def _download(url: str, cache_dir: Path, name: str) -> tuple[Path, str]:
 
 
 def _download_verified(spec_file: SourceFile, cache_dir: Path, log: Logger) -> FetchedFile:
+    if spec_file.mirror_only:
+        raise FileNotFoundError(
+            f"{spec_file.name} is mirror-only (it has no canonical download URL) and no mirror is in use:"
+            f" set {MIRROR_ENV} to a dataset mirror holding {spec_file.mirror_parts[0].path}"
+            " (e.g. ../shared/datasets)."
+        )
+    assert spec_file.url_sha256 is not None  # SourceFile: URLs come with their sha256
     cache_dir = Path(cache_dir)
     target = _cache_path(spec_file, cache_dir)
     expected = spec_file.url_sha256
@@ -199,7 +218,7 @@ def fetch_file_with_origin(
 
     Raises:
       DataIntegrityError: if a part, the whole file or a download has the wrong sha256.
-      FileNotFoundError: if a mirror part is missing.
+      FileNotFoundError: if a mirror part is missing, or a mirror-only file is asked for without a mirror.
       ConnectionError: if no URL could be downloaded.
     """
     if mirror is not None:
@@ -225,7 +244,7 @@ def fetch_file(spec_file: SourceFile, *, mirror: Path | None, cache_dir: Path, l
     Raises:
       DataIntegrityError: on any sha256 mismatch (the message names the file, both checksums and
         how to fix it).
-      FileNotFoundError: if a mirror part is missing.
+      FileNotFoundError: if a mirror part is missing, or a mirror-only file is asked for without a mirror.
       ConnectionError: if no URL could be downloaded.
 
     Example:

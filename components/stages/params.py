@@ -6,9 +6,10 @@ and pass plain values to the library factories.
 """
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -20,6 +21,7 @@ from pydantic import (
 
 __all__ = [
     "DatasetName",
+    "PreparedName",
     "EvalTaskName",
     "DataParams",
     "TaskFamilyParams",
@@ -32,7 +34,22 @@ __all__ = [
     "params_hash",
 ]
 
-DatasetName = Literal["mnist", "fashion_mnist", "digits"]
+# Registered datasets (components.data.DATASETS). cifar10 is the canonical, lossless CIFAR-10 (download);
+# cifar10_jpeg the lossy JPEG copy that the offline mirror holds (mirror-only).
+DatasetName = Literal["mnist", "fashion_mnist", "digits", "cifar10", "cifar10_jpeg", "mnist1d", "tiny_shakespeare"]
+
+
+def _check_prepared_name(name: str) -> str:
+    from components.data import parse_variant  # noqa: PLC0415 - keeps `import params` light
+
+    parse_variant(name, image_size=1)  # grammar, dataset and explicit size; 1 fits every image dataset
+    return name
+
+
+# A prepared dataset: "<dataset>[_gray][_<size>]", e.g. mnist, mnist_28, cifar10_jpeg_gray_8, tiny_shakespeare
+# (components.data.prepare). It names the file data/prepared/<name>.npz and the manifest entry.
+PreparedName = Annotated[str, AfterValidator(_check_prepared_name)]
+
 # Held-out evaluation tasks (defined in components.tasks.registry).
 EvalTaskName = Literal["digits_mlp", "mnist_mlp_deep", "fashion_mnist_conv", "mnist_mlp"]
 
@@ -42,21 +59,48 @@ class _Section(BaseModel):
 
 
 class DataParams(_Section):
-    """prepare_data: which datasets to prepare and how."""
+    """prepare_data: which prepared datasets to write and how.
 
-    datasets: list[DatasetName] = Field(default=["mnist", "fashion_mnist", "digits"], min_length=1)
-    image_size: PositiveInt = Field(default=8, le=28, description="square side after area downsampling")
+    Each entry of ``datasets`` is a prepared name ``<dataset>[_gray][_<size>]`` and becomes
+    ``data/prepared/<name>.npz``: ``mnist`` (at ``image_size``), ``mnist_28``, ``mnist_32``
+    (zero-padded), ``cifar10_jpeg_gray_8``, ``mnist1d``, ``tiny_shakespeare``. Several variants of
+    one dataset are prepared from one decoding, with the same examples in the same order.
+    """
+
+    datasets: list[PreparedName] = Field(
+        default=["mnist", "fashion_mnist", "digits"],
+        min_length=1,
+        description="prepared names <dataset>[_gray][_<size>]; one data/prepared/<name>.npz each",
+    )
+    image_size: PositiveInt = Field(
+        default=8, le=28, description="square side of image datasets named without _<size> (area downsampling)"
+    )
     test_fraction: float = Field(
         default=0.2, gt=0.0, lt=1.0, description="held-out fraction for datasets without a test split"
     )
     max_train_examples: PositiveInt | None = Field(
-        default=None, description="keep at most this many training examples per dataset (seeded)"
+        default=None, description="keep at most this many training examples per labelled dataset (seeded)"
+    )
+    text_split: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(
+        default=(0.9, 0.05, 0.05),
+        description="train/validation/test fractions of a text corpus, as contiguous ranges in that order",
     )
 
     @model_validator(mode="after")
     def _unique(self):
+        from components.data import parse_variant  # noqa: PLC0415
+
         if len(set(self.datasets)) != len(self.datasets):
             raise ValueError(f"datasets must be unique, got {self.datasets}")
+        for name in self.datasets:
+            try:
+                parse_variant(name, image_size=self.image_size)
+            except ValueError as err:
+                raise ValueError(
+                    f"data.datasets: {err}; set data.image_size accordingly, or name the size: {name}_<size>"
+                ) from None
+        if not math.isclose(sum(self.text_split), 1.0, abs_tol=1e-9):
+            raise ValueError(f"text_split fractions must sum to 1, got {list(self.text_split)}")
         return self
 
 

@@ -1,22 +1,27 @@
 """prepare_data stage: fetch and verify the raw datasets, then write model-ready arrays.
 
-Reads ``params.data`` (datasets, image_size, test_fraction, max_train_examples) and ``params.seed``.
-Writes, relative to the project root::
+Reads ``params.data`` (datasets, image_size, test_fraction, max_train_examples, text_split) and
+``params.seed``. Each entry of ``data.datasets`` is a prepared name ``<dataset>[_gray][_<size>]``
+(``components.data.prepare``). Writes, relative to the project root::
 
-    data/prepared/<name>.npz       x_train, y_train, x_test, y_test (see components.data.build_arrays)
-    data/prepared/manifest.json    per dataset: source files + sha256 + origin, output sha256,
-                                   shapes, number of classes, params used, stage version
+    data/prepared/<name>.npz       one per prepared name: x_train, y_train, x_test, y_test (images,
+                                   MNIST-1D) or train_tokens, val_tokens, test_tokens, vocab (text);
+                                   see components.data.build_variant
+    data/prepared/manifest.json    per prepared name: dataset, variant (image_size, grayscale),
+                                   source files + sha256 + origin, output sha256, shapes, dtypes,
+                                   counts, number of classes, provenance notes, params, stage version
 
 Order of work, so that a bad input never leaves a half-written output:
 
-1. fetch and verify every source file of every dataset (mirror or download, see
+1. fetch and verify every source file of every dataset needed (mirror or download, see
    ``components.stages.fetch``) — nothing is written under ``data/prepared`` before all pass;
-2. decode and build each dataset, writing its npz to a hidden temporary file;
-3. rename all npz into place, delete ``*.npz`` of datasets no longer listed, write the manifest.
+2. decode each dataset once, build each of its variants, writing each npz to a hidden temporary file;
+3. rename all npz into place, delete ``*.npz`` of names no longer listed, write the manifest.
 
 The npz files are written deterministically (fixed zip timestamps, sorted members), so the same
 inputs and params give byte-identical outputs and the same sha256 in the manifest, whether the
-raw files came from the mirror or were downloaded (their decompressed payloads are identical).
+raw files came from the mirror or were downloaded (both decode to the same arrays; where that
+could not hold, the datasets have different names: ``cifar10`` vs ``cifar10_jpeg``).
 """
 
 import contextlib
@@ -31,7 +36,14 @@ from typing import BinaryIO
 
 import numpy as np
 
-from components.data import build_arrays, get_dataset
+from components.data import (
+    Variant,
+    build_variant,
+    decode_dataset,
+    get_dataset,
+    jpeg_decoder_version,
+    parse_variant,
+)
 from components.stages.common import (
     MANIFEST,
     PREPARED_DIR,
@@ -44,12 +56,12 @@ from components.stages.common import (
     sha256_file,
 )
 from components.stages.fetch import FetchedFile, fetch_file_with_origin, resolve_mirror
-from components.stages.params import PipelineParams
+from components.stages.params import DataParams, PipelineParams
 
-__all__ = ["CACHE_DIR", "MANIFEST", "PREPARED_DIR", "STAGE", "VERSION", "run", "write_npz"]
+__all__ = ["CACHE_DIR", "MANIFEST", "PREPARED_DIR", "STAGE", "VERSION", "run", "variants", "write_npz"]
 
 STAGE = "prepare_data"
-VERSION = "1"
+VERSION = "2"  # 2: prepared names (variants), CIFAR-10, MNIST-1D, tiny-shakespeare; manifest v2 fields
 CACHE_DIR = Path("data") / "raw"  # downloads only; unused with a mirror
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -73,6 +85,23 @@ def write_npz(f: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, np.ascontiguousarray(arrays[key]), allow_pickle=False)
 
 
+def variants(data: DataParams) -> list[Variant]:
+    """The prepared variants ``data.datasets`` asks for, in order.
+
+    Raises:
+      ValueError: for a name that is not ``<dataset>[_gray][_<size>]`` or a size the dataset lacks.
+    """
+    out = []
+    for name in data.datasets:
+        try:
+            out.append(parse_variant(name, image_size=data.image_size))
+        except ValueError as err:
+            raise ValueError(
+                f"data.datasets: {err}; set data.image_size accordingly, or name the size: {name}_<size>"
+            ) from None
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class _Fetched:
     name: str
@@ -82,13 +111,15 @@ class _Fetched:
 
 @dataclasses.dataclass(frozen=True)
 class _Built:
-    name: str
+    variant: Variant
     tmp_path: Path
     sha256: str
     shapes: dict[str, list[int]]
-    num_train: int
-    num_test: int
-    sources: list[dict[str, str]]
+    dtypes: dict[str, str]
+    counts: dict[str, int]
+    num_classes: int
+    sources: list[dict[str, str | None]]
+    decoder: str | None
     seconds: float
 
 
@@ -96,42 +127,46 @@ def _fetch_dataset(name: str, *, mirror: Path | None, cache_dir: Path, log: Logg
     """Fetch and verify every source file of dataset ``name``."""
     start = time.perf_counter()
     spec = get_dataset(name)
-    files = {f.name: fetch_file_with_origin(f, mirror=mirror, cache_dir=cache_dir, log=log) for f in spec.files}
+    try:
+        files = {f.name: fetch_file_with_origin(f, mirror=mirror, cache_dir=cache_dir, log=log) for f in spec.files}
+    except FileNotFoundError as err:
+        if not spec.missing_hint:
+            raise
+        raise FileNotFoundError(f"{err} {spec.missing_hint}") from None
     return _Fetched(name, files, time.perf_counter() - start)
+
+
+def _counts(arrays: dict[str, np.ndarray]) -> dict[str, int]:
+    if "train_tokens" in arrays:
+        return {f"num_{split}": len(arrays[f"{split}_tokens"]) for split in ("train", "val", "test")}
+    return {"num_train": len(arrays["y_train"]), "num_test": len(arrays["y_test"])}
+
+
+def _describe(v: Variant, counts: dict[str, int], num_classes: int) -> str:
+    if "num_val" in counts:
+        return (
+            f"{counts['num_train']} / {counts['num_val']} / {counts['num_test']} train / val / test tokens,"
+            f" vocabulary {num_classes}"
+        )
+    shape = f" at {v.image_size}x{v.image_size}{' gray' if v.grayscale else ''}" if v.image_size else ""
+    return f"{counts['num_train']} train / {counts['num_test']} test{shape}"
 
 
 def _build_dataset(
     fetched: _Fetched,
     *,
-    image_size: int,
-    test_fraction: float,
-    max_train_examples: int | None,
+    by_dataset: dict[str, list[Variant]],
+    data: DataParams,
     seed: int,
     out_dir: Path,
     token: str,
     log: Logger,
-) -> _Built:
-    """Decode and build one dataset, writing its npz to a temporary file in ``out_dir``."""
+) -> list[_Built]:
+    """Decode one dataset and build each of its variants into a temporary npz in ``out_dir``."""
     start = time.perf_counter()
-    name = fetched.name
-    spec = get_dataset(name)
-    arrays = build_arrays(
-        name,
-        {fname: f.data for fname, f in fetched.files.items()},
-        image_size=image_size,
-        test_fraction=test_fraction,
-        max_train_examples=max_train_examples,
-        seed=seed,
-    )
-    tmp_path = out_dir / f".{name}.npz.{token}.tmp"
-    try:
-        with open(tmp_path, "wb") as f:
-            write_npz(f, arrays)
-        sha = sha256_file(tmp_path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_path)
-        raise
+    spec = get_dataset(fetched.name)
+    decoded = decode_dataset(spec.name, {fname: f.data for fname, f in fetched.files.items()})
+    decode_s = time.perf_counter() - start
     sources = [
         {
             "name": f.name,
@@ -141,25 +176,78 @@ def _build_dataset(
         }
         for f in spec.files
     ]
-    build_s = time.perf_counter() - start
-    total_s = fetched.seconds + build_s
-    origins = sorted({s["origin"] for s in sources})
-    num_train, num_test = len(arrays["y_train"]), len(arrays["y_test"])
-    log(
-        f"{STAGE}: {name}: {num_train} train / {num_test} test at {image_size}x{image_size},"
-        f" {len(sources)} file(s) from {', '.join(origins)}, {total_s:.2f} s"
-        f" (fetch {fetched.seconds:.2f} s, build {build_s:.2f} s)"
-    )
-    return _Built(
-        name=name,
-        tmp_path=tmp_path,
-        sha256=sha,
-        shapes={k: list(v.shape) for k, v in arrays.items()},
-        num_train=num_train,
-        num_test=num_test,
-        sources=sources,
-        seconds=total_s,
-    )
+    origins = ", ".join(sorted({str(s["origin"]) for s in sources}))
+    decoder = jpeg_decoder_version() if spec.format == "cifar10_jpeg" else None
+    built = []
+    for v in by_dataset[spec.name]:
+        t0 = time.perf_counter()
+        arrays = build_variant(
+            v,
+            decoded,
+            test_fraction=data.test_fraction,
+            max_train_examples=data.max_train_examples,
+            text_split=tuple(data.text_split),
+            seed=seed,
+        )
+        tmp_path = out_dir / f".{v.name}.npz.{token}.tmp"
+        try:
+            with open(tmp_path, "wb") as f:
+                write_npz(f, arrays)
+            sha = sha256_file(tmp_path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_path)
+            raise
+        build_s = time.perf_counter() - t0
+        total_s = fetched.seconds + decode_s + build_s  # fetch and decode are shared by the variants
+        counts = _counts(arrays)
+        num_classes = len(arrays["vocab"]) if "vocab" in arrays else spec.num_classes
+        log(
+            f"{STAGE}: {v.name}: {_describe(v, counts, num_classes)}, {len(sources)} file(s) from {origins},"
+            f" {total_s:.2f} s (fetch {fetched.seconds:.2f} s, decode {decode_s:.2f} s, build {build_s:.2f} s)"
+        )
+        built.append(
+            _Built(
+                variant=v,
+                tmp_path=tmp_path,
+                sha256=sha,
+                shapes={k: list(a.shape) for k, a in arrays.items()},
+                dtypes={k: a.dtype.name for k, a in arrays.items()},
+                counts=counts,
+                num_classes=num_classes,
+                sources=sources,
+                decoder=decoder,
+                seconds=total_s,
+            )
+        )
+        del arrays
+    return built
+
+
+def _manifest_entry(b: _Built, used: dict) -> dict:
+    v = b.variant
+    spec = get_dataset(v.dataset)
+    entry = {
+        "file": (PREPARED_DIR / f"{v.name}.npz").as_posix(),
+        "sha256": b.sha256,
+        "dataset": v.dataset,
+        "kind": spec.kind,
+        "image_size": v.image_size,
+        "grayscale": v.grayscale,
+        "sources": b.sources,
+        "shapes": b.shapes,
+        "dtypes": b.dtypes,
+        **b.counts,
+        "num_classes": b.num_classes,
+        "has_test_split": spec.has_test_split,
+        "exact_copy": spec.exact_copy,
+        "notes": spec.notes,
+        "params": used,
+        "stage_version": VERSION,
+    }
+    if b.decoder is not None:
+        entry["decoder"] = b.decoder
+    return entry
 
 
 def run(
@@ -169,68 +257,60 @@ def run(
     log: Logger = print_logger,
     map_fn: MapFn = serial_map,
 ) -> StageResult:
-    """Prepare every dataset in ``params.data.datasets`` under ``<root>/data/prepared``.
+    """Prepare every name in ``params.data.datasets`` under ``<root>/data/prepared``.
 
     Args:
       params: the experiment; reads ``params.data`` and ``params.seed``.
       root: the project root (outputs and the download cache live under it).
-      log: receives one line per dataset (sizes, origin, time taken) and per download.
-      map_fn: fans the per-dataset work out (fetch+verify, then build); runs serially by default.
+      log: receives one line per prepared name (sizes, origin, time taken) and per download.
+      map_fn: fans the per-dataset work out (fetch+verify, then decode+build its variants); runs
+        serially by default.
 
     Returns:
-      A :class:`StageResult` with metrics ``<name>/num_train``, ``<name>/num_test``,
-      ``<name>/num_classes``, ``<name>/seconds`` and the manifest as artifact.
+      A :class:`StageResult` with metrics ``<name>/num_train``, ``<name>/num_test`` (and
+      ``<name>/num_val`` for text), ``<name>/num_classes``, ``<name>/seconds`` and the manifest as
+      artifact.
 
     Raises:
       DataIntegrityError: if any source file fails its sha256 check (nothing is written then).
-      FileNotFoundError: if ``$L2O_DATA_MIRROR`` or a mirror file is missing.
+      FileNotFoundError: if ``$L2O_DATA_MIRROR`` or a mirror file is missing, or a mirror-only
+        dataset is asked for without a mirror.
       ValueError: if a dataset cannot be built with these params (e.g. image_size 16 for digits).
     """
     root = Path(root)
     data = params.data
-    names = list(data.datasets)
+    wanted = variants(data)  # fails on bad params before reading any data
+    by_dataset: dict[str, list[Variant]] = {}
+    for v in wanted:
+        by_dataset.setdefault(v.dataset, []).append(v)
     mirror = resolve_mirror(root)
     cache_dir = root / CACHE_DIR
     out_dir = root / PREPARED_DIR
 
-    # Fail on bad params before reading any data.
-    for name in names:
-        native = get_dataset(name).image_size
-        if data.image_size > native:
-            raise ValueError(
-                f"data.image_size={data.image_size} is not available for {name!r}: its native"
-                f" images are {native}x{native} and area averaging only downsamples; set"
-                f" data.image_size <= {native} or drop {name!r} from data.datasets"
-            )
-
     # 1. Fetch and verify everything before writing anything.
     fetched: list[_Fetched] = map_fn(
-        functools.partial(_fetch_dataset, mirror=mirror, cache_dir=cache_dir, log=log), names
+        functools.partial(_fetch_dataset, mirror=mirror, cache_dir=cache_dir, log=log), list(by_dataset)
     )
 
-    # 2. Build each dataset into a hidden temporary npz.
+    # 2. Decode each dataset once and build its variants into hidden temporary npz files.
     out_dir.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:12]
     build = functools.partial(
-        _build_dataset,
-        image_size=data.image_size,
-        test_fraction=data.test_fraction,
-        max_train_examples=data.max_train_examples,
-        seed=params.seed,
-        out_dir=out_dir,
-        token=token,
-        log=log,
+        _build_dataset, by_dataset=by_dataset, data=data, seed=params.seed, out_dir=out_dir, token=token, log=log
     )
     try:
-        built: list[_Built] = map_fn(build, fetched)
+        groups: list[list[_Built]] = map_fn(build, fetched)
         del fetched
+        by_name = {b.variant.name: b for group in groups for b in group}
+        built = [by_name[v.name] for v in wanted]
         # 3. Commit: rename into place, drop stale outputs, write the manifest.
         for b in built:
-            os.replace(b.tmp_path, out_dir / f"{b.name}.npz")
+            os.replace(b.tmp_path, out_dir / f"{b.variant.name}.npz")
     finally:
         for tmp in out_dir.glob(f".*.npz.{token}.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+    names = set(data.datasets)
     for stale in sorted(out_dir.glob("*.npz")):
         if stale.stem not in names:
             log(f"{STAGE}: removing stale {stale.relative_to(root)} (not in data.datasets)")
@@ -240,35 +320,22 @@ def run(
         "image_size": data.image_size,
         "test_fraction": data.test_fraction,
         "max_train_examples": data.max_train_examples,
+        "text_split": list(data.text_split),
         "seed": params.seed,
     }
     manifest = {
         "stage": STAGE,
         "version": VERSION,
-        "datasets": {
-            b.name: {
-                "file": (PREPARED_DIR / f"{b.name}.npz").as_posix(),
-                "sha256": b.sha256,
-                "sources": b.sources,
-                "shapes": b.shapes,
-                "num_train": b.num_train,
-                "num_test": b.num_test,
-                "num_classes": get_dataset(b.name).num_classes,
-                "has_test_split": get_dataset(b.name).has_test_split,
-                "params": used,
-                "stage_version": VERSION,
-            }
-            for b in built
-        },
+        "datasets": {b.variant.name: _manifest_entry(b, used) for b in built},
     }
     atomic_write_json(root / MANIFEST, manifest)
 
     metrics: dict[str, float] = {}
     for b in built:
-        metrics[f"{b.name}/num_train"] = float(b.num_train)
-        metrics[f"{b.name}/num_test"] = float(b.num_test)
-        metrics[f"{b.name}/num_classes"] = float(get_dataset(b.name).num_classes)
-        metrics[f"{b.name}/seconds"] = round(b.seconds, 3)
+        for key, value in b.counts.items():
+            metrics[f"{b.variant.name}/{key}"] = float(value)
+        metrics[f"{b.variant.name}/num_classes"] = float(b.num_classes)
+        metrics[f"{b.variant.name}/seconds"] = round(b.seconds, 3)
     return StageResult(
         stage=STAGE,
         version=VERSION,

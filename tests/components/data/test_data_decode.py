@@ -1,4 +1,4 @@
-"""Decoding, downsampling, splitting and building arrays, on the real mirrored data."""
+"""IDX / digits decoding, downsampling, padding, splitting and building image arrays, on the mirrored data."""
 
 import gzip
 import struct
@@ -13,6 +13,7 @@ from components.data import (
     build_arrays,
     decode_digits_csv,
     decode_idx,
+    pad_images,
     resize_images,
     split_train_test,
     subsample,
@@ -250,4 +251,44 @@ def test_build_arrays_rejects_unknown_dataset_and_missing_files():
         build_arrays("cifar", {}, image_size=8, test_fraction=0.2, max_train_examples=None, seed=0)
     with pytest.raises(ValueError, match="missing source files"):
         build_arrays("mnist", {}, image_size=8, test_fraction=0.2, max_train_examples=None, seed=0)
-    assert set(DATASETS) == {"mnist", "fashion_mnist", "digits"}
+    with pytest.raises(ValueError, match=r"build_arrays builds image datasets; 'mnist1d' is a sequence dataset"):
+        build_arrays("mnist1d", {}, image_size=8, test_fraction=0.2, max_train_examples=None, seed=0)
+    with pytest.raises(ValueError, match=r"'digits' is already single-channel; _gray applies to RGB datasets only"):
+        build_arrays("digits", {}, image_size=8, test_fraction=0.2, max_train_examples=None, seed=0, grayscale=True)
+    assert "digits" in DATASETS
+
+
+def test_build_arrays_mnist_sizes_share_examples_and_32_is_zero_padded(mirror):
+    spec = DATASETS["mnist"]
+    files = {f.name: b"".join((mirror / p.path).read_bytes() for p in f.mirror_parts) for f in spec.files}
+    kw = dict(test_fraction=0.2, max_train_examples=300, seed=5)
+    a28, a32, a8 = (build_arrays("mnist", files, image_size=s, **kw) for s in (28, 32, 8))
+    assert a32["x_train"].shape == (300, 32, 32, 1) and a32["x_test"].shape == (10000, 32, 32, 1)
+    np.testing.assert_array_equal(a32["x_train"][:, 2:30, 2:30], a28["x_train"])
+    assert a32["x_train"][:, :2].max() == 0 and a32["x_train"][:, :, 30:].max() == 0
+    for a in (a32, a8):
+        np.testing.assert_array_equal(a["y_train"], a28["y_train"])
+    np.testing.assert_allclose(a8["x_train"][..., 0], resize_images(a28["x_train"][..., 0], 8), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"image_size=30 is not available for 'mnist'.*1\.\.28, or 32 \(zero-padded\)"):
+        build_arrays("mnist", files, image_size=30, **kw)
+
+
+# ---------------------------------------------------------------------------------- padding
+def test_pad_images_centres_and_keeps_dtype():
+    x = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) + 1
+    out = pad_images(x, 7)
+    assert out.shape == (2, 7, 7) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[:, 2:5, 2:5], x)
+    assert out.sum() == x.sum()
+    x4 = np.ones((1, 28, 28, 3), np.float32)
+    assert pad_images(x4, 32).shape == (1, 32, 32, 3)
+    assert pad_images(x4, 28) is x4
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "match"),
+    [((1, 28, 28), 31, "even margins"), ((1, 28, 28), 26, "even margins"), ((28, 28), 32, r"\[N, H, W\]")],
+)
+def test_pad_images_rejects_bad_arguments(shape, size, match):
+    with pytest.raises(ValueError, match=match):
+        pad_images(np.zeros(shape), size)

@@ -108,3 +108,28 @@ def test_resolve_mirror(tmp_path, monkeypatch, mirror):
     monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match=f"{MIRROR_ENV}=.*nowhere.* is not an existing"):
         resolve_mirror(root)
+
+
+def test_mirror_none_means_download(tmp_path, monkeypatch):
+    (tmp_path / "shared" / "datasets").mkdir(parents=True)
+    root = tmp_path / "project"
+    root.mkdir()
+    for value in ("none", "NONE", " none "):
+        monkeypatch.setenv(MIRROR_ENV, value)
+        assert resolve_mirror(root) is None
+
+
+def test_mirror_only_file_cannot_be_downloaded(tmp_path):
+    spec = DATASETS["cifar10_jpeg"].file("test_cat.tar.gz")
+    assert spec.mirror_only
+    with pytest.raises(FileNotFoundError, match=r"test_cat\.tar\.gz is mirror-only .*cifar10_jpeg/test_cat\.tar\.gz"):
+        fetch_file(spec, mirror=None, cache_dir=tmp_path / "cache", log=_quiet)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_missing_mirror_file_says_how_to_download_or_that_it_cannot(tmp_path):
+    with pytest.raises(FileNotFoundError, match=rf"{MIRROR_ENV}=none to download it from https://"):
+        fetch_file(DIGITS_FILE, mirror=tmp_path, cache_dir=tmp_path / "cache", log=_quiet)
+    jpeg = DATASETS["cifar10_jpeg"].file("test_cat.tar.gz")
+    with pytest.raises(FileNotFoundError, match=r"this file is mirror-only: it has no canonical download"):
+        fetch_file(jpeg, mirror=tmp_path, cache_dir=tmp_path / "cache", log=_quiet)
