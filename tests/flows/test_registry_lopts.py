@@ -24,8 +24,10 @@ def test_registered_checkpoint_loads_by_name(name, tmp_path, monkeypatch):
     lopt = registry.learned_optimizer(name, **hyper)
     theta = jax.tree.map(lambda x: x + 0.01, lopt.init_meta_params(jax.random.key(3)))
     ckpt = save(tmp_path / "ckpt", lopt, theta, {"git_commit": "test"})
-    experiment = mlflow.set_experiment(f"registry-{name}")
-    run = mlflow.MlflowClient().create_run(experiment.experiment_id)
+    client = mlflow.MlflowClient()
+    # artifacts in the temporary directory too (a SQLite store's default artifact root is ./mlruns)
+    experiment_id = client.create_experiment(f"registry-{name}", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(experiment_id)
     log_learned_optimizer(run.info.run_id, ckpt, f"{name}_test")
 
     params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.ones(3)}
