@@ -1,14 +1,144 @@
-"""Tasks, task families and held-out evaluation tasks."""
+"""Tasks, task families, augmentation and named task suites.
 
-from components.tasks.base import ImageData, ImageMLPFamily, Task, normalize_loss, stack_datasets
+The protocol every task follows (``init`` / ``loss`` / ``batch`` / ``accuracy`` /
+``normalized_loss``; pytrees with static architecture and array choices) is documented in
+:mod:`components.tasks.protocol`. Modules:
+
+* ``base``: :class:`Task` (MLP / CNN / 1-D CNN classifiers on :class:`ImageData`), ``ImageMLPFamily``;
+* ``models``, ``transformer``: the networks, pure functions on dicts of arrays;
+* ``language``: :class:`CharLMTask` on :class:`TokenData` (tiny-shakespeare);
+* ``convex``: the noisy quadratic, least squares, logistic regression (synthetic data from the key);
+* ``finetune``: :class:`FineTuneTask` / :func:`finetune`, :func:`pretrain`;
+* ``augment``: weight reparametrisation and reduced batch size, for any task or family;
+* ``families``: :class:`ImageFamily` and Celo's four-task preset;
+* ``spec``: :class:`TaskSpec` records (dataset, architecture, batch size, horizon, pre-training),
+  the tasks and data they make, and their out-of-distribution axes;
+* ``suite``: the named specs and suites (held-out evaluation, legacy, convex);
+* ``registry``: the original ``EVAL_TASKS`` / ``make_eval_task`` (kept as they were).
+"""
+
+from components.tasks.augment import (
+    LEVELS,
+    ReducedBatchFamily,
+    ReparamFamily,
+    ReparamTask,
+    reparametrize,
+    sample_log_scales,
+    with_batch_size,
+)
+from components.tasks.base import MODELS, ImageData, ImageMLPFamily, Task, normalize_loss, stack_datasets
+from components.tasks.convex import (
+    LinearModelFamily,
+    LinearModelTask,
+    NoisyQuadraticFamily,
+    NoisyQuadraticTask,
+    linear_model,
+    noisy_quadratic,
+    spectrum,
+)
+from components.tasks.families import (
+    CELO_BATCH_SIZE,
+    CELO_DATASETS,
+    CELO_HIDDEN,
+    CELO_IMAGE_SHAPE,
+    CELO_PARAM_SCALE_RANGE,
+    ImageFamily,
+    celo_families,
+    celo_family,
+)
+from components.tasks.finetune import FineTuneTask, finetune, pretrain, pretrain_with_losses
+from components.tasks.language import CharLMTask, TokenData, token_windows
+from components.tasks.protocol import FamilyProtocol, TaskProtocol, clip_loss, num_params, param_shapes
 from components.tasks.registry import EVAL_TASKS, EvalTaskSpec, make_eval_task
+from components.tasks.spec import (
+    OOD_AXES,
+    Conv1DArch,
+    ConvArch,
+    DatasetInfo,
+    LinearArch,
+    MLPArch,
+    Pretrain,
+    QuadraticArch,
+    TaskSpec,
+    TransformerArch,
+    dataset_info,
+    eval_sets,
+    make_source_task,
+    make_task,
+    ood_axes,
+    task_data,
+)
+from components.tasks.suite import SUITE_TASKS, SUITES, build_task, describe, get_spec, source_task, suite
 
 __all__ = [
-    "ImageData",
-    "ImageMLPFamily",
-    "Task",
+    # protocol
+    "TaskProtocol",
+    "FamilyProtocol",
+    "num_params",
+    "param_shapes",
+    "clip_loss",
     "normalize_loss",
+    # task kinds and their data
+    "MODELS",
+    "Task",
+    "ImageData",
     "stack_datasets",
+    "CharLMTask",
+    "TokenData",
+    "token_windows",
+    "NoisyQuadraticTask",
+    "noisy_quadratic",
+    "spectrum",
+    "LinearModelTask",
+    "linear_model",
+    "FineTuneTask",
+    "finetune",
+    "pretrain",
+    "pretrain_with_losses",
+    # augmentation
+    "LEVELS",
+    "ReparamTask",
+    "reparametrize",
+    "sample_log_scales",
+    "ReparamFamily",
+    "with_batch_size",
+    "ReducedBatchFamily",
+    # families
+    "ImageMLPFamily",
+    "ImageFamily",
+    "NoisyQuadraticFamily",
+    "LinearModelFamily",
+    "CELO_DATASETS",
+    "CELO_IMAGE_SHAPE",
+    "CELO_HIDDEN",
+    "CELO_BATCH_SIZE",
+    "CELO_PARAM_SCALE_RANGE",
+    "celo_families",
+    "celo_family",
+    # named tasks and suites
+    "TaskSpec",
+    "Pretrain",
+    "MLPArch",
+    "ConvArch",
+    "Conv1DArch",
+    "TransformerArch",
+    "QuadraticArch",
+    "LinearArch",
+    "DatasetInfo",
+    "dataset_info",
+    "SUITE_TASKS",
+    "SUITES",
+    "OOD_AXES",
+    "get_spec",
+    "suite",
+    "build_task",
+    "source_task",
+    "make_task",
+    "make_source_task",
+    "ood_axes",
+    "task_data",
+    "eval_sets",
+    "describe",
     "EVAL_TASKS",
     "EvalTaskSpec",
     "make_eval_task",

@@ -1,4 +1,10 @@
-"""Named held-out evaluation tasks (other datasets and/or architectures than meta-training)."""
+"""The original named held-out evaluation tasks (other datasets and/or architectures than meta-training).
+
+Kept as they were for the stages and params that use them. :mod:`components.tasks.suite`
+generalises this registry (every task kind, fine-tuning, prepared dataset names with sizes,
+default horizons, parameter counts without data); its ``legacy`` suite holds these four names with
+the same architectures (``build_task(name, batch_size=...)`` equals ``make_eval_task`` at 8x8).
+"""
 
 import dataclasses
 

@@ -1,0 +1,225 @@
+"""Named task specs and suites: what a params file refers to by name.
+
+Suites (:data:`SUITES`):
+
+* ``heldout``: 20 held-out evaluation tasks, 4 of them fine-tuning, out of the distribution of
+  Celo's meta-training preset by dataset, architecture, size (two with over 1M parameters) and
+  horizon (:func:`~components.tasks.spec.ood_axes` says how, per task);
+* ``legacy``: the four original ``EVAL_TASKS`` names, same architectures;
+* ``convex``: noisy quadratics and linear models for safeguard experiments.
+
+How the pipeline uses a spec (I/O in the stage, everything else in the library)::
+
+    spec = get_spec("ft_mnist_to_fashion_mnist_mlp")
+    src = source_task(spec)                                     # MLP on mnist_28
+    pretrained = pretrain(src, task_data(spec.pretrain.dataset, load_prepared(root, "mnist_28")),
+                          key, spec.pretrain.num_steps, spec.pretrain.learning_rate)     # cache it
+    task = build_task(spec, pretrained=pretrained)
+    arrays = load_prepared(root, spec.dataset)
+    train_curves(task, ..., task_data(spec.dataset, arrays), eval_sets(spec, arrays), ...)
+"""
+
+from typing import Any
+
+from components.tasks.spec import (
+    Conv1DArch,
+    ConvArch,
+    LinearArch,
+    MLPArch,
+    Pretrain,
+    QuadraticArch,
+    TaskSpec,
+    TransformerArch,
+    make_source_task,
+    make_task,
+    ood_axes,
+)
+
+__all__ = ["SUITE_TASKS", "SUITES", "get_spec", "suite", "build_task", "source_task", "describe"]
+
+
+def get_spec(name: str) -> TaskSpec:
+    """The spec registered as ``name``.
+
+    Raises:
+      ValueError: for an unknown name (the message lists the known ones).
+    """
+    if name not in SUITE_TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(SUITE_TASKS)}")
+    return SUITE_TASKS[name]
+
+
+def suite(name: str) -> tuple[TaskSpec, ...]:
+    """The specs of suite ``name`` (one of :data:`SUITES`)."""
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; choose one of {sorted(SUITES)}")
+    return tuple(SUITE_TASKS[n] for n in SUITES[name])
+
+
+def build_task(spec: TaskSpec | str, *, pretrained: Any = None, **overrides):
+    """The task of ``spec`` or of the spec registered under that name (see :func:`~components.tasks.spec.make_task`).
+
+    Example:
+      >>> build_task("mnist_mlp", batch_size=16).batch_size
+      16
+    """
+    return make_task(get_spec(spec) if isinstance(spec, str) else spec, pretrained=pretrained, **overrides)
+
+
+def source_task(spec: TaskSpec | str):
+    """The task to pre-train for a fine-tuning spec (or name): see :func:`~components.tasks.spec.make_source_task`."""
+    return make_source_task(get_spec(spec) if isinstance(spec, str) else spec)
+
+
+def describe(name: str) -> list[dict]:
+    """One row per task of suite ``name``: name, kind, dataset, batch size, horizon, parameters, OOD axes."""
+    return [
+        {
+            "name": s.name,
+            "kind": ("finetune:" if s.is_finetune else "") + s.kind,
+            "dataset": s.dataset or "(synthetic)",
+            "pretrain_dataset": s.pretrain.dataset if s.pretrain else None,
+            "batch_size": s.batch_size,
+            "num_steps": s.num_steps,
+            "num_params": s.num_params(),
+            "ood": list(ood_axes(s)),
+            "description": s.description,
+        }
+        for s in suite(name)
+    ]
+
+
+# -- the registry ---------------------------------------------------------------------------------
+def _specs(*specs: TaskSpec) -> dict[str, TaskSpec]:
+    return {s.name: s for s in specs}
+
+
+_LM_SMALL = TransformerArch(width=64, depth=2, heads=4, context=64)
+
+# fmt: off
+
+SUITE_TASKS: dict[str, TaskSpec] = _specs(
+    # the four original EVAL_TASKS (components.tasks.registry), at their default 8x8 / batch 128
+    TaskSpec("digits_mlp", "digits_8", MLPArch((32,)), 128, 1000, "UCI digits 8x8, MLP 64-32-10"),
+    TaskSpec("mnist_mlp", "mnist_8", MLPArch((32,)), 128, 1000, "MNIST 8x8, MLP 64-32-10 (in-distribution)"),
+    TaskSpec("mnist_mlp_deep", "mnist_8", MLPArch((128, 128), "tanh"), 128, 1000, "MNIST 8x8, tanh MLP 128-128"),
+    TaskSpec("fashion_mnist_conv", "fashion_mnist_8", ConvArch((4, 8)), 128, 1000, "Fashion-MNIST 8x8, CNN 4-8"),
+    # bigger inputs and networks (VeLOdrome-like image tasks)
+    TaskSpec(
+        "mnist28_mlp_128x3", "mnist_28", MLPArch((128, 128, 128)), 128, 2000,
+        "MNIST 28x28, ReLU MLP 128-128-128 (VeLOdrome Mnist_128x128x128_Relu)",
+    ),
+    TaskSpec(
+        "fashion_mnist28_mlp_ln_gelu", "fashion_mnist_28", MLPArch((256, 256), "gelu", "layer_norm"), 128, 2000,
+        "Fashion-MNIST 28x28, GELU MLP 256-256 with layer norm",
+    ),
+    TaskSpec(
+        "cifar10_gray32_mlp_tanh", "cifar10_jpeg_gray_32", MLPArch((128, 128, 128), "tanh"), 64, 2000,
+        "CIFAR-10 gray 32x32, tanh MLP 128-128-128, batch 64 (VeLOdrome Cifar10_128x128x128_Tanh_bs64, gray)",
+    ),
+    TaskSpec(
+        "cifar10_mlp_1024x512", "cifar10_jpeg_32", MLPArch((1024, 512)), 128, 3000,
+        "CIFAR-10 RGB 32x32, ReLU MLP 1024-512 (3.7M parameters)",
+    ),
+    TaskSpec(
+        "cifar10_conv_32x64x64", "cifar10_jpeg_32", ConvArch((32, 64, 64), downsample=True), 128, 2000,
+        "CIFAR-10 RGB 32x32, CNN 32-64-64 stride 2 (VeLOdrome Conv_Cifar10_32x64x64)",
+    ),
+    TaskSpec(
+        "cifar10_gray16_conv_ln", "cifar10_jpeg_gray_16", ConvArch((32, 64), norm="layer_norm", downsample=True),
+        128, 2000, "CIFAR-10 gray 16x16, CNN 32-64 with layer norm",
+    ),
+    TaskSpec(
+        "fashion_mnist28_conv_tanh", "fashion_mnist_28", ConvArch((16, 32, 32), "tanh", downsample=True), 128, 2000,
+        "Fashion-MNIST 28x28, tanh CNN 16-32-32 stride 2",
+    ),
+    # other modalities
+    TaskSpec("mnist1d_mlp", "mnist1d", MLPArch((100, 100)), 128, 3000, "MNIST-1D (40-sample signals), MLP 100-100"),
+    TaskSpec(
+        "mnist1d_conv", "mnist1d", Conv1DArch((32, 32, 32)), 128, 3000, "MNIST-1D, 1-D CNN 32-32-32 kernel 5 stride 2"
+    ),
+    TaskSpec(
+        "shakespeare_char_lm", "tiny_shakespeare", _LM_SMALL, 32, 2000,
+        "tiny-shakespeare char LM, transformer width 64, 2 blocks, 4 heads, context 64",
+    ),
+    TaskSpec(
+        "shakespeare_char_lm_1m", "tiny_shakespeare", TransformerArch(128, 6, 4, 128), 32, 5000,
+        "tiny-shakespeare char LM, transformer width 128, 6 blocks, 4 heads, context 128 (1.2M parameters)",
+    ),
+    # horizon
+    TaskSpec("mnist_mlp_long", "mnist_8", MLPArch((32,)), 64, 10000, "Celo's MNIST task trained 5x longer"),
+    # fine-tuning
+    TaskSpec(
+        "ft_mnist_to_fashion_mnist_mlp", "fashion_mnist_28", MLPArch((256, 128)), 128, 500,
+        "MLP 256-128 pre-trained on MNIST 28x28, fine-tuned on Fashion-MNIST (fresh head)",
+        pretrain=Pretrain("mnist_28", 2000, 1e-3, 128, reinit_head=True),
+    ),
+    TaskSpec(
+        "ft_fashion_mnist_to_cifar10_gray_conv", "cifar10_jpeg_gray_32", ConvArch((32, 64, 64), downsample=True),
+        128, 1000, "CNN 32-64-64 pre-trained on Fashion-MNIST 28x28, fine-tuned on CIFAR-10 gray 32x32 (fresh head)",
+        pretrain=Pretrain("fashion_mnist_28", 2000, 1e-3, 128, reinit_head=True),
+    ),
+    TaskSpec(
+        "ft_mnist_to_digits_mlp", "digits_8", MLPArch((128,)), 64, 300,
+        "MLP 128 pre-trained on MNIST 8x8, fine-tuned on the ~1,440 UCI digits training images (fresh head)",
+        pretrain=Pretrain("mnist_8", 2000, 1e-3, 128, reinit_head=True),
+    ),
+    TaskSpec(
+        "ft_shakespeare_char_lm", "tiny_shakespeare", _LM_SMALL, 32, 1000,
+        "char LM pre-trained on the first half of tiny-shakespeare's training text, fine-tuned on the second",
+        pretrain=Pretrain("tiny_shakespeare", 2000, 1e-3, 32, token_range=(0.0, 0.5), reinit_head=False),
+        token_range=(0.5, 1.0),
+    ),
+    # synthetic problems for safeguard experiments
+    TaskSpec("noisy_quadratic_d100", "", QuadraticArch(100), 1, 1000, "noisy quadratic, h in [0.01, 1], B=1"),
+    TaskSpec(
+        "noisy_quadratic_rotated_d100", "", QuadraticArch(100, rotate=True), 1, 1000,
+        "noisy quadratic with a random rotation of H and Σ",
+    ),
+    TaskSpec(
+        "least_squares_d50_full", "", LinearArch("least_squares", 50, num_examples=256, condition_number=100.0),
+        256, 500, "least squares, 256 examples, full batch (deterministic), condition number 100",
+    ),
+    TaskSpec(
+        "least_squares_d50_sgd", "", LinearArch("least_squares", 50, condition_number=100.0), 32, 1000,
+        "least squares on fresh data every step (stochastic), condition number 100",
+    ),
+    TaskSpec(
+        "logistic_d50", "", LinearArch("logistic", 50, num_examples=512, l2=1e-3), 64, 1000,
+        "L2-regularised logistic regression, 512 examples, batch 64",
+    ),
+)
+
+SUITES: dict[str, tuple[str, ...]] = {
+    "legacy": ("digits_mlp", "mnist_mlp", "mnist_mlp_deep", "fashion_mnist_conv"),
+    "heldout": (
+        "digits_mlp",
+        "mnist_mlp",
+        "mnist_mlp_deep",
+        "fashion_mnist_conv",
+        "mnist28_mlp_128x3",
+        "fashion_mnist28_mlp_ln_gelu",
+        "cifar10_gray32_mlp_tanh",
+        "cifar10_mlp_1024x512",
+        "cifar10_conv_32x64x64",
+        "cifar10_gray16_conv_ln",
+        "fashion_mnist28_conv_tanh",
+        "mnist1d_mlp",
+        "mnist1d_conv",
+        "shakespeare_char_lm",
+        "shakespeare_char_lm_1m",
+        "mnist_mlp_long",
+        "ft_mnist_to_fashion_mnist_mlp",
+        "ft_fashion_mnist_to_cifar10_gray_conv",
+        "ft_mnist_to_digits_mlp",
+        "ft_shakespeare_char_lm",
+    ),
+    "convex": (
+        "noisy_quadratic_d100",
+        "noisy_quadratic_rotated_d100",
+        "least_squares_d50_full",
+        "least_squares_d50_sgd",
+        "logistic_d50",
+    ),
+}
+# fmt: on
