@@ -4,6 +4,7 @@
     l2o stage NAME [--params params.yaml]
     l2o ui    [--host 127.0.0.1] [--port 5000]
     l2o optimizers   (every optimizer name usable in params files, with its hyperparameters)
+    l2o tasks [--params params/default.yaml | --suite heldout]   (tasks with parameter counts)
 
 Exit codes: 0 success, 1 a stage failed, 2 invalid params or usage.
 """
@@ -58,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
     sub.add_parser("optimizers", help="list every optimizer name usable in params files, with its hyperparameters")
+    t = sub.add_parser("tasks", help="list the tasks of a params file (or of a named suite) with parameter counts")
+    group = t.add_mutually_exclusive_group()
+    group.add_argument("--params", default=None, help="params YAML (default: params/default.yaml)")
+    group.add_argument("--suite", default=None, help="a task suite of components.tasks.SUITES instead")
     return p
 
 
@@ -165,6 +170,45 @@ def _cmd_optimizers(args, root: Path) -> int:
     return 0
 
 
+def _cmd_tasks(args, root: Path) -> int:
+    del root
+    from components.tasks.suite import SUITES, describe  # noqa: PLC0415
+
+    if args.suite is not None:
+        if args.suite not in SUITES:
+            print(f"l2o: error: unknown suite {args.suite!r}; choose one of {sorted(SUITES)}", file=sys.stderr)
+            return 2
+        rows, title = describe(args.suite), f"suite {args.suite}"
+    else:
+        path = args.params or "params/default.yaml"
+        params = _load(path, [])
+        rows = [dict(r, role="evaluate") for r in _describe_tasks(params.evaluate.tasks)]
+        fam = params.meta_train.task_family
+        print(
+            f"meta_train: {params.meta_train.lopt} on image MLPs {list(fam.hidden_sizes)} over"
+            f" {list(fam.datasets)} at {params.data.image_size}x{params.data.image_size}, batch {fam.batch_size},"
+            f" reparametrisation scale in {list(fam.param_scale_range)}"
+        )
+        title = f"evaluation tasks of {path}"
+    print(f"{title}: {len(rows)} tasks")
+    header = f"  {'task':<40} {'kind':<18} {'dataset':<42} {'params':>10} {'steps':>6}  out of distribution by"
+    print(header)
+    for r in rows:
+        data = r["dataset"] + (f" <- {r['pretrain_dataset']}" if r.get("pretrain_dataset") else "")
+        print(
+            f"  {r['name']:<40} {r['kind']:<18} {data:<42} {r['num_params']:>10,} {r['num_steps']:>6}"
+            f"  {', '.join(r['ood']) or '-'}"
+        )
+    return 0
+
+
+def _describe_tasks(names) -> list[dict]:
+    from components.tasks.suite import SUITES, describe  # noqa: PLC0415
+
+    by_name = {r["name"]: r for s in SUITES for r in describe(s)}
+    return [by_name[n] for n in names]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from flows.dvc_glue import find_root  # noqa: PLC0415
@@ -183,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     import logging  # noqa: PLC0415
 
     logging.getLogger("dvc").setLevel(logging.WARNING)
-    handler = {"run": _cmd_run, "stage": _cmd_stage, "ui": _cmd_ui, "optimizers": _cmd_optimizers}[args.command]
+    handler = {"run": _cmd_run, "stage": _cmd_stage, "ui": _cmd_ui, "optimizers": _cmd_optimizers, "tasks": _cmd_tasks}[
+        args.command
+    ]
     return handler(args, root)
 
 

@@ -168,3 +168,15 @@ def test_optimizers_command_lists_every_name(capsys):
         for name in names:
             assert f"  {name} " in out
     assert "learning_rate" in out and "num_steps" in out
+
+
+def test_tasks_command_lists_tasks_with_parameter_counts(capsys):
+    assert main(["tasks", "--params", "params/tiny.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation tasks of params/tiny.yaml: 3 tasks" in out
+    assert "mnist_mlp_deep" in out and "26,122" in out  # 64*128+128 + 128*128+128 + 128*10+10
+    assert main(["tasks", "--suite", "heldout"]) == 0
+    out = capsys.readouterr().out
+    assert "suite heldout: 20 tasks" in out and "finetune:char_lm" in out and "3,676,682" in out
+    assert main(["tasks", "--suite", "nope"]) == 2
+    assert "unknown suite 'nope'" in capsys.readouterr().err
