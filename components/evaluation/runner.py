@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from components.tasks.base import ImageData, Task
+from components.tasks.protocol import TaskProtocol as Task
 
 __all__ = ["train_curves", "run_training", "OptFactory"]
 
@@ -25,7 +25,7 @@ def run_training(
     task: Task,
     make_opt: OptFactory,
     hparam: jax.Array,
-    train: ImageData,
+    train: Any,
     eval_sets: dict[str, tuple[jax.Array, jax.Array]],
     key: jax.Array,
     num_steps: int,
@@ -75,7 +75,7 @@ def train_curves(
     task: Task,
     make_opt: OptFactory,
     hparams: jax.Array,
-    train: ImageData,
+    train: Any,
     eval_sets: dict[str, tuple[jax.Array, jax.Array]],
     *,
     keys: jax.Array,
@@ -85,11 +85,13 @@ def train_curves(
     """Train ``task`` for every (hyperparameter, seed) pair in one compiled, batched program.
 
     Args:
-      task: the problem.
+      task: the problem: any task of :mod:`components.tasks.protocol` (a pytree, passed to the
+        compiled program as an argument).
       make_opt: builds the optimizer from one hyperparameter value.
       hparams: ``[H]`` hyperparameter values (e.g. learning rates; pass ``jnp.zeros(1)`` if unused).
       train: training data; minibatches are drawn from it with per-step keys.
-      eval_sets: name -> full batch ``(x, y)`` evaluated every ``eval_every`` steps (and at step 0).
+      eval_sets: name -> full batch ``(x, y)`` evaluated every ``eval_every`` steps (and at step 0);
+        ``{}`` for tasks without held-out data (then only ``batch_loss`` is recorded).
       keys: ``[S]`` PRNG keys, one per seed (same seeds for every hyperparameter).
       num_steps: training steps; must be a multiple of ``eval_every``.
       eval_every: evaluation interval.
@@ -102,9 +104,11 @@ def train_curves(
     if num_steps % eval_every:
         raise ValueError(f"num_steps ({num_steps}) must be a multiple of eval_every ({eval_every})")
 
-    # data are arguments, not closed-over constants: XLA would otherwise fold them into the program
-    def run(hparam, key, train, eval_sets):
+    # the task (its arrays: dataset index, scales, pre-trained weights) and the data are arguments,
+    # not closed-over constants: XLA would otherwise fold them into the program
+    def run(hparam, key, task, train, eval_sets):
         return run_training(task, make_opt, hparam, train, eval_sets, key, num_steps, eval_every)
 
-    fn = jax.jit(jax.vmap(jax.vmap(run, in_axes=(None, 0, None, None)), in_axes=(0, None, None, None)))
-    return fn(jnp.asarray(hparams), keys, train, eval_sets)
+    shared = (None, None, None)
+    fn = jax.jit(jax.vmap(jax.vmap(run, in_axes=(None, 0, *shared)), in_axes=(0, None, *shared)))
+    return fn(jnp.asarray(hparams), keys, task, train, eval_sets)
