@@ -172,7 +172,7 @@ def _cmd_optimizers(args, root: Path) -> int:
 
 def _cmd_tasks(args, root: Path) -> int:
     del root
-    from components.tasks.suite import SUITES, describe  # noqa: PLC0415
+    from components.tasks.suite import SUITES, describe, describe_tasks  # noqa: PLC0415
 
     if args.suite is not None:
         if args.suite not in SUITES:
@@ -182,31 +182,33 @@ def _cmd_tasks(args, root: Path) -> int:
     else:
         path = args.params or "params/default.yaml"
         params = _load(path, [])
-        rows = [dict(r, role="evaluate") for r in _describe_tasks(params.evaluate.tasks)]
+        ev = params.evaluate
+        # the horizon and batch size the evaluate stage will use (params override the tasks' own)
+        rows = [
+            dict(r, num_steps=ev.steps_of(r["name"]), batch_size=ev.batch_size_of(r["name"]))
+            for r in describe_tasks(ev.tasks)
+        ]
         fam = params.meta_train.task_family
         print(
             f"meta_train: {params.meta_train.lopt} on image MLPs {list(fam.hidden_sizes)} over"
-            f" {list(fam.datasets)} at {params.data.image_size}x{params.data.image_size}, batch {fam.batch_size},"
+            f" {list(fam.datasets)} (data.image_size {params.data.image_size} where unnamed), batch {fam.batch_size},"
             f" reparametrisation scale in {list(fam.param_scale_range)}"
+            + (f" (preset {fam.preset})" if fam.preset else "")
         )
-        title = f"evaluation tasks of {path}"
+        title = f"evaluation tasks of {path}" + (f" (suite {ev.suite})" if ev.suite else "")
     print(f"{title}: {len(rows)} tasks")
-    header = f"  {'task':<40} {'kind':<18} {'dataset':<42} {'params':>10} {'steps':>6}  out of distribution by"
+    header = (
+        f"  {'task':<40} {'kind':<18} {'dataset':<42} {'params':>10} {'steps':>6} {'batch':>5}  out of distribution by"
+    )
     print(header)
     for r in rows:
         data = r["dataset"] + (f" <- {r['pretrain_dataset']}" if r.get("pretrain_dataset") else "")
         print(
-            f"  {r['name']:<40} {r['kind']:<18} {data:<42} {r['num_params']:>10,} {r['num_steps']:>6}"
+            f"  {r['name']:<40} {r['kind']:<18} {data:<42} {r['num_params']:>10,}"
+            f" {r['num_steps']:>6} {r['batch_size']:>5}"
             f"  {', '.join(r['ood']) or '-'}"
         )
     return 0
-
-
-def _describe_tasks(names) -> list[dict]:
-    from components.tasks.suite import SUITES, describe  # noqa: PLC0415
-
-    by_name = {r["name"]: r for s in SUITES for r in describe(s)}
-    return [by_name[n] for n in names]
 
 
 def main(argv: list[str] | None = None) -> int:

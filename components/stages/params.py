@@ -25,6 +25,7 @@ __all__ = [
     "EvalTaskName",
     "DataParams",
     "TaskFamilyParams",
+    "PretrainParams",
     "MetaTrainParams",
     "CalibrateParams",
     "LogGrid",
@@ -50,8 +51,25 @@ def _check_prepared_name(name: str) -> str:
 # (components.data.prepare). It names the file data/prepared/<name>.npz and the manifest entry.
 PreparedName = Annotated[str, AfterValidator(_check_prepared_name)]
 
-# Held-out evaluation tasks (defined in components.tasks.registry).
-EvalTaskName = Literal["digits_mlp", "mnist_mlp_deep", "fashion_mnist_conv", "mnist_mlp"]
+
+def _check_task_name(name: str) -> str:
+    from components.tasks.suite import get_spec  # noqa: PLC0415
+
+    get_spec(name)  # the error lists the registered names
+    return name
+
+
+def _check_suite_name(name: str) -> str:
+    from components.tasks.suite import SUITES  # noqa: PLC0415
+
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; choose one of {sorted(SUITES)} (`l2o tasks --suite NAME` lists one)")
+    return name
+
+
+# A registered task (components.tasks.suite.SUITE_TASKS; `l2o tasks --suite heldout` lists them).
+EvalTaskName = Annotated[str, AfterValidator(_check_task_name)]
+SuiteName = Annotated[str, AfterValidator(_check_suite_name)]
 
 
 class _Section(BaseModel):
@@ -103,11 +121,46 @@ class DataParams(_Section):
             raise ValueError(f"text_split fractions must sum to 1, got {list(self.text_split)}")
         return self
 
+    def prepared_name(self, name: str) -> str | None:
+        """The entry of ``datasets`` that prepares the same variant as ``name``, or ``None``.
+
+        ``mnist_8`` and ``mnist`` (with ``image_size: 8``) are one variant, written once as
+        ``data/prepared/mnist.npz``; tasks name their data with explicit sizes and find it here.
+        """
+        from components.data import parse_variant  # noqa: PLC0415
+
+        want = parse_variant(name, image_size=self.image_size)
+        for entry in self.datasets:
+            got = parse_variant(entry, image_size=self.image_size)
+            if (got.dataset, got.image_size, got.grayscale) == (want.dataset, want.image_size, want.grayscale):
+                return entry
+        return None
+
+    def require(self, name: str, where: str) -> str:
+        """:meth:`prepared_name`, or a ValueError that says what to add to ``data.datasets``."""
+        entry = self.prepared_name(name)
+        if entry is None:
+            raise ValueError(
+                f"{where} needs prepared dataset {name!r}, which data.datasets does not prepare"
+                f" ({list(self.datasets)}): add {name!r} to data.datasets"
+            )
+        return entry
+
 
 class TaskFamilyParams(_Section):
-    """The meta-training distribution: image MLPs on the given datasets."""
+    """The meta-training distribution: image MLPs on prepared image datasets of one shape.
 
-    datasets: list[DatasetName] = Field(default=["mnist", "fashion_mnist"], min_length=1)
+    ``preset: celo`` is Celo's recipe (``components.tasks.celo_family``): 8x8 grayscale MNIST,
+    Fashion-MNIST, CIFAR-10 and UCI digits (in place of SVHN), one hidden layer of 32 ReLU units,
+    batch 64, global weight re-parametrisation ``s ~ logU[1e-3, 1e3]``. It fixes every other field.
+    """
+
+    preset: Literal["celo"] | None = Field(default=None, description="celo: Celo's four-task recipe (fixes the rest)")
+    datasets: list[PreparedName] = Field(
+        default=["mnist", "fashion_mnist"],
+        min_length=1,
+        description="prepared image datasets of one shape (each must be in data.datasets, by variant)",
+    )
     hidden_sizes: list[PositiveInt] = Field(default=[32], min_length=1)
     batch_size: PositiveInt = 128
     param_scale_range: tuple[PositiveFloat, PositiveFloat] = Field(
@@ -115,12 +168,52 @@ class TaskFamilyParams(_Section):
         description="global weight-reparametrisation scale ~ logU[lo, hi] (1, 1 = no augmentation)",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, values):
+        if isinstance(values, dict) and values.get("preset") == "celo":
+            from components.tasks.families import (  # noqa: PLC0415
+                CELO_BATCH_SIZE,
+                CELO_DATASETS,
+                CELO_HIDDEN,
+                CELO_PARAM_SCALE_RANGE,
+            )
+
+            fixed = {
+                "datasets": list(CELO_DATASETS),
+                "hidden_sizes": list(CELO_HIDDEN),
+                "batch_size": CELO_BATCH_SIZE,
+                "param_scale_range": tuple(CELO_PARAM_SCALE_RANGE),
+            }
+            clash = sorted(k for k in fixed if k in values and _norm(values[k]) != _norm(fixed[k]))
+            if clash:
+                raise ValueError(
+                    f"task_family.preset celo fixes {clash}: remove them, or drop the preset to set them yourself"
+                )
+            values = {**values, **fixed}
+        return values
+
     @model_validator(mode="after")
     def _range(self):
+        from components.tasks.spec import dataset_info  # noqa: PLC0415
+
         lo, hi = self.param_scale_range
         if lo > hi:
             raise ValueError(f"param_scale_range must be [low, high] with low <= high, got {[lo, hi]}")
+        for d in self.datasets:
+            kind = dataset_info(d, image_size=1).kind
+            if kind != "image":
+                raise ValueError(f"task_family.datasets: {d!r} is a {kind} dataset; the family holds image MLPs only")
+        if len(set(self.datasets)) != len(self.datasets):
+            raise ValueError(f"task_family.datasets must be unique, got {self.datasets}")
         return self
+
+
+def _norm(value):
+    """Lists and tuples compare alike; numbers compare as floats (YAML writes 64 and 64.0 alike)."""
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def _check_optimizer(name: str, hyperparams: dict, kind: str, where: str) -> None:
@@ -221,12 +314,18 @@ class CalibrateParams(_Section):
 
 
 class EvaluateParams(_Section):
-    """evaluate: held-out tasks, seeds, and the tuned-Adam baseline."""
+    """evaluate: held-out tasks, seeds, and the tuned-Adam baseline.
 
+    ``tasks`` are registered task names (``components.tasks.suite``; ``l2o tasks --suite heldout``
+    lists them); ``suite: heldout`` stands for all of that suite's tasks (then leave ``tasks`` out).
+    ``num_steps`` / ``batch_size`` left unset mean each task's own horizon and batch size.
+    """
+
+    suite: SuiteName | None = Field(default=None, description="a named suite; sets tasks to its tasks")
     tasks: list[EvalTaskName] = Field(default=["digits_mlp", "mnist_mlp_deep", "fashion_mnist_conv"], min_length=1)
-    num_steps: PositiveInt = 1000
+    num_steps: PositiveInt | None = Field(default=None, description="training steps of every task (unset: its own)")
     num_seeds: PositiveInt = 3
-    batch_size: PositiveInt = 128
+    batch_size: PositiveInt | None = Field(default=None, description="minibatch size of every task (unset: its own)")
     eval_every: PositiveInt = 50
     eval_examples: PositiveInt = Field(
         default=2000, description="train/test examples (first N of each split) scored at each evaluation point"
@@ -234,13 +333,56 @@ class EvaluateParams(_Section):
     adam_lr_grid: LogGrid = LogGrid(min=1e-4, max=1e-1, num=7)
     smoothing: float = Field(default=0.95, ge=0.0, lt=1.0, description="EMA for the speedup metric")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_suite(cls, values):
+        if isinstance(values, dict) and values.get("suite") is not None:
+            from components.tasks.suite import SUITES  # noqa: PLC0415
+
+            if values["suite"] not in SUITES:  # the field validator says what is wrong
+                return values
+            tasks = list(SUITES[values["suite"]])
+            # a resolved params.yaml holds both, equal; anything else is ambiguous
+            if "tasks" in values and list(values["tasks"]) != tasks:
+                raise ValueError(
+                    f"evaluate: give either suite ({values['suite']!r}) or tasks, not both"
+                    " (a suite stands for its tasks; list tasks to pick a subset)"
+                )
+            values = {**values, "tasks": tasks}
+        return values
+
     @model_validator(mode="after")
     def _checks(self):
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks must be unique, got {self.tasks}")
-        if self.num_steps % self.eval_every:
-            raise ValueError(f"num_steps ({self.num_steps}) must be a multiple of eval_every ({self.eval_every})")
+        for name in self.tasks:
+            steps = self.steps_of(name)
+            if steps % self.eval_every:
+                raise ValueError(
+                    f"task {name!r} trains {steps} steps, not a multiple of eval_every ({self.eval_every}):"
+                    " change eval_every (or num_steps)"
+                )
         return self
+
+    def steps_of(self, name: str) -> int:
+        """Training steps of task ``name``: ``num_steps`` if set, else the task's default horizon."""
+        from components.tasks.suite import get_spec  # noqa: PLC0415
+
+        return self.num_steps or get_spec(name).num_steps
+
+    def batch_size_of(self, name: str) -> int:
+        """Minibatch size of task ``name``: ``batch_size`` if set, else the task's own."""
+        from components.tasks.suite import get_spec  # noqa: PLC0415
+
+        return self.batch_size or get_spec(name).batch_size
+
+
+class PretrainParams(_Section):
+    """pretrain: the starting points of fine-tuning tasks (Adam on their source data, as each task says)."""
+
+    num_steps: PositiveInt | None = Field(
+        default=None, description="pre-training steps of every fine-tuning task (unset: each task's own)"
+    )
 
 
 class ReportParams(_Section):
@@ -256,28 +398,32 @@ class PipelineParams(_Section):
     experiment_name: str = Field(default="l2o-pipeline", min_length=1, description="MLflow experiment")
     data: DataParams = DataParams()
     meta_train: MetaTrainParams = MetaTrainParams()
+    pretrain: PretrainParams = PretrainParams()
     calibrate: CalibrateParams = CalibrateParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
 
     @model_validator(mode="after")
     def _datasets_prepared(self):
-        from components.tasks.registry import EVAL_TASKS  # noqa: PLC0415  (avoid import cycle)
+        from components.tasks.spec import dataset_info  # noqa: PLC0415
+        from components.tasks.suite import get_spec  # noqa: PLC0415
 
-        prepared = set(self.data.datasets)
-        missing = [d for d in self.meta_train.task_family.datasets if d not in prepared]
-        if missing:
+        data = self.data
+        shapes = {}
+        for d in self.meta_train.task_family.datasets:
+            entry = data.require(d, "meta_train.task_family")
+            shapes[d] = dataset_info(entry, image_size=data.image_size).example_shape
+        if len(set(shapes.values())) > 1:
             raise ValueError(
-                f"meta_train.task_family.datasets uses {missing} but data.datasets prepares only"
-                f" {sorted(prepared)}: add them to data.datasets"
+                f"meta_train.task_family.datasets must share one image shape, got {shapes}: name them with"
+                " one size, e.g. mnist_8, cifar10_jpeg_gray_8"
             )
         for name in self.evaluate.tasks:
-            ds = EVAL_TASKS[name].dataset
-            if ds not in prepared:
-                raise ValueError(
-                    f"evaluate task {name!r} needs dataset {ds!r}, which data.datasets does not"
-                    f" prepare ({sorted(prepared)}): add it to data.datasets"
-                )
+            spec = get_spec(name)
+            if spec.dataset:
+                data.require(spec.dataset, f"evaluate task {name!r}")
+            if spec.pretrain is not None:
+                data.require(spec.pretrain.dataset, f"evaluate task {name!r} (pre-training)")
         return self
 
 

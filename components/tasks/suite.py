@@ -6,7 +6,8 @@ Suites (:data:`SUITES`):
   Celo's meta-training preset by dataset, architecture, size (two with over 1M parameters) and
   horizon (:func:`~components.tasks.spec.ood_axes` says how, per task);
 * ``legacy``: the four original ``EVAL_TASKS`` names, same architectures;
-* ``convex``: noisy quadratics and linear models for safeguard experiments.
+* ``convex``: noisy quadratics and linear models for safeguard experiments;
+* ``smoke``: one small task of each kind, for quick checks of the whole pipeline.
 
 How the pipeline uses a spec (I/O in the stage, everything else in the library)::
 
@@ -35,7 +36,7 @@ from components.tasks.spec import (
     ood_axes,
 )
 
-__all__ = ["SUITE_TASKS", "SUITES", "get_spec", "suite", "build_task", "source_task", "describe"]
+__all__ = ["SUITE_TASKS", "SUITES", "get_spec", "suite", "build_task", "source_task", "describe", "describe_tasks"]
 
 
 def get_spec(name: str) -> TaskSpec:
@@ -73,6 +74,11 @@ def source_task(spec: TaskSpec | str):
 
 def describe(name: str) -> list[dict]:
     """One row per task of suite ``name``: name, kind, dataset, batch size, horizon, parameters, OOD axes."""
+    return describe_tasks(SUITES[name] if name in SUITES else suite(name))
+
+
+def describe_tasks(names) -> list[dict]:
+    """:func:`describe` for registered task names (or specs), in the given order."""
     return [
         {
             "name": s.name,
@@ -85,7 +91,7 @@ def describe(name: str) -> list[dict]:
             "ood": list(ood_axes(s)),
             "description": s.description,
         }
-        for s in suite(name)
+        for s in (get_spec(n) if isinstance(n, str) else n for n in names)
     ]
 
 
@@ -106,8 +112,9 @@ SUITE_TASKS: dict[str, TaskSpec] = _specs(
     TaskSpec("fashion_mnist_conv", "fashion_mnist_8", ConvArch((4, 8)), 128, 1000, "Fashion-MNIST 8x8, CNN 4-8"),
     # bigger inputs and networks (VeLOdrome-like image tasks)
     TaskSpec(
-        "mnist28_mlp_128x3", "mnist_28", MLPArch((128, 128, 128)), 128, 2000,
-        "MNIST 28x28, ReLU MLP 128-128-128 (VeLOdrome Mnist_128x128x128_Relu)",
+        "mnist28_mlp_128x3", "mnist_28", MLPArch((128, 128, 128)), 128, 8000,
+        "MNIST 28x28, ReLU MLP 128-128-128 (VeLOdrome Mnist_128x128x128_Relu), ~17 epochs: Adam 1e-3 reaches"
+        " 97% test accuracy (96.3% at 2000 steps)",
     ),
     TaskSpec(
         "fashion_mnist28_mlp_ln_gelu", "fashion_mnist_28", MLPArch((256, 256), "gelu", "layer_norm"), 128, 2000,
@@ -141,6 +148,10 @@ SUITE_TASKS: dict[str, TaskSpec] = _specs(
     TaskSpec(
         "shakespeare_char_lm", "tiny_shakespeare", _LM_SMALL, 32, 2000,
         "tiny-shakespeare char LM, transformer width 64, 2 blocks, 4 heads, context 64",
+    ),
+    TaskSpec(
+        "shakespeare_char_lm_tiny", "tiny_shakespeare", TransformerArch(32, 1, 2, 32), 16, 500,
+        "tiny-shakespeare char LM, transformer width 32, 1 block, 2 heads, context 32 (quick checks)",
     ),
     TaskSpec(
         "shakespeare_char_lm_1m", "tiny_shakespeare", TransformerArch(128, 6, 4, 128), 32, 5000,
@@ -213,6 +224,15 @@ SUITES: dict[str, tuple[str, ...]] = {
         "ft_fashion_mnist_to_cifar10_gray_conv",
         "ft_mnist_to_digits_mlp",
         "ft_shakespeare_char_lm",
+    ),
+    # one small task of each kind (image MLP, fine-tuning, char LM, quadratic, convex) on 8x8 data and
+    # text: the whole pipeline's task handling in minutes on a CPU
+    "smoke": (
+        "digits_mlp",
+        "ft_mnist_to_digits_mlp",
+        "shakespeare_char_lm_tiny",
+        "noisy_quadratic_d100",
+        "logistic_d50",
     ),
     "convex": (
         "noisy_quadratic_d100",

@@ -71,18 +71,21 @@ BAD_CASES = {
         ["evaluate.eval_every=300"],
         [
             "meta_train: min_unroll (500) must be <= max_unroll (100)",
-            "evaluate: num_steps (1000) must be a multiple of eval_every (300)",
+            "evaluate: task 'digits_mlp' trains 1000 steps, not a multiple of eval_every (300)",
         ],
     ),
     "dataset_not_prepared": (
         {"data": {"datasets": ["mnist"]}},
         [],
-        ["meta_train.task_family.datasets uses ['fashion_mnist']"],
+        [
+            "meta_train.task_family needs prepared dataset 'fashion_mnist', which data.datasets does not"
+            " prepare (['mnist']): add 'fashion_mnist' to data.datasets"
+        ],
     ),
     "bad_choice": (
         {"evaluate": {"tasks": ["imagenet_resnet"]}},
         [],
-        ["evaluate.tasks.0: Input should be 'digits_mlp'"],
+        ["evaluate.tasks.0: unknown task 'imagenet_resnet'; choose one of ['cifar10_conv_32x64x64'"],
     ),
     "unknown_optimizer": (
         {"meta_train": {"lopt": "small_fc_lop"}},
@@ -91,6 +94,39 @@ BAD_CASES = {
             "meta_train.lopt: Unknown optimizer 'small_fc_lop'. Known names",
             "'celo' is a learned, expected a baseline optimizer: one of ['adabelief'",
         ],
+    ),
+    "unknown_suite": (
+        {"evaluate": {"suite": "heldin"}},
+        [],
+        ["evaluate.suite: unknown suite 'heldin'; choose one of ['convex', 'heldout', 'legacy', 'smoke']"],
+    ),
+    "suite_and_tasks": (
+        {"evaluate": {"suite": "legacy", "tasks": ["digits_mlp"]}},
+        [],
+        ["evaluate: give either suite ('legacy') or tasks, not both"],
+    ),
+    "suite_data_not_prepared": (
+        {"evaluate": {"suite": "heldout"}},
+        [],
+        [
+            "evaluate task 'mnist28_mlp_128x3' needs prepared dataset 'mnist_28', which data.datasets does not"
+            " prepare (['mnist', 'fashion_mnist', 'digits']): add 'mnist_28' to data.datasets"
+        ],
+    ),
+    "preset_clash": (
+        {"meta_train": {"task_family": {"preset": "celo", "batch_size": 128}}},
+        [],
+        ["task_family.preset celo fixes ['batch_size']: remove them, or drop the preset"],
+    ),
+    "family_not_images": (
+        {"data": {"datasets": ["mnist", "fashion_mnist", "digits", "mnist1d"]}},
+        ["meta_train.task_family.datasets=[mnist, mnist1d]"],
+        ["'mnist1d' is a sequence dataset; the family holds image MLPs only"],
+    ),
+    "family_shapes_differ": (
+        {"data": {"datasets": ["mnist", "fashion_mnist", "digits", "mnist_28"]}},
+        ["meta_train.task_family.datasets=[mnist, mnist_28]"],
+        ["meta_train.task_family.datasets must share one image shape"],
     ),
     "bad_lopt_hyperparameter": (
         {"meta_train": {"lopt": "celo", "lopt_hyperparams": {"hidden_size": 4}}},
@@ -173,8 +209,26 @@ def test_optimizers_command_lists_every_name(capsys):
 def test_tasks_command_lists_tasks_with_parameter_counts(capsys):
     assert main(["tasks", "--params", "params/tiny.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "evaluation tasks of params/tiny.yaml: 3 tasks" in out
+    assert "evaluation tasks of params/tiny.yaml: 4 tasks" in out
     assert "mnist_mlp_deep" in out and "26,122" in out  # 64*128+128 + 128*128+128 + 128*10+10
+    # tiny.yaml overrides every task's horizon (40) and batch size (32)
+    line = next(ln for ln in out.splitlines() if "ft_mnist_to_digits_mlp" in ln)
+    assert line.split()[1:] == [
+        "finetune:mlp",
+        "digits_8",
+        "<-",
+        "mnist_8",
+        "9,610",
+        "40",
+        "32",
+        "architecture,",
+        "finetuning",
+    ]
+    assert main(["tasks", "--params", "params/celo.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation tasks of params/celo.yaml (suite heldout): 20 tasks" in out and "(preset celo)" in out
+    line = next(ln for ln in out.splitlines() if " shakespeare_char_lm_1m " in ln)
+    assert line.split()[3:6] == ["1,222,977", "5000", "32"]  # its own horizon and batch size
     assert main(["tasks", "--suite", "heldout"]) == 0
     out = capsys.readouterr().out
     assert "suite heldout: 20 tasks" in out and "finetune:char_lm" in out and "3,676,682" in out
