@@ -13,8 +13,21 @@ pre{background:#f7f7f7;padding:8px;overflow:auto}
 """
 
 
-def _pm(stats: dict, digits: int = 3) -> str:
+def _pm(stats: dict | None, digits: int = 3) -> str:
+    """mean ± std over seeds; an en dash where the task has no such metric (``None``)."""
+    if stats is None:
+        return "&ndash;"
     return f"{stats['mean']:.{digits}f} &plusmn; {stats['std']:.{digits}f}"
+
+
+def _steps_note(num_steps) -> str:
+    """``num_steps`` is one int (older files) or task -> steps."""
+    if isinstance(num_steps, dict):
+        distinct = sorted(set(num_steps.values()))
+        if len(distinct) == 1:
+            return f"{distinct[0]} steps each"
+        return f"each for its own horizon ({', '.join(map(str, distinct))} steps)"
+    return f"{num_steps} steps each"
 
 
 def _speedup(row: dict) -> str:
@@ -53,15 +66,17 @@ def render_report(
                 extra = f"lr={r['learning_rate']:.3g}" + (" (grid edge!)" if r.get("lr_at_grid_edge") else "")
             elif opt == "guarded":
                 extra = f"fallbacks {r['fallback_fraction']['mean']:.0%}"
+            steps = evaluation["num_steps"]
+            task_label = f"{task} ({steps[task]})" if isinstance(steps, dict) and task in steps else task
             rows.append(
-                f"<tr><td class=l>{e(task)}</td><td class=l>{e(labels.get(opt, opt))}</td>"
+                f"<tr><td class=l>{e(task_label)}</td><td class=l>{e(labels.get(opt, opt))}</td>"
                 f"<td>{_pm(r['final_train_loss'])}</td><td>{_pm(r['final_test_loss'])}</td>"
                 f"<td>{_pm(r['final_test_acc'])}</td><td>{_speedup(r)}</td><td>{r['final_loss_ratio']:.2f}</td>"
                 f"<td class=l>{e(extra)}</td></tr>"
             )
     agg_rows = "".join(
         f"<tr><td class=l>{e(labels.get(o, o))}</td><td>{a['geomean_speedup']:.2f}&times;</td>"
-        f"<td>{a['mean_test_acc']:.3f}</td><td>{a['tasks_faster_than_adam']}/{len(evaluation['tasks'])}</td></tr>"
+        f"<td>{'&ndash;' if a['mean_test_acc'] is None else format(a['mean_test_acc'], '.3f')}</td><td>{a['tasks_faster_than_adam']}/{len(evaluation['tasks'])}</td></tr>"
         for o, a in evaluation["aggregate"].items()
     )
     task_figs = "".join(
@@ -77,8 +92,9 @@ def render_report(
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{e(title)}</title><style>{_CSS}</style></head><body>
 <h1>{e(title)}</h1>
-<p class=note>Held-out tasks, {evaluation["num_seeds"]} seeds, {evaluation["num_steps"]} steps each; test metrics on
-the first {evaluation["eval_examples"]} test examples of each dataset.
+<p class=note>Held-out tasks, {evaluation["num_seeds"]} seeds, {_steps_note(evaluation["num_steps"])} (steps in brackets
+after each task); test metrics on the first {evaluation["eval_examples"]} test examples (or windows of text) of each dataset;
+&ndash; where a task has no such metric.
 Speedup = steps Adam needs to reach the optimizer's final EMA(0.95)-smoothed training loss, on the monotone lower
 envelope of Adam over its whole learning-rate grid (learned_optimization's normaliser), divided by the optimizer's
 steps; "&ge;" means Adam never reached it. Final-loss ratio = tuned Adam's final training loss / the optimizer's

@@ -33,20 +33,29 @@ def _band(ax, x, stats, color, label):
 
 def task_curves_figure(curves: dict) -> plt.Figure:
     """Training loss (EMA-smoothed, per step), test loss and test accuracy of every optimizer."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
+    first = next(iter(curves["optimizers"].values()))
+    panels = [("batch_loss_smoothed", "training loss (EMA 0.95)")] + [
+        (k, t) for k, t in (("test_loss", "test loss"), ("test_acc", "test accuracy")) if k in first
+    ]  # a synthetic task has no test set, a language model's accuracy is next-token accuracy
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(14 * len(panels) / 3, 3.8), constrained_layout=True, squeeze=False
+    )
+    axes = axes[0]
     steps = np.asarray(curves["steps"])
     for name, c in curves["optimizers"].items():
         color, label = COLORS.get(name), LABELS.get(name, name)
-        n = len(c["batch_loss_smoothed"]["mean"])
-        _band(axes[0], np.arange(1, n + 1), c["batch_loss_smoothed"], color, label)
-        _band(axes[1], steps, c["test_loss"], color, label)
-        _band(axes[2], steps, c["test_acc"], color, label)
+        for ax, (key, _) in zip(axes, panels):
+            if key == "batch_loss_smoothed":
+                n = len(c[key]["mean"])
+                _band(ax, np.arange(1, n + 1), c[key], color, label)
+            else:
+                _band(ax, steps, c[key], color, label)
     axes[0].set_yscale("log")
-    for ax, title in zip(axes, ("training loss (EMA 0.95)", "test loss", "test accuracy")):
+    for ax, (_, title) in zip(axes, panels):
         ax.set_xlabel("step")
         ax.set_title(f"{curves['task']}: {title}")
         ax.grid(alpha=0.3)
-    axes[2].legend(loc="lower right")
+    axes[-1].legend(loc="best")
     return fig
 
 

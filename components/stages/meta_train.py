@@ -1,4 +1,5 @@
-"""meta_train stage: meta-train the learned optimizer with truncated PES on the image-MLP family.
+"""meta_train stage: meta-train the learned optimizer with truncated PES on the image-MLP family
+(or Celo's four-task preset).
 
 Reads ``data/prepared`` and the ``seed`` / ``meta_train`` params; writes the checkpoint directory
 ``models/lopt`` (weights + ``config.json`` with provenance + ``curves.json``), the summary metrics
@@ -27,6 +28,7 @@ from components.stages.common import (
 )
 from components.stages.params import PipelineParams, params_hash
 from components.tasks import ImageMLPFamily, stack_datasets
+from components.tasks.families import celo_family
 
 __all__ = ["VERSION", "MODEL_DIR", "run", "build_family"]
 
@@ -37,10 +39,18 @@ PLOT = Path("plots/meta_train.json")
 
 
 def build_family(params: PipelineParams, root: Path):
-    """The meta-training task family and its stacked training data."""
+    """The meta-training task family and its stacked training data (datasets in family order).
+
+    ``task_family.preset: celo`` gives :func:`components.tasks.celo_family` (8x8 gray MLP-32 on four
+    datasets, batch 64, global re-parametrisation in [1e-3, 1e3]); otherwise an
+    :class:`~components.tasks.ImageMLPFamily` of the listed datasets, widths and scale range.
+    """
     fam = params.meta_train.task_family
-    arrays = [load_prepared(root, name) for name in fam.datasets]
+    entries = [params.data.require(name, "meta_train.task_family") for name in fam.datasets]
+    arrays = [load_prepared(root, entry) for entry in entries]
     data = stack_datasets([a["x_train"] for a in arrays], [a["y_train"] for a in arrays])
+    if fam.preset == "celo":
+        return celo_family(tuple(fam.datasets)), data
     num_classes = int(max(int(a["y_train"].max()) for a in arrays)) + 1
     family = ImageMLPFamily(
         datasets=tuple(fam.datasets),
@@ -79,7 +89,8 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
         log_every=mt.log_every,
     )
     log(
-        f"meta_train: {lopt.name} on {list(family.datasets)} MLP{list(family.hidden_sizes)},"
+        f"meta_train: {lopt.name} on {list(mt.task_family.datasets)} MLP{list(mt.task_family.hidden_sizes)}"
+        f"{' (Celo preset)' if mt.task_family.preset else ''},"
         f" {mt.num_outer_steps} outer steps x {mt.num_tasks} tasks x 2 antithetic x {mt.trunc_length}"
         f" inner steps on {jax.default_backend()}"
     )
@@ -93,7 +104,10 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
         "params_hash": params_hash(params),
         "seed": params.seed,
         "meta_train": params.meta_train.model_dump(mode="json"),
-        "data_hashes": {name: manifest["datasets"][name]["sha256"] for name in params.meta_train.task_family.datasets},
+        "data_hashes": {
+            name: manifest["datasets"][params.data.require(name, "meta_train.task_family")]["sha256"]
+            for name in params.meta_train.task_family.datasets
+        },
         "git_commit": git_commit(root),
         "backend": jax.default_backend(),
     }

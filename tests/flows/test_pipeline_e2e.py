@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from components.optimizers import guard_with_loss, load, make_baseline
 from flows.params_io import dump_params, load_params
 
-STAGES = ["prepare_data", "meta_train", "calibrate", "evaluate", "report"]
+STAGES = ["prepare_data", "pretrain", "meta_train", "calibrate", "evaluate", "report"]
 
 
 def _client(root: Path) -> MlflowClient:
@@ -56,7 +56,7 @@ def tiny_run(tmp_path_factory, mirror):
 
 def test_flow_runs_every_stage_and_writes_the_report(tiny_run, mirror):
     root, proc = tiny_run
-    assert "ran: prepare_data, meta_train, calibrate, evaluate, report" in proc.stdout
+    assert "ran: prepare_data, pretrain, meta_train, calibrate, evaluate, report" in proc.stdout
     html = (root / "reports" / "index.html").read_text()
     for fragment in ("speedup vs tuned Adam", "digits_mlp", "curves_digits_mlp.png", "meta_training.png"):
         assert fragment in html
@@ -70,6 +70,14 @@ def test_flow_runs_every_stage_and_writes_the_report(tiny_run, mirror):
             assert 0.0 <= summary[opt]["final_test_acc"]["mean"] <= 1.0
             assert summary[opt]["speedup"] > 0
         assert 0.0 < summary["adam_tuned"]["speedup"] <= 1.0 + 1e-9  # the envelope is at least as good
+    # the fine-tuning task started from the pretrain stage's MLP (50 Adam steps on 8x8 MNIST in tiny.yaml)
+    index = json.loads((root / "models" / "pretrained" / "index.json").read_text())
+    assert list(index["tasks"]) == ["ft_mnist_to_digits_mlp"]
+    row = index["tasks"]["ft_mnist_to_digits_mlp"]
+    assert row["num_steps"] == 50 and row["prepared_file"] == "mnist.npz" and not row["reused"]
+    assert row["final_train_loss"] < 2.0 and row["source_test_acc"] > 0.3, row  # chance: 2.30 and 0.1
+    assert (root / "reports" / "curves_ft_mnist_to_digits_mlp.png").stat().st_size > 5000
+    assert evaluation["num_steps"] == {name: 40 for name in evaluation["tasks"]}
     config = json.loads((root / "models" / "lopt" / "config.json").read_text())
     for key in ("architecture", "hyperparameters", "component_version", "params_hash", "data_hashes", "git_commit"):
         assert key in config, config.keys()
@@ -166,7 +174,7 @@ def test_noop_rerun_skips_every_stage(tiny_run, mirror):
     proc = run_cli(root, mirror, "l2o", "run", "--params", "params/tiny.yaml")
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "all 5 stages up to date" in proc.stdout
+    assert "all 6 stages up to date" in proc.stdout
     assert "ran: nothing" in proc.stdout
     assert len(_runs(_client(root), "l2o-tiny")) == n_runs  # nothing new tracked
     print(f"no-op re-run: {seconds:.1f}s")
@@ -180,7 +188,7 @@ def test_evaluate_param_change_reruns_only_evaluate_and_report(tiny_run, mirror)
     proc = run_cli(root, mirror, "l2o", "run", "--params", "params/tiny.yaml", "--set", "evaluate.adam_lr_grid.max=0.3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ran: evaluate, report" in proc.stdout
-    assert "up to date: prepare_data, meta_train, calibrate" in proc.stdout
+    assert "up to date: prepare_data, pretrain, meta_train, calibrate" in proc.stdout
     assert (root / "models" / "lopt" / "weights.safetensors").stat().st_mtime_ns == ckpt
     after = json.loads((root / "metrics" / "evaluation.json").read_text())
     grid = [row["learning_rate"] for row in after["tasks"]["digits_mlp"]["adam_grid"]]

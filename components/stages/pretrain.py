@@ -1,0 +1,195 @@
+"""pretrain stage: the pre-trained starting points of the fine-tuning tasks that ``evaluate`` runs.
+
+For every fine-tuning task of ``evaluate.tasks`` (a :class:`~components.tasks.spec.TaskSpec` with a
+``pretrain`` record) the source task -- the same architecture on the pre-training dataset -- is
+trained with Adam as the spec says (``pretrain.num_steps`` overrides every task's step count) and
+its params are written to ``models/pretrained/<task>.npz``. ``models/pretrained/index.json``
+records, per task, the source dataset and its sha256, the steps, the learning rate, the final
+training loss and the source test accuracy.
+
+The outputs are a DVC-tracked artifact; inside it, a task whose cache key (its spec, step count,
+seed, source data hash and this stage's version) is unchanged is copied from the previous run
+instead of re-trained, so adding a task to ``evaluate.tasks`` pre-trains only the new one. The
+directory always exists (with an empty index when no task fine-tunes), so the DAG is the same for
+every params file.
+"""
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from components.stages.common import (
+    Logger,
+    MapFn,
+    StageResult,
+    atomic_dir,
+    atomic_write_json,
+    load_prepared,
+    print_logger,
+    read_manifest,
+    serial_map,
+)
+from components.stages.params import PipelineParams
+from components.tasks.finetune import pretrain_with_losses
+from components.tasks.protocol import param_shapes
+from components.tasks.spec import TaskSpec, eval_sets, task_data
+from components.tasks.suite import get_spec, source_task
+
+__all__ = ["VERSION", "PRETRAINED_DIR", "INDEX", "run", "finetune_specs", "load_pretrained", "cache_key"]
+
+VERSION = "1"
+PRETRAINED_DIR = Path("models/pretrained")
+INDEX = PRETRAINED_DIR / "index.json"
+_STREAM = 3  # fold_in tag of this stage's random stream (meta_train uses the seed, 1 calibrate, 2 evaluate)
+
+
+def finetune_specs(params: PipelineParams) -> list[TaskSpec]:
+    """The fine-tuning specs among ``evaluate.tasks``, in that order."""
+    return [s for s in map(get_spec, params.evaluate.tasks) if s.pretrain is not None]
+
+
+def _steps(params: PipelineParams, spec: TaskSpec) -> int:
+    return params.pretrain.num_steps or spec.pretrain.num_steps
+
+
+def cache_key(params: PipelineParams, spec: TaskSpec, data_sha256: str) -> str:
+    """What a pre-trained model depends on, hashed: spec, steps, seed, source data, stage version."""
+    blob = json.dumps(
+        {
+            "spec": repr(spec),
+            "num_steps": _steps(params, spec),
+            "seed": params.seed,
+            "data_sha256": data_sha256,
+            "version": VERSION,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _flatten(tree: Any) -> dict[str, np.ndarray]:
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def load_pretrained(root: Path, spec: TaskSpec | str) -> Any:
+    """The pre-trained params of fine-tuning task ``spec`` (or name), as written by this stage.
+
+    Raises:
+      FileNotFoundError: if the stage has not pre-trained this task (run it).
+      ValueError: if the stored arrays do not fit the task's source architecture.
+    """
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    path = Path(root) / PRETRAINED_DIR / f"{spec.name}.npz"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: fine-tuning task {spec.name!r} needs the pretrain stage's output;"
+            " run `l2o run` (or `l2o stage pretrain`) with this task in evaluate.tasks"
+        )
+    template = param_shapes(source_task(spec))
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    with np.load(path, allow_pickle=False) as f:
+        stored = {k: f[k] for k in f.files}
+    leaves = []
+    for p, shape in paths:
+        name = jax.tree_util.keystr(p)
+        if name not in stored or stored[name].shape != shape.shape:
+            got = stored[name].shape if name in stored else "missing"
+            raise ValueError(
+                f"{path}: parameter {name} is {got}, the task's source model needs {shape.shape}:"
+                " the file is stale; re-run the pretrain stage"
+            )
+        leaves.append(jnp.asarray(stored[name], jnp.float32))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _pretrain_one(params: PipelineParams, root: Path, spec: TaskSpec, entry: str, key_hash: str, out: Path) -> dict:
+    p = spec.pretrain
+    arrays = load_prepared(root, entry)
+    src = source_task(spec)
+    steps = _steps(params, spec)
+    stream = jax.random.fold_in(jax.random.PRNGKey(params.seed), _STREAM)
+    key = jax.random.fold_in(stream, zlib.crc32(spec.name.encode()))
+    t0 = time.perf_counter()
+    trained, losses = pretrain_with_losses(src, task_data(p.dataset, arrays), key, steps, p.learning_rate)
+    losses = np.asarray(losses)
+    # the source model on its own held-out data (text: windows of test_tokens)
+    held_out = eval_sets(dataclasses.replace(spec, dataset=p.dataset, token_range=p.token_range), arrays).get("test")
+    test_loss = test_acc = None
+    if held_out is not None:
+        test_loss = float(jax.jit(src.loss)(trained, held_out))
+        if getattr(src, "has_accuracy", True):
+            test_acc = float(jax.jit(src.accuracy)(trained, held_out))
+    seconds = time.perf_counter() - t0
+    with open(out / f"{spec.name}.npz", "wb") as f:
+        np.savez(f, **_flatten(trained))
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "file": f"{spec.name}.npz",
+        "cache_key": key_hash,
+        "source_dataset": p.dataset,
+        "prepared_file": f"{entry}.npz",
+        "num_steps": steps,
+        "learning_rate": p.learning_rate,
+        "batch_size": p.batch_size,
+        "token_range": list(p.token_range),
+        "final_train_loss": float(np.mean(tail)) if np.all(np.isfinite(tail)) else None,
+        "source_test_loss": test_loss,
+        "source_test_acc": test_acc,
+        "seconds": seconds,
+        "reused": False,
+    }
+
+
+def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_fn: MapFn = serial_map) -> StageResult:
+    """Pre-train every fine-tuning task of ``evaluate.tasks`` (reusing unchanged ones) and write the index."""
+    root = Path(root)
+    t0 = time.perf_counter()
+    specs = finetune_specs(params)
+    manifest = read_manifest(root) if specs else {"datasets": {}}
+    old_dir = root / PRETRAINED_DIR
+    old_index = json.loads((root / INDEX).read_text()) if (root / INDEX).exists() else {"tasks": {}}
+    jobs = []
+    for spec in specs:
+        entry = params.data.require(spec.pretrain.dataset, f"evaluate task {spec.name!r} (pre-training)")
+        if entry not in manifest["datasets"]:
+            raise FileNotFoundError(f"prepared dataset {entry!r} is not in the manifest: run prepare_data first")
+        jobs.append((spec, entry, cache_key(params, spec, manifest["datasets"][entry]["sha256"])))
+
+    with atomic_dir(root / PRETRAINED_DIR) as tmp:
+
+        def one(job):
+            spec, entry, key_hash = job
+            old = old_index["tasks"].get(spec.name)
+            if old and old.get("cache_key") == key_hash and (old_dir / old["file"]).exists():
+                shutil.copy2(old_dir / old["file"], tmp / old["file"])
+                log(f"pretrain: {spec.name}: unchanged, reused")
+                return spec.name, {**old, "reused": True}
+            log(f"pretrain: {spec.name}: Adam on {entry} for {_steps(params, spec)} steps ...")
+            row = _pretrain_one(params, root, spec, entry, key_hash, tmp)
+            acc = "" if row["source_test_acc"] is None else f", source test acc {row['source_test_acc']:.3f}"
+            log(
+                f"pretrain: {spec.name}: final train loss {row['final_train_loss']},"
+                f" source test loss {row['source_test_loss']:.4f}{acc} ({row['seconds']:.0f}s)"
+            )
+            return spec.name, row
+
+        rows = dict(map_fn(one, jobs))
+        atomic_write_json(tmp / "index.json", {"tasks": rows, "component_version": VERSION, "seed": params.seed})
+
+    metrics: dict[str, float] = {"seconds": time.perf_counter() - t0, "num_tasks": float(len(rows))}
+    for name, row in rows.items():
+        for k in ("final_train_loss", "source_test_loss", "source_test_acc"):
+            if row[k] is not None:
+                metrics[f"{name}/{k}"] = row[k]
+    log(f"pretrain: {len(rows)} fine-tuning task(s) ready in {metrics['seconds']:.0f}s")
+    return StageResult(stage="pretrain", version=VERSION, metrics=metrics, artifacts=[PRETRAINED_DIR])

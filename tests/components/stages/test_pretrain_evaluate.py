@@ -1,0 +1,137 @@
+"""The pretrain and evaluate stages on suite tasks of every kind: an image fine-tuning task (from
+the pretrain stage's cached weights), a character language model and a synthetic quadratic.
+
+Real prepared data from the mirror (prepare_data stage), a real (untrained) learned-optimizer
+checkpoint and safeguard file; small tasks so that it stays a unit test (most of its time is XLA
+compiling the learned optimizer for the transformer's parameter tree).
+"""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from components.optimizers import save
+from components.optimizers.registry import learned_optimizer
+from components.stages import evaluate, prepare_data, pretrain
+from components.stages.calibrate import SAFEGUARD
+from components.stages.common import load_prepared
+from components.stages.fetch import MIRROR_ENV
+from components.stages.meta_train import MODEL_DIR
+from components.stages.params import PipelineParams
+from components.tasks.finetune import finetune
+from components.tasks.suite import get_spec, source_task
+
+TASKS = ["ft_mnist_to_digits_mlp", "shakespeare_char_lm_tiny", "noisy_quadratic_d100"]
+
+
+def _params(**evaluate_overrides) -> PipelineParams:
+    return PipelineParams(
+        data={"datasets": ["mnist", "fashion_mnist", "digits", "tiny_shakespeare"], "max_train_examples": 3000},
+        meta_train={"lopt_hyperparams": {"hidden_size": 4, "hidden_layers": 2}},
+        pretrain={"num_steps": 60},
+        evaluate={
+            "tasks": TASKS,
+            "num_steps": 20,
+            "num_seeds": 2,
+            "eval_every": 10,
+            "eval_examples": 64,
+            "adam_lr_grid": {"min": 1e-3, "max": 1e-2, "num": 2},
+            **evaluate_overrides,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, mirror):
+    root = tmp_path_factory.mktemp("stages")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(MIRROR_ENV, str(mirror))
+        prepare_data.run(_params(), root, log=lambda _: None)
+    lopt = learned_optimizer("small_fc_lopt", hidden_size=4, hidden_layers=2)
+    save(root / MODEL_DIR, lopt, lopt.init_meta_params(jax.random.PRNGKey(0)), {"component": "test"})
+    (root / SAFEGUARD).write_text(json.dumps({"guard": "adam", "learning_rate": 1e-3, "loss_batch": "same"}))
+    return root
+
+
+def test_pretrain_writes_loads_and_reuses(root):
+    lines = []
+    result = pretrain.run(_params(), root, log=lines.append)
+    index = json.loads((root / pretrain.INDEX).read_text())
+    assert list(index["tasks"]) == ["ft_mnist_to_digits_mlp"]  # the only fine-tuning task
+    row = index["tasks"]["ft_mnist_to_digits_mlp"]
+    assert row["prepared_file"] == "mnist.npz" and row["num_steps"] == 60 and row["reused"] is False
+    assert row["final_train_loss"] < 2.0 and row["source_test_acc"] > 0.3, row  # chance: 2.30, 0.10
+    assert result.metrics["ft_mnist_to_digits_mlp/source_test_acc"] == row["source_test_acc"]
+
+    # the stored params load into the source architecture and give the recorded accuracy back
+    params = pretrain.load_pretrained(root, "ft_mnist_to_digits_mlp")
+    src = source_task(get_spec("ft_mnist_to_digits_mlp"))
+    shapes = jax.tree_util.tree_map(np.shape, src.init(jax.random.PRNGKey(1)))
+    assert jax.tree_util.tree_map(np.shape, params) == shapes
+    arrays = load_prepared(root, "mnist")
+    held_out = (arrays["x_test"][:2000], arrays["y_test"][:2000])
+    assert float(src.accuracy(params, held_out)) == pytest.approx(row["source_test_acc"], abs=1e-6)
+    ft = finetune(src, params, reinit_head=True)  # the hidden layer is the pre-trained one, the head is new
+    assert set(ft.pretrained) == {"dense0"}
+    np.testing.assert_array_equal(ft.pretrained["dense0"]["w"], params["dense0"]["w"])
+
+    # same params: the file is reused, byte for byte; another step count re-trains
+    before = (root / pretrain.PRETRAINED_DIR / "ft_mnist_to_digits_mlp.npz").read_bytes()
+    pretrain.run(_params(), root, log=lines.append)
+    assert json.loads((root / pretrain.INDEX).read_text())["tasks"]["ft_mnist_to_digits_mlp"]["reused"] is True
+    assert (root / pretrain.PRETRAINED_DIR / "ft_mnist_to_digits_mlp.npz").read_bytes() == before
+    assert any("unchanged, reused" in line for line in lines)
+    other = _params().model_copy(update={"pretrain": _params().pretrain.model_copy(update={"num_steps": 61})})
+    pretrain.run(other, root, log=lines.append)
+    row = json.loads((root / pretrain.INDEX).read_text())["tasks"]["ft_mnist_to_digits_mlp"]
+    assert row["reused"] is False and row["num_steps"] == 61
+    pretrain.run(_params(), root, log=lines.append)  # back to the state the next test expects
+
+
+def test_load_pretrained_errors_name_the_fix(root, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"run `l2o run` \(or `l2o stage pretrain`\)"):
+        pretrain.load_pretrained(tmp_path, "ft_mnist_to_digits_mlp")
+    bad = tmp_path / pretrain.PRETRAINED_DIR
+    bad.mkdir(parents=True)
+    np.savez(bad / "ft_mnist_to_digits_mlp.npz", **{"['dense0']['b']": np.zeros((3,), np.float32)})
+    with pytest.raises(
+        ValueError,
+        match=r"\['dense0'\]\['b'\] is \(3,\), the task's source model needs \(128,\).*re-run the pretrain stage",
+    ):
+        pretrain.load_pretrained(tmp_path, "ft_mnist_to_digits_mlp")
+
+
+def test_evaluate_runs_every_task_kind_for_its_own_horizon(root):
+    if not (root / pretrain.INDEX).exists():
+        pretrain.run(_params(), root, log=lambda _: None)
+    lines = []
+    # num_steps / batch_size unset: each task's own horizon and batch size
+    result = evaluate.run(_params(num_steps=None, eval_every=100), root, log=lines.append)
+    doc = json.loads((root / evaluate.METRICS).read_text())
+    horizons = {"ft_mnist_to_digits_mlp": 300, "shakespeare_char_lm_tiny": 500, "noisy_quadratic_d100": 1000}
+    assert sorted(doc["tasks"]) == sorted(TASKS) and doc["num_steps"] == horizons
+    for name in TASKS:
+        curves = json.loads((root / evaluate.CURVES_DIR / f"{name}.json").read_text())
+        assert curves["steps"] == list(range(0, horizons[name] + 1, 100))
+        assert len(curves["optimizers"]["learned"]["batch_loss"]["mean"]) == horizons[name]
+        for opt in evaluate.OPTIMIZERS:
+            row = doc["tasks"][name][opt]
+            assert np.isfinite(row["final_train_loss"]["mean"]) and row["speedup"] > 0
+    ft, lm, quad = (doc["tasks"][t]["adam_tuned"] for t in TASKS)
+    # fine-tuning from the pre-trained hidden layer (60 Adam steps on MNIST here)
+    assert ft["final_test_acc"]["mean"] > 0.8, ft
+    # the char LM has next-character accuracy and a test loss below the uniform 65-way entropy
+    assert 0.0 <= lm["final_test_acc"]["mean"] <= 1.0 and lm["final_test_loss"]["mean"] < np.log(65)
+    # a synthetic quadratic has no held-out set and no accuracy: null, not NaN
+    assert quad["final_test_loss"] is None and quad["final_test_acc"] is None and quad["final_train_acc"] is None
+    assert "NaN" not in (root / evaluate.METRICS).read_text()
+    curves = json.loads((root / evaluate.CURVES_DIR / "noisy_quadratic_d100.json").read_text())
+    assert set(curves["optimizers"]["learned"]) == {"batch_loss", "batch_loss_smoothed"}
+    assert "noisy_quadratic_d100/adam_tuned/final_test_acc" not in result.metrics
+    assert "noisy_quadratic_d100/adam_tuned/final_train_loss" in result.metrics
+    assert any("noisy_quadratic_d100 (1000 steps): train loss" in line for line in lines), lines
+    # aggregate accuracy over the tasks that have one
+    agg = doc["aggregate"]["adam_tuned"]["mean_test_acc"]
+    assert agg == pytest.approx((ft["final_test_acc"]["mean"] + lm["final_test_acc"]["mean"]) / 2)
