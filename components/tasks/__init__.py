@@ -13,8 +13,8 @@ The protocol every task follows (``init`` / ``loss`` / ``batch`` / ``accuracy`` 
 * ``families``: :class:`ImageFamily` and Celo's four-task preset;
 * ``spec``: :class:`TaskSpec` records (dataset, architecture, batch size, horizon, pre-training),
   the tasks and data they make, and their out-of-distribution axes;
-* ``suite``: the named specs and suites (held-out evaluation, legacy, convex);
-* ``registry``: the original ``EVAL_TASKS`` / ``make_eval_task`` (kept as they were).
+* ``suite``: the named specs and suites (held-out evaluation, smoke, legacy, convex): what
+  ``params.evaluate.tasks`` / ``evaluate.suite`` name.
 """
 
 from components.tasks.augment import (
@@ -49,7 +49,6 @@ from components.tasks.families import (
 from components.tasks.finetune import FineTuneTask, finetune, pretrain, pretrain_with_losses
 from components.tasks.language import CharLMTask, TokenData, token_windows
 from components.tasks.protocol import FamilyProtocol, TaskProtocol, clip_loss, num_params, param_shapes
-from components.tasks.registry import EVAL_TASKS, EvalTaskSpec, make_eval_task
 from components.tasks.spec import (
     OOD_AXES,
     Conv1DArch,
@@ -139,7 +138,4 @@ __all__ = [
     "task_data",
     "eval_sets",
     "describe",
-    "EVAL_TASKS",
-    "EvalTaskSpec",
-    "make_eval_task",
 ]

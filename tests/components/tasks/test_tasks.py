@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from components.tasks import EVAL_TASKS, ImageMLPFamily, make_eval_task, models, normalize_loss, stack_datasets
+from components.tasks import SUITES, ImageMLPFamily, build_task, models, normalize_loss, stack_datasets
 
 
-@pytest.mark.parametrize("name", sorted(EVAL_TASKS))
+@pytest.mark.parametrize("name", SUITES["legacy"])
 def test_eval_task_shapes_on_abstract_batches(name):
-    task = make_eval_task(name, image_shape=(8, 8, 1), num_classes=10, batch_size=16)
+    task = build_task(name, batch_size=16)
     params = jax.eval_shape(task.init, jax.random.PRNGKey(0))
     batch = (jax.ShapeDtypeStruct((16, 8, 8, 1), jnp.float32), jax.ShapeDtypeStruct((16,), jnp.int32))
     loss = jax.eval_shape(task.loss, params, batch)

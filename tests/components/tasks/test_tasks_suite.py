@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from components.tasks import (
-    EVAL_TASKS,
     OOD_AXES,
     SUITE_TASKS,
     SUITES,
@@ -20,7 +19,6 @@ from components.tasks import (
     describe,
     eval_sets,
     get_spec,
-    make_eval_task,
     num_params,
     ood_axes,
     source_task,
@@ -70,17 +68,11 @@ def test_ood_axes_against_the_celo_preset():
     assert "finetuning" in ood_axes(get_spec("ft_shakespeare_char_lm"))
 
 
-@pytest.mark.parametrize("name", sorted(EVAL_TASKS))
-def test_legacy_names_build_the_same_tasks_as_make_eval_task(name):
-    old = make_eval_task(name, image_shape=(8, 8, 1), num_classes=10, batch_size=16)
-    new = build_task(name, batch_size=16)
-    assert jax.tree_util.tree_structure(old) == jax.tree_util.tree_structure(new)
-    assert old.model == EVAL_TASKS[name].model and get_spec(name).dataset.startswith(EVAL_TASKS[name].dataset)
-    shapes_old = jax.eval_shape(old.init, jax.random.PRNGKey(0))
-    assert jax.tree_util.tree_structure(shapes_old) == jax.tree_util.tree_structure(
-        jax.eval_shape(new.init, jax.random.PRNGKey(0))
-    )
+def test_legacy_suite_keeps_the_first_pipelines_tasks():
     assert SUITES["legacy"] == ("digits_mlp", "mnist_mlp", "mnist_mlp_deep", "fashion_mnist_conv")
+    task = build_task("mnist_mlp_deep", batch_size=16)
+    assert (task.model, task.hidden, task.activation, task.image_shape) == ("mlp", (128, 128), "tanh", (8, 8, 1))
+    assert build_task("fashion_mnist_conv").model == "conv" and get_spec("digits_mlp").dataset == "digits_8"
 
 
 def test_building_finetuning_tasks_needs_the_source_params():
