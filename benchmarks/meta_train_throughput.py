@@ -1,0 +1,228 @@
+"""Meta-training throughput: the vmapped PES engine against a straightforward per-step Python loop.
+
+    .venv/bin/python benchmarks/meta_train_throughput.py [--num-tasks 8] [--trunc-length 20]
+        [--outer-steps 20] [--loop-outer-steps 2] [--lopt small_fc_lopt]
+
+Both do the same work per outer step: ``num_tasks`` inner problems (8x8 image MLPs with one hidden
+layer of 32, batch 128, the default experiment's family), each unrolled ``trunc_length`` steps for
+the θ+ε and the θ−ε branch with the learned optimizer, inner problems reset when their horizon ends,
+then the PES estimate and an Adam step on the meta-params.
+
+* **engine**: :func:`components.meta.meta_train`, one compiled call per outer step (``vmap`` over
+  tasks and antithetic pairs, ``lax.scan`` over the truncation). Timed over ``--outer-steps`` outer
+  steps after the first (which compiles; meta_train reports when it finished).
+* **loop**: one jitted inner step (minibatch, loss, gradient, learned-optimizer update), called from
+  Python for every task, branch and step; the PES estimate from the collected losses; then the
+  outer update. Warmed up (compiled) before timing.
+
+Inner steps per second = tasks × 2 × trunc_length × outer steps / seconds. The data are random
+arrays of the real shapes (two datasets of 8x8x1 images, 10 classes): throughput does not depend on
+pixel values. Prints a table and writes ``benchmarks/results/meta_train_throughput_<backend>.json``.
+No assertions: these are measurements (the issue asks the engine to be ≥ 10× the loop on CPU).
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from components.meta import MetaTrainConfig, meta_train  # noqa: E402
+from components.meta.pes import sample_length  # noqa: E402
+from components.optimizers.registry import learned_optimizer  # noqa: E402
+from components.tasks import ImageMLPFamily, stack_datasets  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MIN_UNROLL, MAX_UNROLL, SIGMA = 50, 1000, 0.01
+
+
+def make_problem(lopt_name: str, num_examples: int = 10000):
+    rng = np.random.default_rng(0)
+    xs = [rng.random((num_examples, 8, 8, 1), np.float32) for _ in range(2)]
+    ys = [rng.integers(0, 10, num_examples).astype(np.int32) for _ in range(2)]
+    data = stack_datasets(xs, ys)
+    family = ImageMLPFamily(("a", "b"), (32,), (8, 8, 1), 10, 128)
+    kwargs = {"hidden_size": 4, "hidden_layers": 2} if lopt_name == "small_fc_lopt" else {}
+    return learned_optimizer(lopt_name, **kwargs), family, data
+
+
+def engine_rate(lopt, family, data, num_tasks: int, trunc: int, outer_steps: int) -> tuple[float, float]:
+    """(inner steps/s after the first outer step, which includes compilation; total seconds)."""
+    cfg = MetaTrainConfig(
+        num_outer_steps=outer_steps,
+        num_tasks=num_tasks,
+        trunc_length=trunc,
+        min_unroll=MIN_UNROLL,
+        max_unroll=MAX_UNROLL,
+        sigma=SIGMA,
+        log_every=outer_steps,
+    )
+    lines: list[str] = []
+    r = meta_train(lopt, family, data, cfg, key=jax.random.PRNGKey(0), log=lines.append)
+    # meta_train reports when its first outer step (compilation included) finished
+    match = next(m for line in lines if (m := re.search(r"compiled the outer step in ([0-9.]+)s", line)))
+    first = float(match.group(1))
+    return (outer_steps - 1) * num_tasks * 2 * trunc / (r.seconds - first), r.seconds
+
+
+def loop_rate(lopt, family, data, num_tasks: int, trunc: int, outer_steps: int) -> float:
+    """Inner steps/s of the per-step Python loop (after a warm-up outer step that compiles it)."""
+
+    @jax.jit
+    def inner_step(theta, params, opt_state, length, task, data, key):
+        batch = task.batch(data, key)
+        loss, grads = jax.value_and_grad(task.loss)(params, batch)
+        updates, opt_state = lopt.make(theta, num_steps=length).update(grads, opt_state, params, loss=loss)
+        return task.normalized_loss(loss), optax.apply_updates(params, updates), opt_state
+
+    @jax.jit
+    def fresh(theta, key):
+        k_task, k_len, k_init = jax.random.split(key, 3)
+        task = family.sample(k_task)
+        length = sample_length(k_len, MIN_UNROLL, MAX_UNROLL)
+        params = task.init(k_init)
+        return task, length, params, lopt.make(theta, num_steps=length).init(params)
+
+    outer = optax.adam(1e-3)
+    key = jax.random.PRNGKey(1)
+    theta = lopt.init_meta_params(key)
+    outer_state = outer.init(theta)
+    # per task: the shared task/length and the two branches' (params, opt_state), step, PES accumulator
+    problems = []
+    for t in range(num_tasks):
+        task, length, params, opt_state = fresh(theta, jax.random.fold_in(key, t))
+        problems.append(
+            {
+                "task": task,
+                "length": length,
+                "step": int(np.random.default_rng(t).integers(0, int(length))),
+                "branches": [(params, opt_state), (params, opt_state)],
+                "accum": jax.tree_util.tree_map(jnp.zeros_like, theta),
+            }
+        )
+
+    def one_outer_step(theta, outer_state, i):
+        k_outer = jax.random.fold_in(key, 1000 + i)
+        grads = []
+        for t, prob in enumerate(problems):
+            k_task = jax.random.fold_in(k_outer, t)
+            leaves, treedef = jax.tree_util.tree_flatten(theta)
+            eps = jax.tree_util.tree_unflatten(
+                treedef,
+                [SIGMA * jax.random.normal(k, p.shape) for k, p in zip(jax.random.split(k_task, len(leaves)), leaves)],
+            )
+            thetas = [jax.tree_util.tree_map(jnp.add, theta, eps), jax.tree_util.tree_map(jnp.subtract, theta, eps)]
+            losses = [[], []]
+            reset_at = None
+            for k in range(trunc):
+                k_step = jax.random.fold_in(k_task, 10 + k)
+                for b in range(2):
+                    params, opt_state = prob["branches"][b]
+                    loss, params, opt_state = inner_step(
+                        thetas[b], params, opt_state, prob["length"], prob["task"], data, k_step
+                    )
+                    losses[b].append(float(loss))
+                    prob["branches"][b] = (params, opt_state)
+                prob["step"] += 1
+                if prob["step"] >= int(prob["length"]):  # horizon reached: a new problem for both branches
+                    k_new = jax.random.fold_in(k_step, 1)
+                    new = [fresh(thetas[b], k_new) for b in range(2)]
+                    prob["task"], prob["length"] = new[0][0], new[0][1]
+                    prob["branches"] = [(new[b][2], new[b][3]) for b in range(2)]
+                    prob["step"] = 0
+                    reset_at = k if reset_at is None else reset_at
+            delta = np.asarray(losses[0]) - np.asarray(losses[1])
+            split = trunc if reset_at is None else reset_at + 1
+            d_before, d_after = delta[:split].sum() / trunc, delta[split:].sum() / trunc
+            acc_new = jax.tree_util.tree_map(jnp.add, prob["accum"], eps)
+            grads.append(
+                jax.tree_util.tree_map(
+                    lambda a, e, db=d_before, da=d_after: (db * a + da * e) / (2 * SIGMA**2), acc_new, eps
+                )
+            )
+            prob["accum"] = eps if reset_at is not None else acc_new
+        grad = jax.tree_util.tree_map(lambda *g: sum(g) / len(g), *grads)
+        updates, outer_state = outer.update(grad, outer_state, theta)
+        return optax.apply_updates(theta, updates), outer_state
+
+    theta, outer_state = one_outer_step(theta, outer_state, 0)  # warm-up: compiles inner_step and fresh
+    jax.block_until_ready(theta)
+    t0 = time.perf_counter()
+    for i in range(1, outer_steps + 1):
+        theta, outer_state = one_outer_step(theta, outer_state, i)
+    jax.block_until_ready(theta)
+    return outer_steps * num_tasks * 2 * trunc / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lopt", default="small_fc_lopt")
+    ap.add_argument("--num-tasks", type=int, nargs="+", default=[8])
+    ap.add_argument("--trunc-length", type=int, default=20)
+    ap.add_argument(
+        "--outer-steps", type=int, default=50, help="engine outer steps (the first, compiling one, is not timed)"
+    )
+    ap.add_argument("--loop-outer-steps", type=int, default=2, help="timed outer steps of the per-step loop")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    device = jax.devices()[0]
+    lopt, family, data = make_problem(args.lopt)
+    rows = []
+    for num_tasks in args.num_tasks:
+        engine, seconds = engine_rate(lopt, family, data, num_tasks, args.trunc_length, args.outer_steps)
+        loop = loop_rate(lopt, family, data, num_tasks, args.trunc_length, args.loop_outer_steps)
+        rows.append(
+            {
+                "num_tasks": num_tasks,
+                "trunc_length": args.trunc_length,
+                "engine_inner_steps_per_s": engine,
+                "loop_inner_steps_per_s": loop,
+                "speedup": engine / loop,
+                "engine_seconds": seconds,
+            }
+        )
+        print(f"  tasks={num_tasks}: engine {engine:.0f}/s, loop {loop:.0f}/s", flush=True)
+
+    print(
+        f"meta-training throughput, {args.lopt} on 8x8 MLP-32 tasks (batch 128), PES truncation {args.trunc_length},"
+        f" {jax.default_backend()} ({device.device_kind}), jax {jax.__version__}"
+    )
+    print(f"{'tasks x 2':>9} {'engine inner steps/s':>21} {'loop inner steps/s':>19} {'engine / loop':>14}")
+    for r in rows:
+        print(
+            f"{r['num_tasks'] * 2:>9} {r['engine_inner_steps_per_s']:>21.0f} {r['loop_inner_steps_per_s']:>19.0f}"
+            f" {r['speedup']:>13.1f}x"
+        )
+    doc = {
+        "benchmark": "meta_train_throughput",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "backend": jax.default_backend(),
+        "device": device.device_kind,
+        "jax": jax.__version__,
+        "lopt": args.lopt,
+        "args": vars(args),
+        "rows": rows,
+    }
+    out = Path(args.out) if args.out else RESULTS / f"meta_train_throughput_{jax.default_backend()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+    return 0 if all(math.isfinite(r["speedup"]) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
