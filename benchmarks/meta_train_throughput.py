@@ -22,10 +22,7 @@ No assertions: these are measurements (the issue asks the engine to be ≥ 10× 
 """
 
 import argparse
-import datetime
-import json
 import math
-import os
 import re
 import sys
 import time
@@ -38,12 +35,12 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.results_io import write_results  # noqa: E402
 from components.meta import MetaTrainConfig, meta_train  # noqa: E402
 from components.meta.pes import sample_length  # noqa: E402
 from components.optimizers.registry import learned_optimizer  # noqa: E402
 from components.tasks import ImageMLPFamily, stack_datasets  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MIN_UNROLL, MAX_UNROLL, SIGMA = 50, 1000, 0.01
 
 
@@ -206,21 +203,11 @@ def main() -> int:
             f" {r['speedup']:>13.1f}x"
         )
     doc = {
-        "benchmark": "meta_train_throughput",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "backend": jax.default_backend(),
-        "device": device.device_kind,
-        "jax": jax.__version__,
         "lopt": args.lopt,
         "args": vars(args),
         "rows": rows,
     }
-    out = Path(args.out) if args.out else RESULTS / f"meta_train_throughput_{jax.default_backend()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    print(f"wrote {write_results('meta_train_throughput', doc, args.out)}")
     return 0 if all(math.isfinite(r["speedup"]) for r in rows) else 1
 
 

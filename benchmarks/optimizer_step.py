@@ -21,8 +21,6 @@ No assertions: these are measurements.
 """
 
 import argparse
-import datetime
-import json
 import os
 import platform
 import sys
@@ -35,9 +33,8 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.results_io import write_results  # noqa: E402
 from components.optimizers import registry  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def mlp_params(size: int) -> dict:
@@ -163,14 +160,9 @@ def main(argv=None):
         print(f"{name:<16}" + "".join(f" | {cell:>24}" for cell in cells))
 
     doc = {
-        "benchmark": "optimizer_step",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "backend": backend,
-        "device": device.device_kind,
         "num_devices": jax.device_count(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
-        "jax": jax.__version__,
         "optax": optax.__version__,
         "repeats": args.repeats,
         "rounds": args.rounds,
@@ -180,12 +172,7 @@ def main(argv=None):
             for n in names
         ],
     }
-    out = Path(args.out) if args.out else RESULTS / f"optimizer_step_{backend}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, out)
-    log(f"wrote {out}")
+    log(f"wrote {write_results('optimizer_step', doc, args.out)}")
 
 
 if __name__ == "__main__":

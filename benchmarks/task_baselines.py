@@ -17,9 +17,7 @@ entropy, which the table shows next to each LM row.
 """
 
 import argparse
-import datetime
 import hashlib
-import json
 import math
 import os
 import sys
@@ -32,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.results_io import write_results  # noqa: E402
 from components.data import decode_dataset, get_dataset, parse_variant  # noqa: E402
 from components.data.prepare import build_variant  # noqa: E402
 from components.evaluation.runner import train_curves  # noqa: E402
@@ -39,8 +38,6 @@ from components.optimizers import create  # noqa: E402
 from components.tasks.finetune import pretrain  # noqa: E402
 from components.tasks.spec import eval_sets, task_data  # noqa: E402
 from components.tasks.suite import SUITES, build_task, get_spec, source_task  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def read_mirror_file(mirror: Path, spec_file) -> bytes:
@@ -188,23 +185,13 @@ def main(argv=None):
             f" {r['seconds']:>7.1f}"
         )
     doc = {
-        "benchmark": "task_baselines",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "backend": jax.default_backend(),
-        "device": device.device_kind,
-        "jax": jax.__version__,
         "suite": args.suite,
         "lr": args.lr,
         "seeds": args.seeds,
         "steps_scale": args.steps_scale,
         "rows": rows,
     }
-    out = Path(args.out) if args.out else RESULTS / f"task_baselines_{jax.default_backend()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, out)
-    log(f"wrote {out}")
+    log(f"wrote {write_results('task_baselines', doc, args.out)}")
 
 
 if __name__ == "__main__":
