@@ -52,9 +52,19 @@ def _parser() -> argparse.ArgumentParser:
         help="override one param, e.g. --set evaluate.num_seeds=5 (repeatable)",
     )
     r.add_argument("--force", action="store_true", help="run every stage even if up to date")
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="meta_train continues from its last checkpoint (meta_train.checkpoint_every) instead of starting over",
+    )
     s = sub.add_parser("stage", help="run one stage of dvc.yaml (what `dvc repro` calls)")
     s.add_argument("name")
     s.add_argument("--params", default="params.yaml", help="resolved params (default: %(default)s)")
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="meta_train continues from its last checkpoint (meta_train.checkpoint_every) instead of starting over",
+    )
     u = sub.add_parser("ui", help="start the MLflow UI on the project's tracking store")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
@@ -226,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         args.params = os.path.relpath(resolved, root) if resolved.is_relative_to(root) else str(resolved)
     os.chdir(root)
     _environment(root)
+    if getattr(args, "resume", False):
+        os.environ["L2O_RESUME"] = "1"  # components.stages.meta_train.RESUME_ENV (read by the stage)
     import logging  # noqa: PLC0415
 
     logging.getLogger("dvc").setLevel(logging.WARNING)

@@ -17,7 +17,8 @@ reset inside the window, and ``A ← ε`` after such a reset (else ``A ← A'``)
 Inner problems have log-uniform lengths and random initial offsets so they are not in lock-step
 (``LogUniformLengthSchedule``, ``random_initial_iteration_offset``).
 
-Everything is one jitted function per truncation: ``vmap`` over tasks and ``lax.scan`` over steps.
+Everything is one jitted function per truncation: ``vmap`` over tasks and ``lax.scan`` over steps;
+with a device mesh (:mod:`components.meta.sharding`) the task axis is split over the local devices.
 """
 
 import math
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from components.meta.frozen import trainable_mask
+from components.meta.sharding import shard_tasks
 from components.tasks.base import ImageData, Task
 
 __all__ = ["InnerState", "PESState", "PESConfig", "init_pes_state", "pes_gradient", "sample_length"]
@@ -52,6 +54,7 @@ class PESConfig(NamedTuple):
     min_unroll: int
     max_unroll: int
     sigma: float
+    random_offset: bool = True  # start each inner problem at a random step of its horizon
 
 
 def sample_length(key: jax.Array, lo: int, hi: int) -> jax.Array:
@@ -75,7 +78,7 @@ def init_pes_state(lopt, meta_params, family, cfg: PESConfig, key: jax.Array) ->
     k_inner, k_off = jax.random.split(key)
     keys = jax.random.split(k_inner, cfg.num_tasks)
     inner = jax.vmap(lambda k: _fresh_inner(lopt, meta_params, family, cfg, k))(keys)
-    offsets = jax.random.uniform(k_off, (cfg.num_tasks,))
+    offsets = jax.random.uniform(k_off, (cfg.num_tasks,)) * float(cfg.random_offset)
     inner = inner._replace(step=jnp.floor(offsets * inner.length.astype(jnp.float32)).astype(jnp.int32))
     pair = jax.tree_util.tree_map(lambda a: jnp.stack([a, a], axis=1), inner)
     accum = jax.tree_util.tree_map(lambda p: jnp.zeros((cfg.num_tasks, *p.shape), p.dtype), meta_params)
@@ -95,14 +98,22 @@ def _loss_and_grad(task: Task, params, batch):
 
 
 def pes_gradient(
-    lopt, meta_params, family, cfg: PESConfig, state: PESState, data: ImageData, key: jax.Array
+    lopt,
+    meta_params,
+    family,
+    cfg: PESConfig,
+    state: PESState,
+    data: ImageData,
+    key: jax.Array,
+    mesh=None,
 ) -> tuple[Any, PESState, dict]:
     """One PES truncation: the meta-gradient estimate, the advanced state and metrics (pure, jittable).
 
     Returns:
       ``(grad, new_state, aux)`` with ``aux`` holding ``meta_loss`` (mean normalised training loss
       over both antithetic branches, tasks and steps), ``train_loss`` (un-normalised), and
-      ``resets`` (number of inner problems that finished in this truncation).
+      ``resets`` (number of inner problems that finished in this truncation) and ``inner_steps``.
+      ``mesh`` (optional) splits the task axis over devices.
     """
     k_eps, k_steps = jax.random.split(key)
     leaves, treedef = jax.tree_util.tree_flatten(meta_params)
@@ -117,7 +128,9 @@ def pes_gradient(
         ],
     )
     # θ+ε and θ−ε stacked on an antithetic axis of size 2: [num_tasks, 2, ...]
+    eps = shard_tasks(eps, mesh)
     theta_pair = jax.tree_util.tree_map(lambda t, e: jnp.stack([t[None] + e, t[None] - e], axis=1), meta_params, eps)
+    theta_pair = shard_tasks(theta_pair, mesh)
 
     def one_task(theta2, pair: InnerState, task_key):
         step2 = jax.vmap(lambda th, st, batch: _inner_step(lopt, th, st, batch, _loss_and_grad), in_axes=(0, 0, None))
@@ -143,8 +156,11 @@ def pes_gradient(
         d_after = jnp.sum(jnp.where(after, delta, 0.0)) / k
         return pair, any_reset, d_before, d_after, meta_loss.mean(), loss.mean(), done.sum()
 
-    task_keys = jax.random.split(k_steps, cfg.num_tasks)
-    pair, any_reset, d_before, d_after, meta_loss, loss, resets = jax.vmap(one_task)(theta_pair, state.inner, task_keys)
+    task_keys = shard_tasks(jax.random.split(k_steps, cfg.num_tasks), mesh)
+    pair, any_reset, d_before, d_after, meta_loss, loss, resets = jax.vmap(one_task)(
+        theta_pair, shard_tasks(state.inner, mesh), task_keys
+    )
+    pair = shard_tasks(pair, mesh)
 
     def per_leaf(acc, e):
         acc_new = acc + e
@@ -156,5 +172,11 @@ def pes_gradient(
     pairs = jax.tree_util.tree_map(per_leaf, state.accum, eps)
     grad = jax.tree_util.tree_map(lambda _, pr: pr[0], meta_params, pairs)
     accum = jax.tree_util.tree_map(lambda _, pr: pr[1], meta_params, pairs)
-    aux = {"meta_loss": meta_loss.mean(), "train_loss": loss.mean(), "resets": resets.sum()}
+    accum = shard_tasks(accum, mesh)
+    aux = {
+        "meta_loss": meta_loss.mean(),
+        "train_loss": loss.mean(),
+        "resets": resets.sum(),
+        "inner_steps": jnp.asarray(cfg.num_tasks * 2 * cfg.trunc_length, jnp.int32),
+    }
     return grad, PESState(pair, accum), aux

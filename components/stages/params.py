@@ -25,6 +25,7 @@ __all__ = [
     "EvalTaskName",
     "DataParams",
     "TaskFamilyParams",
+    "MetaTrainPhase",
     "PretrainParams",
     "MetaTrainParams",
     "CalibrateParams",
@@ -167,6 +168,15 @@ class TaskFamilyParams(_Section):
         default=(1.0, 1.0),
         description="global weight-reparametrisation scale ~ logU[lo, hi] (1, 1 = no augmentation)",
     )
+    task: EvalTaskName | None = Field(
+        default=None,
+        description="meta-train on this one suite task (STAR, L3RS) instead of an image-MLP family;"
+        " fine-tuning tasks start from the pretrain stage's model",
+    )
+    estimator_per_dataset: bool = Field(
+        default=False,
+        description="one estimator (num_tasks tasks) per dataset, meta-gradients averaged (Celo's recipe)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -197,6 +207,18 @@ class TaskFamilyParams(_Section):
     def _range(self):
         from components.tasks.spec import dataset_info  # noqa: PLC0415
 
+        if self.task is not None:
+            fixed = sorted(
+                f
+                for f in ("preset", "datasets", "hidden_sizes", "batch_size", "param_scale_range")
+                if f in self.model_fields_set
+            )
+            if fixed:
+                raise ValueError(
+                    f"task_family.task {self.task!r} fixes the model and data: remove {fixed}, or drop task"
+                )
+            if self.estimator_per_dataset:
+                raise ValueError("task_family.task is one task: estimator_per_dataset needs a family of datasets")
         lo, hi = self.param_scale_range
         if lo > hi:
             raise ValueError(f"param_scale_range must be [low, high] with low <= high, got {[lo, hi]}")
@@ -234,6 +256,14 @@ def _check_optimizer(name: str, hyperparams: dict, kind: str, where: str) -> Non
             raise ValueError(f"{where}_hyperparams for {name!r}: {err}") from None
 
 
+class MetaTrainPhase(_Section):
+    """One phase of meta-training: optimizer hyperparameters merged over ``meta_train.lopt_hyperparams``."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    lopt_hyperparams: dict[str, Any] = Field(default_factory=dict, description="e.g. {train_phase: 2}")
+    num_outer_steps: PositiveInt | None = Field(default=None, description="unset: meta_train.num_outer_steps")
+
+
 class MetaTrainParams(_Section):
     """meta_train: the learned optimizer and its truncated-PES meta-training."""
 
@@ -259,13 +289,55 @@ class MetaTrainParams(_Section):
     grad_clip: PositiveFloat = Field(default=3.0, description="clip meta-gradient by value")
     log_every: PositiveInt = 50
     registered_name: str = Field(default="small_fc_lopt", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    estimator: Literal["pes", "es", "tbptt"] = Field(
+        default="pes", description="meta-gradient: truncated PES, full antithetic ES, or truncated backprop"
+    )
+    es_loss_type: Literal["avg", "min", "last", "last_recompute"] = Field(
+        default="avg", description="es: which loss of the unroll is the objective"
+    )
+    es_recompute_samples: PositiveInt = Field(default=50, description="es last_recompute: fresh batches at the end")
+    sign_delta_loss: PositiveFloat | None = Field(
+        default=None, description="es: replace the antithetic loss difference by sign(ΔL) x this"
+    )
+    steps_per_call: PositiveInt = Field(
+        default=1, description="outer steps per compiled call (lax.scan); must divide log_every and checkpoint_every"
+    )
+    checkpoint_every: PositiveInt | None = Field(
+        default=None, description="write the loop state every N outer steps (checkpoints/meta_train; l2o run --resume)"
+    )
+    shard_population: bool = Field(default=True, description="split the tasks over all local devices")
+    phases: list[MetaTrainPhase] = Field(
+        default_factory=list,
+        description="run in order, each from the previous phase's meta-params (Celo: phase 1 MLP, phase 2 scheduler)",
+    )
+
+    def phase_list(self) -> list["MetaTrainPhase"]:
+        """The phases to run: ``phases``, or one phase of the top-level settings."""
+        return list(self.phases) or [MetaTrainPhase(name="main")]
+
+    def phase_hyperparams(self, phase: "MetaTrainPhase") -> dict[str, Any]:
+        return {**self.lopt_hyperparams, **phase.lopt_hyperparams}
+
+    def phase_steps(self, phase: "MetaTrainPhase") -> int:
+        return phase.num_outer_steps or self.num_outer_steps
 
     @model_validator(mode="after")
     def _lengths(self):
         _check_optimizer(self.lopt, self.lopt_hyperparams, "learned", "meta_train.lopt")
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"meta_train.phases need distinct names, got {names}")
+        for p in self.phases:
+            _check_optimizer(self.lopt, self.phase_hyperparams(p), "learned", f"meta_train.phases[{p.name}].lopt")
+        for name in ("log_every", "checkpoint_every"):
+            every = getattr(self, name)
+            if every is not None and every % self.steps_per_call:
+                raise ValueError(
+                    f"meta_train.{name} ({every}) must be a multiple of steps_per_call ({self.steps_per_call})"
+                )
         if self.min_unroll > self.max_unroll:
             raise ValueError(f"min_unroll ({self.min_unroll}) must be <= max_unroll ({self.max_unroll})")
-        if self.trunc_length > self.min_unroll:
+        if self.estimator != "es" and self.trunc_length > self.min_unroll:
             raise ValueError(
                 f"trunc_length ({self.trunc_length}) must be <= min_unroll ({self.min_unroll}):"
                 " a truncation may contain at most one reset"
@@ -410,7 +482,14 @@ class PipelineParams(_Section):
 
         data = self.data
         shapes = {}
-        for d in self.meta_train.task_family.datasets:
+        one = self.meta_train.task_family.task
+        if one is not None:
+            spec = get_spec(one)
+            if spec.dataset:
+                data.require(spec.dataset, f"meta_train.task_family.task {one!r}")
+            if spec.pretrain is not None:
+                data.require(spec.pretrain.dataset, f"meta_train.task_family.task {one!r} (pre-training)")
+        for d in [] if one is not None else self.meta_train.task_family.datasets:
             entry = data.require(d, "meta_train.task_family")
             shapes[d] = dataset_info(entry, image_size=data.image_size).example_shape
         if len(set(shapes.values())) > 1:

@@ -53,8 +53,12 @@ _STREAM = 3  # fold_in tag of this stage's random stream (meta_train uses the se
 
 
 def finetune_specs(params: PipelineParams) -> list[TaskSpec]:
-    """The fine-tuning specs among ``evaluate.tasks``, in that order."""
-    return [s for s in map(get_spec, params.evaluate.tasks) if s.pretrain is not None]
+    """The fine-tuning specs among ``evaluate.tasks`` (in that order) and ``meta_train.task_family.task``."""
+    names = list(params.evaluate.tasks)
+    one = params.meta_train.task_family.task
+    if one is not None and one not in names:
+        names.append(one)
+    return [s for s in map(get_spec, names) if s.pretrain is not None]
 
 
 def _steps(params: PipelineParams, spec: TaskSpec) -> int:

@@ -22,6 +22,7 @@ trained with this preset (``ood_axes`` of the held-out suite's ``digits_mlp`` is
 """
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,7 @@ from components.tasks.base import MODELS, Task
 
 __all__ = [
     "ImageFamily",
+    "SingleTaskFamily",
     "CELO_DATASETS",
     "CELO_IMAGE_SHAPE",
     "CELO_HIDDEN",
@@ -92,6 +94,26 @@ class ImageFamily:
             downsample=self.downsample,
             kernel_size=self.kernel_size,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class SingleTaskFamily:
+    """A family of one task (STAR meta-trains on one MLP, L3RS specialises to one fine-tuning run).
+
+    ``sample`` ignores its key and returns ``task``; the inner problems still differ, because each
+    one draws its initialisation (and minibatches) from its own key. The task's arrays (e.g. a
+    fine-tuning task's pre-trained weights) become constants of the compiled meta-training step.
+    """
+
+    task: Any
+
+    @property
+    def name(self) -> str:
+        return getattr(self.task, "name", "task")
+
+    def sample(self, key: jax.Array) -> Any:
+        del key
+        return self.task
 
 
 def _celo(datasets: tuple[str, ...], name: str, level: str, param_scale_range: tuple[float, float]) -> ReparamFamily:

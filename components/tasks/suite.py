@@ -159,6 +159,16 @@ SUITE_TASKS: dict[str, TaskSpec] = _specs(
     ),
     # horizon
     TaskSpec("mnist_mlp_long", "mnist_8", MLPArch((32,)), 64, 10000, "Celo's MNIST task trained 5x longer"),
+    # STAR's meta-training task (research/algorithms.md §4.3: a 2-hidden-layer MLP on Fashion-MNIST,
+    # 2000 inner steps; widths not given, 128 inferred), at 8x8 for CPU presets and 28x28 for GPU ones
+    TaskSpec(
+        "fashion_mnist_mlp_2x32", "fashion_mnist_8", MLPArch((32, 32)), 128, 2000,
+        "Fashion-MNIST 8x8, ReLU MLP 32-32 (STAR's meta-training task, CPU size)",
+    ),
+    TaskSpec(
+        "fashion_mnist28_mlp_2x128", "fashion_mnist_28", MLPArch((128, 128)), 128, 2000,
+        "Fashion-MNIST 28x28, ReLU MLP 128-128 (STAR's meta-training task)",
+    ),
     # fine-tuning
     TaskSpec(
         "ft_mnist_to_fashion_mnist_mlp", "fashion_mnist_28", MLPArch((256, 128)), 128, 500,

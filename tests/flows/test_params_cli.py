@@ -224,9 +224,9 @@ def test_tasks_command_lists_tasks_with_parameter_counts(capsys):
         "architecture,",
         "finetuning",
     ]
-    assert main(["tasks", "--params", "params/celo.yaml"]) == 0
+    assert main(["tasks", "--params", "params/celo_gpu.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "evaluation tasks of params/celo.yaml (suite heldout): 20 tasks" in out and "(preset celo)" in out
+    assert "evaluation tasks of params/celo_gpu.yaml (suite heldout): 20 tasks" in out and "(preset celo)" in out
     line = next(ln for ln in out.splitlines() if " shakespeare_char_lm_1m " in ln)
     assert line.split()[3:6] == ["1,222,977", "5000", "32"]  # its own horizon and batch size
     assert main(["tasks", "--suite", "heldout"]) == 0

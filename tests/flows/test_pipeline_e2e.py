@@ -137,7 +137,7 @@ def test_registered_model_loads_as_optax_and_steps_a_quadratic(tiny_run, monkeyp
     from flows.registry import load_optimizer  # noqa: PLC0415
 
     client = _client(root)
-    versions = client.search_model_versions("name='small_fc_lopt_tiny'")
+    versions = client.search_model_versions("name='adafac_mlp_lopt_tiny'")
     assert [str(v.version) for v in versions] == ["1"]
     uri = f"sqlite:///{root / '.mlflow' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -146,10 +146,10 @@ def test_registered_model_loads_as_optax_and_steps_a_quadratic(tiny_run, monkeyp
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    registered = load_optimizer("models:/small_fc_lopt_tiny/1", num_steps=60)
+    registered = load_optimizer("models:/adafac_mlp_lopt_tiny/1", num_steps=60)
     direct = load(root / "models" / "lopt", num_steps=60)
     # the library's own load() reaches the registry through the installed checkpoint source
-    by_name = load("small_fc_lopt_tiny", num_steps=60)
+    by_name = load("adafac_mlp_lopt_tiny", num_steps=60)
     losses, params, _ = _quadratic_run(registered)
     direct_losses, direct_params, _ = _quadratic_run(direct)
     assert np.all(np.isfinite(losses))
@@ -162,7 +162,7 @@ def test_registered_model_loads_as_optax_and_steps_a_quadratic(tiny_run, monkeyp
     guarded_losses, _, state = _quadratic_run(guard_with_loss(registered, make_baseline("sgd", 0.1)))
     assert guarded_losses[-1] < 0.05 * guarded_losses[0]
     # and the pyfunc flavour answers predict() with one update per parameter
-    model = mlflow.pyfunc.load_model("models:/small_fc_lopt_tiny/1")
+    model = mlflow.pyfunc.load_model("models:/adafac_mlp_lopt_tiny/1")
     out = model.predict([{"params": [0.0, 1.0, 2.0], "grads": [0.1, -0.2, 0.3], "loss": [1.0]}])
     assert np.asarray(out).shape == (1, 3) and np.all(np.isfinite(out))
 
