@@ -101,7 +101,8 @@ def test_pes_matches_the_true_meta_gradient(windows):
     estimate = np.mean(grads)
     truth = float(_true_meta_gradient(lopt, theta, k * windows))
     assert truth < 0  # a larger learning rate helps on this problem
-    # antithetic ES noise is tiny here (ΔL is almost linear in ε): 5% agreement is a real check
+    # a fixed-seed smoke check (relative SE ≈ 3% at 2048 tasks); the statistical test with standard
+    # errors is in test_estimators.py
     assert estimate == pytest.approx(truth, rel=0.05)
 
 
