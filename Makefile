@@ -10,7 +10,7 @@ PARAMS ?= params/default.yaml
 export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: setup run test repro ui lint clean-venv
+.PHONY: setup run test browser repro ui lint clean-venv
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -25,8 +25,13 @@ setup: $(VENV)/.synced
 run: setup
 	$(VENV)/bin/l2o run --params $(PARAMS)
 
-test: setup
+test: setup browser
 	$(VENV)/bin/python -m pytest -q
+
+# the report's browser test drives Debian's Chromium (tests/browser.py): install it when missing
+browser:
+	@command -v chromium >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 # dvc repro runs each stage's cmd (`l2o stage ...`) in a shell: put the venv first on PATH
 repro: setup

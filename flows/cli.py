@@ -5,6 +5,7 @@
     l2o ui    [--host 127.0.0.1] [--port 5000]
     l2o optimizers   (every optimizer name usable in params files, with its hyperparameters)
     l2o tasks [--params params/default.yaml | --suite heldout]   (tasks with parameter counts)
+    l2o compare RUN_A RUN_B [--filter REGEX ...] [--changed] [--rtol 1e-9] [--json]   (metric differences B-A)
 
 Exit codes: 0 success, 1 a stage failed, 2 invalid params or usage.
 """
@@ -29,6 +30,8 @@ def _environment(root: Path) -> None:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "DVC_NO_ANALYTICS": "1",
+        # Dask (evaluate.runner.kind: dask) logs every worker start and stop at INFO
+        "DASK_LOGGING__DISTRIBUTED": "warning",
         # compiled XLA programs are reused across processes (dvc repro, re-runs): same results, less waiting
         "JAX_COMPILATION_CACHE_DIR": str(root / ".jax_cache"),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
@@ -73,6 +76,44 @@ def _parser() -> argparse.ArgumentParser:
     group = t.add_mutually_exclusive_group()
     group.add_argument("--params", default=None, help="params YAML (default: params/default.yaml)")
     group.add_argument("--suite", default=None, help="a task suite of components.tasks.SUITES instead")
+    c = sub.add_parser(
+        "compare",
+        help="print the metric differences (B-A) between two MLflow runs, with the params that differ",
+        description=(
+            "Compare the metrics of two MLflow runs of the tracking store (MLFLOW_TRACKING_URI, else"
+            " .mlflow/mlflow.db of the project). A pipeline run is compared with its stage runs (their metrics keyed"
+            " <stage>/<metric>); a stage run by itself. Prints the two runs, the params that differ, and one row per"
+            " metric: A, B, B-A and the change in % of |A| (\u2014: a metric only one run has). Exit 0 whatever"
+            " the differences, 2 for an unknown run id."
+        ),
+    )
+    c.add_argument("run_a", metavar="RUN_A", help="MLflow run id (or a unique prefix of at least 8 characters)")
+    c.add_argument("run_b", metavar="RUN_B", help="the run compared with RUN_A: differences are B - A")
+    c.add_argument(
+        "--filter",
+        dest="filters",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="only metric keys matching REGEX (re.search, e.g. 'evaluate/' or 'loss$'); repeatable: a key matching"
+        " any is shown",
+    )
+    c.add_argument(
+        "--changed",
+        action="store_true",
+        help="only metrics whose values differ beyond --rtol (and those only one run has)",
+    )
+    c.add_argument(
+        "--rtol",
+        type=float,
+        default=1e-9,
+        help="relative tolerance: A and B are equal when |B-A| <= rtol * max(|A|, |B|) (default: %(default)g)",
+    )
+    c.add_argument(
+        "--json",
+        action="store_true",
+        help='print the comparison as JSON instead (non-finite numbers as "NaN", "Infinity", "-Infinity")',
+    )
     return p
 
 
@@ -119,6 +160,7 @@ def _body(text: str) -> str:
 
 def _cmd_stage(args, root: Path) -> int:
     from flows import dvc_glue  # noqa: PLC0415
+    from flows.runners import FANOUT_STAGES, prefect_map, run_as_flow, task_runner  # noqa: PLC0415
     from flows.stage_exec import StageFailed, execute_stage, stage_param_keys  # noqa: PLC0415
     from flows.tracking import Tracker  # noqa: PLC0415
 
@@ -129,7 +171,8 @@ def _cmd_stage(args, root: Path) -> int:
         print(f"l2o: error: unknown stage {args.name!r}; dvc.yaml declares: {', '.join(order)}", file=sys.stderr)
         return 2
     tracker = Tracker(root, params.experiment_name)
-    try:
+
+    def run_stage(map_fn=None) -> None:
         execute_stage(
             args.name,
             params,
@@ -138,7 +181,14 @@ def _cmd_stage(args, root: Path) -> int:
             param_keys=stage_param_keys(repo, args.name),
             parent_run_id=os.environ.get("L2O_MLFLOW_PARENT_RUN_ID"),
             params_file=args.params,
+            **({"map_fn": map_fn} if map_fn else {}),
         )
+
+    try:
+        if args.name in FANOUT_STAGES:  # its work items are Prefect tasks on evaluate.runner's task runner
+            run_as_flow(f"stage-{args.name}", lambda: run_stage(prefect_map), task_runner(params))
+        else:
+            run_stage()
     except StageFailed as exc:
         print(f"l2o: error: {exc}", file=sys.stderr)
         return 1
@@ -221,6 +271,52 @@ def _cmd_tasks(args, root: Path) -> int:
     return 0
 
 
+def _cmd_compare(args, root: Path) -> int:
+    import re  # noqa: PLC0415
+
+    from flows.compare import CompareError, compare_runs, describe_store, format_table, to_json  # noqa: PLC0415
+    from flows.tracking import tracking_uri  # noqa: PLC0415
+
+    if not args.rtol >= 0:
+        print(f"l2o: error: --rtol must be >= 0, not {args.rtol}", file=sys.stderr)
+        return 2
+    uri = tracking_uri(root)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        print(
+            f"l2o: error: no MLflow tracking store at {uri}: nothing tracked yet (`l2o run` creates it),"
+            " or set MLFLOW_TRACKING_URI to the store holding the runs",
+            file=sys.stderr,
+        )
+        return 2
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415
+
+    client = MlflowClient(uri, uri)
+    try:
+        comparison = compare_runs(
+            client, args.run_a, args.run_b, patterns=args.filters, changed_only=args.changed, rtol=args.rtol
+        )
+    except re.error as exc:
+        print(f"l2o: error: --filter {exc.pattern!r} is not a regular expression: {exc}", file=sys.stderr)
+        return 2
+    except CompareError as exc:
+        experiments = describe_store(client)
+        print(
+            f"l2o: error: {exc} in the MLflow tracking store {uri}"
+            + (f" (experiments: {experiments})" if experiments else "")
+            + "; list the runs with `l2o ui`, or `mlflow runs list --experiment-id ID`"
+            f" with MLFLOW_TRACKING_URI={uri}",
+            file=sys.stderr,
+        )
+        return 2
+    except MlflowException as exc:
+        print(f"l2o: error: cannot read the runs from the MLflow tracking store {uri}: {exc.message}", file=sys.stderr)
+        return 2
+    comparison = {"tracking_uri": uri, **comparison}
+    print(to_json(comparison) if args.json else format_table(comparison))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from flows.dvc_glue import find_root  # noqa: PLC0415
@@ -241,9 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     import logging  # noqa: PLC0415
 
     logging.getLogger("dvc").setLevel(logging.WARNING)
-    handler = {"run": _cmd_run, "stage": _cmd_stage, "ui": _cmd_ui, "optimizers": _cmd_optimizers, "tasks": _cmd_tasks}[
-        args.command
-    ]
+    handler = {
+        "run": _cmd_run,
+        "stage": _cmd_stage,
+        "ui": _cmd_ui,
+        "optimizers": _cmd_optimizers,
+        "tasks": _cmd_tasks,
+        "compare": _cmd_compare,
+    }[args.command]
     return handler(args, root)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from components.stages.common import git_commit
 from components.stages.params import PipelineParams, params_hash
 from flows import dvc_glue
+from flows.runners import FANOUT_STAGES, prefect_map, run_as_flow, task_runner
 from flows.stage_exec import StageFailed, component_versions, execute_stage, stage_param_keys
 from flows.tracking import Tracker, flatten
 
@@ -26,16 +27,6 @@ class PipelineOutcome:
     mlflow_run_id: str | None
     prefect_flow_run_id: str | None
     seconds: float
-
-
-def _prefect_map(fn, items):
-    from prefect import task  # noqa: PLC0415
-    from prefect.cache_policies import NO_CACHE  # noqa: PLC0415
-
-    items = list(items)
-    t = task(fn, name="fan-out", cache_policy=NO_CACHE, persist_result=False)
-    futures = [t.with_options(task_run_name=f"item-{i}").submit(item) for i, item in enumerate(items)]
-    return [f.result() for f in futures]
 
 
 def run_pipeline(
@@ -83,7 +74,7 @@ def run_pipeline(
                 param_keys=stage_param_keys(repo, name),
                 parent_run_id=parent,
                 params_file=params_file,
-                map_fn=_prefect_map,
+                map_fn=prefect_map,
                 extra_tags={"prefect.flow_run_id": fr_id},
             )
 
@@ -94,7 +85,8 @@ def run_pipeline(
                     outcome.skipped.append(name)
                     continue
                 log(f"l2o: {name}: running")
-                flow(name=f"stage-{name}", log_prints=False, persist_result=False)(run_stage)(name)
+                runner = task_runner(params) if name in FANOUT_STAGES else None
+                run_as_flow(f"stage-{name}", lambda name=name: run_stage(name), runner)
                 dvc_glue.commit_stage(repo, name)
                 outcome.ran.append(name)
         except StageFailed as exc:

@@ -9,7 +9,19 @@ from components.stages.common import MapFn, StageResult, git_commit, serial_map
 from components.stages.params import PipelineParams, params_hash
 from flows.tracking import Tracker, flatten
 
-__all__ = ["stage_module", "component_versions", "stage_param_keys", "execute_stage", "StageFailed", "make_logger"]
+__all__ = [
+    "RUN_ID_ENV",
+    "stage_module",
+    "component_versions",
+    "stage_param_keys",
+    "execute_stage",
+    "StageFailed",
+    "make_logger",
+]
+
+
+# set while a stage runs: the MLflow run it is logged under (the pipeline run for `l2o run`)
+RUN_ID_ENV = "L2O_MLFLOW_RUN_ID"
 
 
 class StageFailed(RuntimeError):
@@ -84,6 +96,9 @@ def execute_stage(
     run_id = tracker.start(name, parent=parent_run_id, tags=tags)
     tracker.log_params(run_id, flatten({k: dumped[k] for k in param_keys if k in dumped}))
     log = make_logger(name)
+    # the report names the MLflow run it belongs to: the pipeline's, else this stage's own
+    previous = os.environ.get(RUN_ID_ENV)
+    os.environ[RUN_ID_ENV] = parent_run_id or run_id
     try:
         result = module.run(params, root, log=log, map_fn=map_fn)
     except BaseException as exc:
@@ -91,6 +106,11 @@ def execute_stage(
         raise StageFailed(
             f"stage {name!r} failed (params {params_file}, MLflow run {run_id}): {exc.__class__.__name__}: {exc}"
         ) from exc
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_ID_ENV, None)
+        else:
+            os.environ[RUN_ID_ENV] = previous
     tracker.log_metrics(run_id, result.metrics, result.curves)
     tracker.set_tags(run_id, result.tags)
     for path in result.artifacts:

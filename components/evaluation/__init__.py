@@ -1,4 +1,4 @@
-"""Evaluation runner and metrics."""
+"""Evaluation runner, per-task metrics and cross-task statistics."""
 
 from components.evaluation.metrics import (
     adam_envelope,
@@ -9,6 +9,13 @@ from components.evaluation.metrics import (
     summarize_runs,
 )
 from components.evaluation.runner import OptFactory, run_training, train_curves
+from components.evaluation.stats import (
+    aggregate_scores,
+    iqm,
+    performance_profile,
+    stratified_bootstrap_ci,
+    win_fractions,
+)
 
 __all__ = [
     "adam_envelope",
@@ -20,4 +27,9 @@ __all__ = [
     "OptFactory",
     "run_training",
     "train_curves",
+    "aggregate_scores",
+    "iqm",
+    "performance_profile",
+    "stratified_bootstrap_ci",
+    "win_fractions",
 ]

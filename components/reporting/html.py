@@ -1,37 +1,526 @@
-"""The HTML report: a self-contained page (no JavaScript, no network) next to its PNG figures."""
+"""The HTML report: one self-contained static page (no JavaScript, no network) next to its PNG figures.
+
+The page follows the evaluation protocol of the learned-optimizer papers (VeLO, Celo, HUB, LGL2O, STAR): a headline
+table of cross-task aggregates (IQM with stratified bootstrap CIs, shares of tasks beating tuned Adam), the
+stability test at k x the horizon, then per-task detail, the learning-rate tuning of the baselines, meta-training
+and the safeguard calibration. Every string from the inputs is escaped; a metric that is missing (``None``, NaN, or
+a key the input lacks) renders as an en dash.
+"""
 
 import html
 import json
+import math
+from collections.abc import Mapping
 
-__all__ = ["render_report"]
+from components.reporting.plots import REFERENCE, display_order
+
+__all__ = ["render_report", "fmt_ratio", "DASH"]
+
+DASH = "&ndash;"
 
 _CSS = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:100%}.note{color:#555;font-size:90%}
-pre{background:#f7f7f7;padding:8px;overflow:auto}
+:root{--fg:#1d2330;--muted:#5b6473;--line:#d9dde3;--head:#f2f4f7;--good:#e3f4e6;--bad:#fbe6e6;--accent:#2b5d9e}
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1240px;margin:0 auto;padding:1.2em 1.5em 3em;color:var(--fg);line-height:1.45;font-size:15px}
+h1{font-size:1.7em;margin:.2em 0 .1em}
+h2{font-size:1.3em;margin:1.8em 0 .5em;padding-bottom:.2em;border-bottom:2px solid var(--line)}
+h3{font-size:1.05em;margin:1.3em 0 .4em}
+a{color:var(--accent)}
+.lede{color:var(--muted);margin:0 0 .8em}
+nav{font-size:.9em;margin:.4em 0 1em;padding:.5em .8em;background:var(--head);border-radius:6px}
+nav a{margin-right:1.1em;white-space:nowrap}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;margin:.6em 0 1em;font-size:.9em}
+th,td{border:1px solid var(--line);padding:4px 9px;text-align:right;vertical-align:top}
+td,th{white-space:nowrap}
+th{background:var(--head);font-weight:600}
+td.l,th.l{text-align:left}
+tr.group td{background:#fafbfc;font-weight:600;text-align:left;border-top:2px solid #b9c0ca}
+td.good{background:var(--good)}td.bad{background:var(--bad)}
+td.best{font-weight:700}
+.sw{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.45em;vertical-align:-.05em}
+.tag{font-size:.78em;color:var(--muted);border:1px solid var(--line);border-radius:3px;padding:0 .35em;margin-left:.4em;white-space:nowrap}
+.warn{color:#b35900;font-weight:600}
+.muted{color:var(--muted)}
+.note{color:var(--muted);font-size:.88em;max-width:62em}
+dl.prov{display:grid;grid-template-columns:max-content 1fr;gap:.25em 1.2em;margin:.4em 0;font-size:.9em}
+dl.prov dt{color:var(--muted)}dl.prov dd{margin:0;font-family:ui-monospace,Menlo,Consolas,monospace;overflow-wrap:anywhere}
+ul.verdict{margin:.4em 0 .8em;padding-left:1.2em}ul.verdict li{margin:.2em 0}
+dl.defs{display:grid;grid-template-columns:max-content 1fr;gap:.35em 1.2em;font-size:.86em;color:var(--muted);max-width:72em;margin:.8em 0 1.2em;padding:.7em .9em;background:#fafbfc;border:1px solid var(--line);border-radius:6px}
+dl.defs dt{font-weight:600;color:var(--fg)}dl.defs dd{margin:0}
+figure{margin:.6em 0 1.2em}figure img{max-width:100%;height:auto;display:block}
+figcaption{color:var(--muted);font-size:.85em;max-width:62em}
+details{margin:.6em 0}summary{cursor:pointer;color:var(--accent)}
+pre{background:#f6f7f9;padding:10px;overflow:auto;font-size:.82em;border-radius:4px}
+footer{margin-top:2.5em;padding-top:.6em;border-top:1px solid var(--line);color:var(--muted);font-size:.85em}
 """
 
-
-def _pm(stats: dict | None, digits: int = 3) -> str:
-    """mean ± std over seeds; an en dash where the task has no such metric (``None``)."""
-    if stats is None:
-        return "&ndash;"
-    return f"{stats['mean']:.{digits}f} &plusmn; {stats['std']:.{digits}f}"
+_e = html.escape
 
 
-def _steps_note(num_steps) -> str:
-    """``num_steps`` is one int (older files) or task -> steps."""
-    if isinstance(num_steps, dict):
-        distinct = sorted(set(num_steps.values()))
-        if len(distinct) == 1:
-            return f"{distinct[0]} steps each"
-        return f"each for its own horizon ({', '.join(map(str, distinct))} steps)"
-    return f"{num_steps} steps each"
+def _isnum(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v)
 
 
-def _speedup(row: dict) -> str:
-    return ("&ge; " if row["lower_bound"] else "") + f"{row['speedup']:.2f}&times;"
+def fmt_ratio(v) -> str:
+    """A ratio to tuned Adam: 2 decimals from 0.1 on, 2 significant digits below, "&infin;", or an en dash."""
+    if not _isnum(v):
+        return DASH
+    if math.isinf(v):
+        return "&infin;" if v > 0 else "&minus;&infin;"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    return f"{v:.2f}" if abs(v) >= 0.1 or v == 0 else f"{v:.2g}"
+
+
+def _g(v, digits: int = 3) -> str:
+    """A loss or learning rate: ``digits`` significant digits."""
+    if not _isnum(v):
+        return DASH
+    if math.isinf(v):
+        return "&infin;" if v > 0 else "&minus;&infin;"
+    return f"{v:.{digits}g}"
+
+
+def _pct(v, digits: int = 0) -> str:
+    return f"{100 * v:.{digits}f}%" if _isnum(v) and math.isfinite(v) else DASH
+
+
+def _pm(stats: Mapping | None, scale: float = 1.0, digits: int = 3) -> str:
+    """mean &plusmn; std over seeds (``scale`` 100 for accuracies in %); an en dash when missing."""
+    if not stats or not _isnum(stats.get("mean")):
+        return DASH
+    std = stats.get("std")
+    if not _isnum(std) or std == 0:
+        return _g(stats["mean"] * scale, digits)
+    return f"{_g(stats['mean'] * scale, digits)} &plusmn; {_g(std * scale, 2)}"
+
+
+def _ci(stat: Mapping | None) -> str:
+    """``IQM [ci_low, ci_high]`` of a ratio; an en dash when missing."""
+    if not stat or not _isnum(stat.get("value")):
+        return DASH
+    return f"{fmt_ratio(stat['value'])} <span class=muted>[{fmt_ratio(stat.get('ci_low'))}, {fmt_ratio(stat.get('ci_high'))}]</span>"
+
+
+def _ci_class(stat: Mapping | None) -> str:
+    """``good`` when the whole CI is above 1 (better than tuned Adam), ``bad`` when below, else nothing."""
+    if not stat or not _isnum(stat.get("ci_low")) or not _isnum(stat.get("ci_high")):
+        return ""
+    if stat["ci_low"] > 1:
+        return " good"
+    if stat["ci_high"] < 1:
+        return " bad"
+    return ""
+
+
+def _share(fraction, n) -> str:
+    """``k/n (p%)`` for a share of ``n`` tasks; an en dash when missing."""
+    if not _isnum(fraction):
+        return DASH
+    if not isinstance(n, int) or n <= 0:
+        return _pct(fraction)
+    return f"{round(fraction * n)}/{n} <span class=muted>({fraction:.0%})</span>"
+
+
+def _count(k, n) -> str:
+    if not isinstance(k, int) or not isinstance(n, int):
+        return DASH
+    return f"<span class=warn>{k}/{n}</span>" if k else f"0/{n}"
+
+
+def _speedup(row: Mapping) -> str:
+    v = row.get("speedup")
+    if not _isnum(v):
+        return DASH
+    return ("&ge;&thinsp;" if row.get("lower_bound") else "") + f"{fmt_ratio(v)}&times;"
+
+
+def _name(o: str, colors: Mapping, labels: Mapping, kind: str | None = None) -> str:
+    tag = ""
+    if o == REFERENCE:
+        tag = "<span class=tag>reference</span>"
+    elif kind in ("learned", "safeguarded"):
+        tag = f"<span class=tag>{_e(kind)}</span>"
+    return f"<span class=sw style='background:{_e(colors.get(o, '#888'))}'></span>{_e(labels.get(o, o))}{tag}"
+
+
+def _figure(src: str | None, alt: str, caption: str = "") -> str:
+    if not src:
+        return ""
+    cap = f"<figcaption>{caption}</figcaption>" if caption else ""
+    return f"<figure><img src='{_e(src)}' alt='{_e(alt)}' loading='eager'>{cap}</figure>"
+
+
+def _table(head: list[str], rows: list[str], left: int = 1, table_id: str = "") -> str:
+    """A table; ``head`` cells are HTML, the first ``left`` columns left-aligned; ``rows`` are ready ``<tr>``s."""
+    ths = "".join(f"<th{' class=l' if i < left else ''}>{h}</th>" for i, h in enumerate(head))
+    tid = f" id='{_e(table_id)}'" if table_id else ""
+    return f"<div class=scroll><table{tid}><thead><tr>{ths}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+
+
+def _td(content: str, cls: str = "") -> str:
+    cls = cls.strip()
+    return f"<td class='{cls}'>{content}</td>" if cls else f"<td>{content}</td>"
+
+
+def _n_tasks(agg: Mapping) -> int | None:
+    stat = agg.get("speedup_iqm") or {}
+    return stat.get("n_tasks")
+
+
+def _provenance(evaluation: Mapping, provenance: Mapping) -> str:
+    items = [
+        ("generated", _e(str(provenance.get("date", "unknown")))),
+        ("params hash", _e(str(evaluation.get("params_hash", "unknown")))),
+        ("git commit", _e(str(provenance.get("git_commit", "unknown")))),
+        ("MLflow run", _e(str(provenance.get("mlflow_run_id", "unknown")))),
+    ]
+    versions = provenance.get("component_versions") or {}
+    if versions:
+        items.append(("component versions", ", ".join(f"{_e(k)} {_e(str(v))}" for k, v in versions.items())))
+    hashes = provenance.get("data_hashes") or {}
+    if hashes:
+        items.append(
+            (
+                "data (sha256)",
+                ", ".join(f"{_e(k)} <span title='{_e(str(v))}'>{_e(str(v)[:12])}</span>" for k, v in hashes.items()),
+            )
+        )
+    return "<dl class=prov>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
+
+
+def _protocol(evaluation: Mapping, smoothing) -> str:
+    tasks = evaluation.get("tasks", {})
+    steps = sorted({s.get("num_steps") for s in tasks.values() if isinstance(s.get("num_steps"), int)})
+    k = evaluation.get("horizon_multiplier") or 1
+    grid = evaluation.get("lr_grid") or []
+    grid_note = f"{len(grid)} rates from {_g(min(grid))} to {_g(max(grid))}" if grid else DASH
+    baselines = [o for o, kind in evaluation.get("optimizers", {}).items() if kind == "baseline"]
+    metrics = sorted({s.get("tuning_metric") for s in tasks.values() if s.get("tuning_metric")})
+    parts = [
+        f"{len(tasks)} held-out task{'s' if len(tasks) != 1 else ''}",
+        f"{evaluation.get('num_seeds', DASH)} seeds each",
+        f"{'/'.join(map(str, steps)) or DASH} steps"
+        + (f" (and {k}&times; that for the stability test)" if k > 1 else ""),
+        f"baselines {', '.join(_e(b) for b in baselines) or DASH} tuned per task over an LR grid of {grid_note}"
+        + (f" on {' / '.join(_e(m.replace('_', ' ')) for m in metrics)}" if metrics else ""),
+        f"validation split {_pct(evaluation.get('validation_fraction'))} of the training data",
+        f"held-out metrics on at most {evaluation.get('eval_examples', DASH)} examples",
+    ]
+    if _isnum(smoothing):
+        parts.append(f"training loss smoothed by an EMA({smoothing:g})")
+    return "<p class=lede>" + "; ".join(parts) + ".</p>"
+
+
+def _verdict(o: str, agg: Mapping, labels: Mapping, k: int) -> str:
+    sp, fl = agg.get("speedup_iqm"), agg.get("final_loss_ratio_iqm")
+    if sp and _isnum(sp.get("ci_low")) and _isnum(sp.get("ci_high")):
+        if sp["ci_low"] > 1:
+            speed = "<b>faster</b> than tuned Adam"
+        elif sp["ci_high"] < 1:
+            speed = "<b>slower</b> than tuned Adam"
+        else:
+            speed = "<b>as fast</b> as tuned Adam (CI contains 1)"
+    else:
+        speed = "speed unknown"
+    n = _n_tasks(agg)
+    text = (
+        f"<b>{_e(labels.get(o, o))}</b>: {speed} &mdash; speedup IQM {_ci(sp)}, final-loss ratio IQM {_ci(fl)}; "
+        f"lower final loss than tuned Adam on {_share(agg.get('beats_adam_fraction'), n)} of the tasks; "
+        f"{_count(agg.get('diverged_runs'), agg.get('total_runs'))} runs diverged"
+    )
+    if _isnum(agg.get("fallback_rate")):
+        text += f"; the guard took {_pct(agg['fallback_rate'])} of the steps"
+    if k > 1 and agg.get("long_final_loss_ratio_iqm"):
+        text += (
+            f". At {k}&times; the horizon: final-loss ratio {_ci(agg['long_final_loss_ratio_iqm'])}, beats tuned Adam"
+            f" on {_share(agg.get('long_beats_adam_fraction'), n)}"
+        )
+    return f"<li>{text}.</li>"
+
+
+_DEFINITIONS = """<dl class=defs>
+<dt>IQM [95% CI]</dt><dd>Interquartile mean of the per-run scores pooled over all (task, seed) runs: the mean of the
+middle 50%, robust to a few outlier runs. The bracket is a 95% stratified bootstrap confidence interval: the tasks stay
+fixed and the seeds are resampled within each task (rliable, as in Celo and HUB). Green cells: the whole interval is
+above 1 (better than tuned Adam); red: the whole interval is below 1.</dd>
+<dt>Speedup vs tuned Adam</dt><dd>Steps tuned Adam needs to reach the optimizer's final smoothed training loss, divided
+by the optimizer's steps (VeLO / learned_optimization's envelope method): Adam's curve is the lower envelope over its
+whole learning-rate grid, so even tuned Adam scores at most 1. &gt; 1: faster than Adam. &ldquo;&ge;&rdquo;: a lower
+bound, Adam never reached that loss.</dd>
+<dt>Final-loss ratio</dt><dd>L<sub>Adam</sub> / L<sub>opt</sub>: tuned Adam's final smoothed training loss divided by
+the optimizer's, seed by seed (Celo). &gt; 1: the optimizer ends lower than tuned Adam.</dd>
+<dt>Beats tuned Adam / beats all</dt><dd>Share of tasks on which the optimizer's mean final training loss is strictly
+below tuned Adam's / below every other optimizer's (VeLO, HUB). A diverged run never wins.</dd>
+<dt>Diverged</dt><dd>(task, seed) runs whose final loss is not finite, out of all runs.</dd>
+<dt>Fallback rate</dt><dd>For a safeguarded optimizer (LGL2O): the share of steps on which the guard (a hand-designed
+optimizer) took over from the learned update, averaged over tasks and seeds. Near 100%: the result is the guard's.</dd>
+<dt>Tuning</dt><dd>Each baseline's learning rate is chosen per task on the validation split (held out of training;
+synthetic problems without data: final smoothed training loss); learned and safeguarded optimizers are not tuned.
+Test data never selects anything.</dd>
+</dl>"""
+
+
+def _headline(evaluation: Mapping, names: list[str], colors, labels) -> str:
+    agg = evaluation["aggregate"]
+    kinds = evaluation.get("optimizers", {})
+    rows = []
+    for o in names:
+        a = agg.get(o, {})
+        n = _n_tasks(a)
+        ref = o == REFERENCE
+        beats = "<span class=muted>reference</span>" if ref else _share(a.get("beats_adam_fraction"), n)
+        rows.append(
+            "<tr>"
+            + _td(_name(o, colors, labels, kinds.get(o)), "l")
+            + _td(_ci(a.get("speedup_iqm")), "" if ref else _ci_class(a.get("speedup_iqm")))
+            + _td(_ci(a.get("final_loss_ratio_iqm")), "" if ref else _ci_class(a.get("final_loss_ratio_iqm")))
+            + _td(beats)
+            + _td(_share(a.get("beats_all_fraction"), n))
+            + _td(_count(a.get("diverged_runs"), a.get("total_runs")))
+            + _td(_pct(a.get("fallback_rate"), 1))
+            + _td(_pct(a.get("mean_test_acc"), 1))
+            + "</tr>"
+        )
+    head = [
+        "optimizer",
+        "speedup vs tuned Adam<br>IQM [95% CI]",
+        "final-loss ratio<br>IQM [95% CI]",
+        "beats tuned Adam<br>(tasks)",
+        "beats all<br>(tasks)",
+        "diverged<br>(runs)",
+        "fallback<br>rate",
+        "mean<br>test acc",
+    ]
+    return _table(head, rows, table_id="headline-table")
+
+
+def _stability(evaluation: Mapping, names: list[str], colors, labels, figures) -> str:
+    k = evaluation.get("horizon_multiplier") or 1
+    agg = evaluation["aggregate"]
+    kinds = evaluation.get("optimizers", {})
+    long_names = [o for o in names if agg.get(o, {}).get("long_final_loss_ratio_iqm")]
+    if k <= 1 or not long_names:
+        return ""
+    rows = []
+    for o in long_names:
+        a = agg[o]
+        ref = o == REFERENCE
+        n = _n_tasks(a)
+        rows.append(
+            "<tr>"
+            + _td(_name(o, colors, labels, kinds.get(o)), "l")
+            + _td(_ci(a.get("final_loss_ratio_iqm")))
+            + _td(_ci(a["long_final_loss_ratio_iqm"]), "" if ref else _ci_class(a["long_final_loss_ratio_iqm"]))
+            + _td("<span class=muted>reference</span>" if ref else _share(a.get("long_beats_adam_fraction"), n))
+            + _td(_count(a.get("long_diverged_runs"), a.get("total_runs")))
+            + _td(_pct(a.get("long_fallback_rate"), 1))
+            + "</tr>"
+        )
+    head = [
+        "optimizer",
+        "final-loss ratio IQM<br>at 1&times; horizon",
+        f"final-loss ratio IQM<br>at {k}&times; horizon [95% CI]",
+        f"beats tuned Adam<br>at {k}&times; (tasks)",
+        f"diverged<br>at {k}&times; (runs)",
+        f"fallback rate<br>at {k}&times;",
+    ]
+    per_task = []
+    for t, s in evaluation["tasks"].items():
+        long_steps = s.get("long_num_steps")
+        per_task.append(
+            f"<tr class=group><td colspan=8>{_e(t)} <span class=muted>({s.get('num_steps', DASH)} &rarr; {long_steps or DASH} steps)</span></td></tr>"
+        )
+        for o in long_names:
+            r = s["optimizers"].get(o) or {}
+            lr = r.get("long") or {}
+            ratios = [v for v in lr.get("final_loss_ratio_per_seed") or [] if _isnum(v)]
+            per_task.append(
+                "<tr>"
+                + _td(_name(o, colors, labels), "l")
+                + _td(_pm(r.get("final_train_loss")))
+                + _td(_pm(lr.get("final_train_loss")))
+                + _td(_pm(lr.get("final_test_loss")))
+                + _td(_pm(lr.get("final_test_acc"), 100, 3))
+                + _td(fmt_ratio(sum(ratios) / len(ratios)) if ratios else DASH)
+                + _td(_count(lr.get("diverged_seeds"), len(r.get("speedup_per_seed") or []) or None))
+                + _td(_pct((lr.get("fallback_fraction") or {}).get("mean"), 1))
+                + "</tr>"
+            )
+    task_head = [
+        "task / optimizer",
+        "final train loss<br>at 1&times;",
+        f"final train loss<br>at {k}&times;",
+        f"test loss<br>at {k}&times;",
+        f"test acc (%)<br>at {k}&times;",
+        f"final-loss ratio at {k}&times;<br>(mean over seeds)",
+        f"diverged<br>seeds at {k}&times;",
+        f"guard<br>fallbacks at {k}&times;",
+    ]
+    return (
+        f"<h2 id=stability>Stability at {k}&times; horizon</h2>"
+        f"<p class=note>The learned and safeguarded optimizers and tuned Adam (at its tuned rate, the reference) also train "
+        f"for {k}&times; each task's horizon; learned optimizers are told the longer horizon. A learned optimizer that "
+        f"generalises keeps improving instead of stalling or diverging (LGL2O, STAR). Other baselines run at the task's "
+        f"own horizon only.</p>"
+        + _table(head, rows, table_id="stability-table")
+        + _figure(
+            figures.get("long"),
+            f"smoothed training loss of each task at {k} times its horizon",
+            "Smoothed training loss at the long horizon, mean &plusmn; std over seeds; the dotted line marks the task's own horizon.",
+        )
+        + "<h3>Per task</h3>"
+        + _table(task_head, per_task, table_id="stability-task-table")
+    )
+
+
+def _lr_cell(row: Mapping) -> str:
+    lr = row.get("learning_rate")
+    if not _isnum(lr):
+        return DASH
+    text = _g(lr)
+    if row.get("lr_at_grid_edge"):
+        text += " <span class=warn title='the best rate is at the edge of the grid: widen the grid'>&#9888;&nbsp;grid edge</span>"
+    elif row.get("kind") == "safeguarded":
+        text += " <span class=muted>(guard)</span>"
+    return text
+
+
+def _per_task(evaluation: Mapping, names: list[str], colors, labels) -> str:
+    k = evaluation.get("horizon_multiplier") or 1
+    rows = []
+    for t, s in evaluation["tasks"].items():
+        opts = s.get("optimizers", {})
+        horizon = f"{s.get('num_steps', DASH)} steps" + (
+            f", {s['long_num_steps']} at {k}&times;" if s.get("long_num_steps") else ""
+        )
+        tuned = s.get("tuning_metric")
+        rows.append(
+            f"<tr class=group><td colspan=10>{_e(t)} <span class=muted>({horizon}"
+            + (f"; baselines tuned on {_e(tuned.replace('_', ' '))}" if tuned else "")
+            + ")</span></td></tr>"
+        )
+        best = {}
+        for key, lower in (("final_val_loss", True), ("final_test_loss", True), ("final_test_acc", False)):
+            vals = {o: (opts.get(o, {}).get(key) or {}).get("mean") for o in names}
+            vals = {o: v for o, v in vals.items() if _isnum(v) and math.isfinite(v)}
+            if len(vals) > 1:
+                top = (min if lower else max)(vals.values())
+                best[key] = {o for o, v in vals.items() if v == top}
+        for o in names:
+            r = opts.get(o)
+            if r is None:
+                continue
+
+            def cell(key, scale=1.0, digits=3, r=r, o=o, best=best):
+                return _td(_pm(r.get(key), scale, digits), "best" if o in best.get(key, ()) else "")
+
+            speed_cls = "" if o == REFERENCE else ("good" if _isnum(r.get("speedup")) and r["speedup"] > 1 else "")
+            ratio = r.get("final_loss_ratio")
+            ratio_cls = "" if o == REFERENCE else ("good" if _isnum(ratio) and ratio > 1 else "")
+            n_seeds = len(r.get("speedup_per_seed") or []) or evaluation.get("num_seeds")
+            rows.append(
+                "<tr>"
+                + _td(_name(o, colors, labels), "l")
+                + _td(_pm(r.get("final_train_loss")))
+                + cell("final_val_loss")
+                + cell("final_test_loss")
+                + cell("final_test_acc", 100, 3)
+                + _td(_speedup(r), speed_cls)
+                + _td(fmt_ratio(ratio), ratio_cls)
+                + _td(_lr_cell(r), "l")
+                + _td(_pct((r.get("fallback_fraction") or {}).get("mean"), 1))
+                + _td(_count(r.get("diverged_seeds"), n_seeds))
+                + "</tr>"
+            )
+    head = [
+        "task / optimizer",
+        "final<br>train loss",
+        "final<br>val loss",
+        "final<br>test loss",
+        "test acc<br>(%)",
+        "speedup vs<br>tuned Adam",
+        "final-loss<br>ratio",
+        "learning<br>rate",
+        "guard<br>fallbacks",
+        "diverged<br>seeds",
+    ]
+    return _table(head, rows, table_id="task-table")
+
+
+def _lr_tuning(evaluation: Mapping, names: list[str], colors, labels) -> str:
+    grid = evaluation.get("lr_grid") or []
+    out = []
+    for o in names:
+        rows = []
+        for t, s in evaluation["tasks"].items():
+            r = (s.get("optimizers") or {}).get(o) or {}
+            entries = r.get("lr_grid")
+            if not entries:
+                continue
+            by_lr = {e_["learning_rate"]: e_ for e_ in entries}
+            chosen = r.get("learning_rate")
+            cells = []
+            for lr in grid:
+                entry = by_lr.get(lr)
+                score = entry.get("tuning_score") if entry else None
+                if entry is not None and score is None:
+                    cells.append(_td("<span class=warn title='diverged'>div.</span>"))
+                else:
+                    cells.append(_td(_g(score), "best" if lr == chosen else ""))
+            tuned = s.get("tuning_metric")
+            rows.append(
+                "<tr>"
+                + _td(_e(t), "l")
+                + _td(_e(tuned.replace("_", " ")) if tuned else DASH, "l")
+                + "".join(cells)
+                + _td(_lr_cell(r), "l")
+                + "</tr>"
+            )
+        if rows:
+            head = ["task", "tuned on", *[f"lr {_g(lr)}" for lr in grid], "chosen"]
+            out.append(f"<h3>{_name(o, colors, labels)}</h3>" + _table(head, rows, left=2, table_id=f"lr-{o}"))
+    if not out:
+        return ""
+    return (
+        "<h2 id=tuning>Learning-rate tuning</h2><p class=note>Seed-mean tuning score (lower is better) of each baseline "
+        "at every rate of the grid; bold: the chosen rate; &ldquo;div.&rdquo;: diverged. A chosen rate at the edge of "
+        "the grid means the grid should be widened.</p>" + "".join(out)
+    )
+
+
+def _meta_training(meta_train: Mapping, figures) -> str:
+    first, last = meta_train.get("meta_loss_first"), meta_train.get("meta_loss_last")
+    secs, ips = meta_train.get("seconds"), meta_train.get("inner_steps_per_second")
+    n = meta_train.get("num_meta_params")
+    text = (
+        f"Meta-loss {_g(first, 4)} &rarr; {_g(last, 4)} in {f'{secs:.0f}' if _isnum(secs) else DASH} s "
+        f"({f'{ips:.0f}' if _isnum(ips) else DASH} inner steps/s, {n if isinstance(n, int) else DASH} meta-parameters)."
+    )
+    return f"<h2 id=meta>Meta-training</h2><p>{text}</p>" + _figure(
+        figures.get("meta_loss"), "meta-training curve: meta-loss against outer step"
+    )
+
+
+def _safeguard(safeguard: Mapping) -> str:
+    sweep = safeguard.get("sweep") or []
+    rows = [
+        "<tr>"
+        + _td(_g(s.get("learning_rate")))
+        + _td(_g(s.get("final_loss"), 4))
+        + _td(_g(s.get("guard_alone_final_loss"), 4))
+        + _td(_pct(s.get("fallback_fraction")))
+        + "</tr>"
+        for s in sweep
+    ]
+    head = ["guard learning rate", "guarded final loss", "guard alone final loss", "fallback fraction"]
+    return (
+        "<h2 id=safeguard>Safeguard (LGL2O)</h2>"
+        f"<p>Guard <b>{_e(str(safeguard.get('guard', DASH)))}</b> at learning rate {_g(safeguard.get('learning_rate'))}, "
+        f"chosen on the meta-training tasks by: {_e(str(safeguard.get('selection', DASH)))}.</p>"
+        + _table(head, rows, left=0, table_id="safeguard-table")
+    )
 
 
 def render_report(
@@ -42,7 +531,10 @@ def render_report(
     safeguard: dict,
     figures: dict[str, str],
     params: dict,
+    colors: dict[str, str],
     labels: dict[str, str],
+    provenance: dict,
+    order: list[str] | None = None,
 ) -> str:
     """Render the report page.
 
@@ -51,68 +543,102 @@ def render_report(
       evaluation: ``metrics/evaluation.json``.
       meta_train: ``metrics/meta_train.json``.
       safeguard: ``models/safeguard.json``.
-      figures: figure key -> PNG file name (relative to the page): ``meta_loss``, ``speedup``, and
-        ``task:<name>`` for each task.
-      params: the resolved params (shown for reproducibility).
-      labels: optimizer key -> display name.
+      figures: figure key -> PNG file name (relative to the page): ``aggregate``, ``profile``, ``speedup``,
+        ``meta_loss``, ``long`` (when there is a long horizon) and ``task:<name>`` for each task; a missing key
+        leaves its figure out.
+      params: the resolved params (shown for reproducibility; ``evaluate.smoothing`` is quoted in the text).
+      colors: optimizer -> colour (the swatches match the figures).
+      labels: optimizer -> display name.
+      provenance: ``date``, ``git_commit``, ``mlflow_run_id``, ``component_versions`` (component -> version) and
+        ``data_hashes`` (prepared dataset -> sha256).
+      order: optimizers in display order (default: learned, safeguarded, then baselines with tuned Adam first).
+
+    Returns:
+      The page, a complete HTML document.
     """
-    e = html.escape
-    rows = []
-    for task, summary in evaluation["tasks"].items():
-        for opt in ("learned", "guarded", "adam_tuned"):
-            r = summary[opt]
-            extra = ""
-            if opt == "adam_tuned":
-                extra = f"lr={r['learning_rate']:.3g}" + (" (grid edge!)" if r.get("lr_at_grid_edge") else "")
-            elif opt == "guarded":
-                extra = f"fallbacks {r['fallback_fraction']['mean']:.0%}"
-            steps = evaluation["num_steps"]
-            task_label = f"{task} ({steps[task]})" if isinstance(steps, dict) and task in steps else task
-            rows.append(
-                f"<tr><td class=l>{e(task_label)}</td><td class=l>{e(labels.get(opt, opt))}</td>"
-                f"<td>{_pm(r['final_train_loss'])}</td><td>{_pm(r['final_test_loss'])}</td>"
-                f"<td>{_pm(r['final_test_acc'])}</td><td>{_speedup(r)}</td><td>{r['final_loss_ratio']:.2f}</td>"
-                f"<td class=l>{e(extra)}</td></tr>"
-            )
-    agg_rows = "".join(
-        f"<tr><td class=l>{e(labels.get(o, o))}</td><td>{a['geomean_speedup']:.2f}&times;</td>"
-        f"<td>{'&ndash;' if a['mean_test_acc'] is None else format(a['mean_test_acc'], '.3f')}</td><td>{a['tasks_faster_than_adam']}/{len(evaluation['tasks'])}</td></tr>"
-        for o, a in evaluation["aggregate"].items()
-    )
+    kinds = evaluation.get("optimizers") or {o: a.get("kind", "baseline") for o, a in evaluation["aggregate"].items()}
+    names = list(order) if order else display_order(kinds)
+    k = evaluation.get("horizon_multiplier") or 1
+    smoothing = (params.get("evaluate") or {}).get("smoothing")
+    ours = [o for o in names if kinds.get(o) in ("learned", "safeguarded")]
+    verdicts = "".join(_verdict(o, evaluation["aggregate"].get(o, {}), labels, k) for o in ours)
+    stability = _stability(evaluation, names, colors, labels, figures)
+    tuning = _lr_tuning(evaluation, [o for o in names if kinds.get(o) == "baseline"], colors, labels)
+    sections = [
+        ("provenance", "Provenance"),
+        ("headline", "Headline"),
+        *([("stability", "Stability")] if stability else []),
+        ("tasks", "Per-task results"),
+        ("curves", "Learning curves"),
+        *([("tuning", "LR tuning")] if tuning else []),
+        ("meta", "Meta-training"),
+        ("safeguard", "Safeguard"),
+        ("params", "Params"),
+    ]
+    nav = "<nav>" + "".join(f"<a href='#{a}'>{t}</a>" for a, t in sections) + "</nav>"
     task_figs = "".join(
-        f"<h3>{e(k.split(':', 1)[1])}</h3><img src='{e(v)}' alt='{e(k)} curves'>"
-        for k, v in figures.items()
-        if k.startswith("task:")
+        f"<h3>{_e(t)} <span class=muted>({evaluation['tasks'][t].get('num_steps', DASH)} steps)</span></h3>"
+        + _figure(figures.get(f"task:{t}"), f"learning curves of every optimizer on {t}")
+        for t in evaluation["tasks"]
     )
-    sweep = "".join(
-        f"<tr><td>{s['learning_rate']:.3g}</td><td>{s['final_loss']:.4f}</td><td>{s['guard_alone_final_loss']:.4f}</td>"
-        f"<td>{s['fallback_fraction']:.0%}</td></tr>"
-        for s in safeguard["sweep"]
+    params_json = json.dumps(params, indent=2, sort_keys=True)
+    aggregate_fig = _figure(
+        figures.get("aggregate"),
+        "bar chart of the speedup IQM and final-loss ratio IQM of each optimizer with 95% confidence intervals",
+        "Bars start at 1 (tuned Adam); whiskers: 95% stratified bootstrap CI.",
     )
+    profile_fig = _figure(
+        figures.get("profile"),
+        "performance profile: fraction of runs whose speedup over tuned Adam exceeds a threshold",
+        "Performance profile: for each threshold &tau;, the share of (task, seed) runs with a speedup over tuned Adam "
+        "above &tau; (each task weighs the same). Curves further right are better.",
+    )
+    speedup_fig = _figure(
+        figures.get("speedup"),
+        "per-task speedup over tuned Adam of each optimizer",
+        "Per-task speedup vs tuned Adam (bars from 1; hatched: lower bound).",
+    )
+    footer = (
+        "Generated by l2o-pipeline's report stage"
+        + (f" on {_e(str(provenance['date']))}" if provenance.get("date") else "")
+        + "."
+    )
+    if k <= 1:
+        footer += " No long-horizon runs (horizon_multiplier 1)."
+    params_hash = _e(str(evaluation.get("params_hash", "unknown")))
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{e(title)}</title><style>{_CSS}</style></head><body>
-<h1>{e(title)}</h1>
-<p class=note>Held-out tasks, {evaluation["num_seeds"]} seeds, {_steps_note(evaluation["num_steps"])} (steps in brackets
-after each task); test metrics on the first {evaluation["eval_examples"]} test examples (or windows of text) of each dataset;
-&ndash; where a task has no such metric.
-Speedup = steps Adam needs to reach the optimizer's final EMA(0.95)-smoothed training loss, on the monotone lower
-envelope of Adam over its whole learning-rate grid (learned_optimization's normaliser), divided by the optimizer's
-steps; "&ge;" means Adam never reached it. Final-loss ratio = tuned Adam's final training loss / the optimizer's
-(&gt; 1: lower than Adam). Adam's learning rate is tuned per task on the same seeds.</p>
-<h2>Summary</h2>
-<table><tr><th class=l>task</th><th class=l>optimizer</th><th>final train loss</th><th>final test loss</th>
-<th>final test acc</th><th>speedup vs tuned Adam</th><th>final-loss ratio</th><th class=l>notes</th></tr>{"".join(rows)}</table>
-<h3>Across tasks</h3>
-<table><tr><th class=l>optimizer</th><th>geomean speedup</th><th>mean test acc</th><th>tasks faster than Adam</th></tr>{agg_rows}</table>
-<img src='{e(figures["speedup"])}' alt='speedup'>
-<h2>Learning curves</h2>{task_figs}
-<h2>Meta-training</h2>
-<p>Meta-loss {meta_train["meta_loss_first"]:.4f} &rarr; {meta_train["meta_loss_last"]:.4f} in {meta_train["seconds"]:.0f} s
-({meta_train["inner_steps_per_second"]:.0f} inner steps/s, {meta_train["num_meta_params"]} meta-parameters).</p>
-<img src='{e(figures["meta_loss"])}' alt='meta-training curve'>
-<h2>Safeguard (LGL2O)</h2>
-<p>Guard {e(safeguard["guard"])}, learning rate {safeguard["learning_rate"]:.3g}, chosen by: {e(safeguard["selection"])}.</p>
-<table><tr><th>guard LR</th><th>guarded final loss</th><th>guard alone final loss</th><th>fallback fraction</th></tr>{sweep}</table>
-<h2>Params</h2><pre>{e(json.dumps(params, indent=2, sort_keys=True))}</pre>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,"><title>{_e(title)}</title><style>{_CSS}</style></head><body>
+<header><h1>{_e(title)}</h1>
+{_protocol(evaluation, smoothing)}
+{nav}</header>
+<main>
+<h2 id=provenance>Provenance</h2>
+{_provenance(evaluation, provenance)}
+<h2 id=headline>Headline: learned optimizers vs tuned baselines</h2>
+<ul class=verdict>{verdicts}</ul>
+{_headline(evaluation, names, colors, labels)}
+{_DEFINITIONS}
+{aggregate_fig}
+{profile_fig}
+{stability}
+<h2 id=tasks>Per-task results</h2>
+<p class=note>Mean &plusmn; std over seeds. Bold: best of the task in that column. Losses and accuracy at the last evaluation point
+(train, validation and test sets); speedup and final-loss ratio from the smoothed training loss of the seed-averaged
+run. &ldquo;&ge;&rdquo; marks a lower bound.</p>
+{_per_task(evaluation, names, colors, labels)}
+{speedup_fig}
+<h2 id=curves>Learning curves</h2>
+<p class=note>Every optimizer on every task, mean &plusmn; std over seeds; baselines at their tuned learning rate.
+Training loss per step (EMA-smoothed, log scale); test loss and accuracy at the evaluation points.</p>
+{task_figs}
+{tuning}
+{_meta_training(meta_train, figures)}
+{_safeguard(safeguard)}
+<h2 id=params>Params</h2>
+<details><summary>Resolved params (hash {params_hash})</summary><pre>{_e(params_json)}</pre></details>
+</main>
+<footer>Raw numbers: <a href="evaluation.json">evaluation.json</a> (a copy of <code>metrics/evaluation.json</code>).
+{footer}</footer>
 </body></html>
 """

@@ -31,6 +31,7 @@ __all__ = [
     "CalibrateParams",
     "LogGrid",
     "EvaluateParams",
+    "RunnerParams",
     "ReportParams",
     "PipelineParams",
     "params_hash",
@@ -385,25 +386,85 @@ class CalibrateParams(_Section):
         return self
 
 
+class RunnerParams(_Section):
+    """Where evaluation's Prefect tasks run (one task per evaluation task).
+
+    ``threads`` (default): Prefect's thread pool in the pipeline process (XLA releases the GIL);
+    ``dask``: a Dask cluster through ``prefect-dask`` -- a ``LocalCluster`` of ``n_workers``
+    processes started for the stage, or, with ``address``, an existing scheduler
+    (``tcp://host:8786``) whose workers can import this project and read its files.
+    """
+
+    kind: Literal["threads", "dask"] = "threads"
+    max_workers: PositiveInt | None = Field(
+        default=None, description="threads: tasks evaluated at once (unset: Prefect's default)"
+    )
+    n_workers: PositiveInt = Field(default=2, description="dask LocalCluster: worker processes")
+    threads_per_worker: PositiveInt = Field(default=1, description="dask LocalCluster: threads per worker")
+    address: str | None = Field(default=None, description="dask: an existing scheduler's address (unset: LocalCluster)")
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if self.address is not None and self.kind != "dask":
+            raise ValueError(f"runner.address ({self.address!r}) needs kind: dask (it is a Dask scheduler address)")
+        if self.address is not None and "://" not in self.address:
+            raise ValueError(
+                f"runner.address {self.address!r} is not a scheduler address: give e.g. tcp://127.0.0.1:8786"
+            )
+        return self
+
+
 class EvaluateParams(_Section):
-    """evaluate: held-out tasks, seeds, and the tuned-Adam baseline.
+    """evaluate: held-out tasks, the hand-designed baselines, seeds, horizons, and the fan-out.
 
     ``tasks`` are registered task names (``components.tasks.suite``; ``l2o tasks --suite heldout``
     lists them); ``suite: heldout`` stands for all of that suite's tasks (then leave ``tasks`` out).
     ``num_steps`` / ``batch_size`` left unset mean each task's own horizon and batch size.
+    Every baseline's learning rate is tuned per task over ``lr_grid`` on a validation split carved
+    from the training data (``validation_fraction``); the learned and safeguarded optimizers run
+    untuned. ``horizon_multiplier`` k > 1 also runs every optimizer (baselines at their tuned rate)
+    for k times each task's horizon, for the stability table.
     """
 
     suite: SuiteName | None = Field(default=None, description="a named suite; sets tasks to its tasks")
     tasks: list[EvalTaskName] = Field(default=["digits_mlp", "mnist_mlp_deep", "fashion_mnist_conv"], min_length=1)
+    baselines: list[str] = Field(
+        default=["adam", "sgdm"],
+        min_length=1,
+        description="hand-designed optimizers (names of `l2o optimizers`), each LR-tuned per task; must include adam",
+    )
     num_steps: PositiveInt | None = Field(default=None, description="training steps of every task (unset: its own)")
+    horizon_multiplier: PositiveInt = Field(
+        default=1, description="k: also train k x each task's horizon (1: no long-horizon runs)"
+    )
     num_seeds: PositiveInt = 3
     batch_size: PositiveInt | None = Field(default=None, description="minibatch size of every task (unset: its own)")
     eval_every: PositiveInt = 50
     eval_examples: PositiveInt = Field(
         default=2000, description="train/test examples (first N of each split) scored at each evaluation point"
     )
-    adam_lr_grid: LogGrid = LogGrid(min=1e-4, max=1e-1, num=7)
+    validation_fraction: float = Field(
+        default=0.1,
+        gt=0.0,
+        lt=0.5,
+        description="share of each task's training data held out to tune the baselines (at most eval_examples)",
+    )
+    lr_grid: LogGrid = Field(
+        default=LogGrid(min=1e-5, max=1.0, num=11), description="baselines' learning rates (default: half-decades)"
+    )
     smoothing: float = Field(default=0.95, ge=0.0, lt=1.0, description="EMA for the speedup metric")
+    bootstrap_samples: PositiveInt = Field(default=2000, description="stratified bootstrap resamples for the CIs")
+    runner: RunnerParams = RunnerParams()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, values):
+        if isinstance(values, dict) and "adam_lr_grid" in values:
+            raise ValueError(
+                "evaluate.adam_lr_grid is now evaluate.lr_grid (every baseline in evaluate.baselines is tuned"
+                " over it): rename the key"
+            )
+        return values
 
     @model_validator(mode="before")
     @classmethod
@@ -427,6 +488,18 @@ class EvaluateParams(_Section):
     def _checks(self):
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks must be unique, got {self.tasks}")
+        from components.optimizers.baselines import BASELINES  # noqa: PLC0415
+
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown baselines {unknown}: choose from {sorted(BASELINES)} (`l2o optimizers`)")
+        if len(set(self.baselines)) != len(self.baselines):
+            raise ValueError(f"baselines must be unique, got {self.baselines}")
+        if "adam" not in self.baselines:
+            raise ValueError(
+                f"baselines {self.baselines} must include adam: speedups and final-loss ratios are measured"
+                " against tuned Adam"
+            )
         for name in self.tasks:
             steps = self.steps_of(name)
             if steps % self.eval_every:

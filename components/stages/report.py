@@ -1,24 +1,51 @@
-"""report stage: ``reports/index.html`` with learning curves, speedup plot and the summary table."""
+"""report stage: ``reports/index.html``, the learned-optimizer papers' evaluation read at a glance.
 
+Reads ``metrics/evaluation.json`` and ``metrics/curves/<task>.json`` (evaluate stage), ``metrics/meta_train.json``
+and ``models/lopt/curves.json`` (meta_train), ``models/safeguard.json`` (calibrate) and
+``data/prepared/manifest.json`` (prepare_data), and writes into ``reports/`` (replaced whole, atomically):
+
+* ``index.html``: a static page (no JavaScript, no network) with the provenance of the run (params hash, git
+  commit, MLflow run, component versions, data hashes), the headline table (speedup and final-loss ratio IQM with
+  95% CIs, shares of tasks beating tuned Adam and every competitor, divergences, fallback rate), the stability test
+  at k x the horizon, per-task results, learning curves, the baselines' learning-rate tuning, meta-training and the
+  safeguard sweep (see :mod:`components.reporting.html`);
+* its PNG figures (:mod:`components.reporting.plots`): ``aggregate.png``, ``profile.png``, ``speedup.png``,
+  ``long_horizon.png`` (k > 1 only), ``curves_<task>.png`` and ``meta_training.png``;
+* ``evaluation.json``, a copy of the metrics the page shows.
+
+The MLflow run shown is the one the stage is logged under (``L2O_MLFLOW_RUN_ID``, which the pipeline sets while a
+stage runs: the pipeline's parent run for ``l2o run``, the stage's own run for ``l2o stage`` / ``dvc repro``), else
+``L2O_MLFLOW_PARENT_RUN_ID`` or ``MLFLOW_RUN_ID``.
+"""
+
+import datetime
 import json
+import os
 import shutil
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 
 from components.reporting import (
-    LABELS,
+    aggregate_figure,
+    display_order,
+    long_horizon_figure,
     meta_loss_figure,
+    optimizer_style,
+    performance_profile_figure,
     render_report,
     speedup_figure,
     task_curves_figure,
 )
+from components.reporting.plots import REFERENCE
 from components.stages.calibrate import SAFEGUARD
 from components.stages.common import (
+    MANIFEST,
     Logger,
     MapFn,
     StageResult,
     atomic_dir,
+    git_commit,
     print_logger,
     serial_map,
 )
@@ -28,32 +55,74 @@ from components.stages.meta_train import METRICS as META_METRICS
 from components.stages.meta_train import MODEL_DIR
 from components.stages.params import PipelineParams
 
-__all__ = ["VERSION", "REPORT_DIR", "run"]
+__all__ = ["VERSION", "REPORT_DIR", "MLFLOW_RUN_ENV", "run", "provenance"]
 
-VERSION = "1"
+VERSION = "2"
 REPORT_DIR = Path("reports")
+# the pipeline's MLflow run: the parent run `l2o run` opens, else whatever run the stage executes in
+MLFLOW_RUN_ENV = ("L2O_MLFLOW_RUN_ID", "L2O_MLFLOW_PARENT_RUN_ID", "MLFLOW_RUN_ID")
+_DPI = 110
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def provenance(root: Path, evaluation: dict) -> dict:
+    """Date, git commit, MLflow run id, component versions and prepared-data hashes of the run being reported."""
+    run_id = next((os.environ[v] for v in MLFLOW_RUN_ENV if os.environ.get(v)), "unknown (run outside l2o run)")
+    manifest = _read_json(root / MANIFEST) or {}
+    config = _read_json(root / MODEL_DIR / "config.json") or {}
+    safeguard = _read_json(root / SAFEGUARD) or {}
+    versions = {
+        "prepare_data": manifest.get("version"),
+        "meta_train": config.get("component_version"),
+        "calibrate": safeguard.get("component_version"),
+        "evaluate": evaluation.get("component_version"),
+        "report": VERSION,
+    }
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "git_commit": git_commit(root),
+        "mlflow_run_id": run_id,
+        "component_versions": {k: v for k, v in versions.items() if v is not None},
+        "data_hashes": {name: d.get("sha256", "?") for name, d in (manifest.get("datasets") or {}).items()},
+    }
 
 
 def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_fn: MapFn = serial_map) -> StageResult:
+    """Write ``reports/`` from the outputs of the earlier stages (see the module docstring)."""
     del map_fn
     root = Path(root)
     evaluation = json.loads((root / EVAL_METRICS).read_text())
     meta = json.loads((root / META_METRICS).read_text())
     safeguard = json.loads((root / SAFEGUARD).read_text())
     meta_curves = json.loads((root / MODEL_DIR / "curves.json").read_text())
+    config = _read_json(root / MODEL_DIR / "config.json") or {}
+    names = display_order(evaluation["optimizers"], params.evaluate.baselines)
+    colors, labels = optimizer_style(evaluation["optimizers"], config.get("architecture"))
+    tasks = evaluation["tasks"]
+    curves = {t: json.loads((root / CURVES_DIR / f"{t}.json").read_text()) for t in tasks}
     with atomic_dir(root / REPORT_DIR) as out:
+        out.chmod(0o755)  # a temporary directory is private; the report is meant to be served and shared
         figures = {}
 
-        def save(fig, name):
-            fig.savefig(out / name, dpi=110)
+        def save(fig, key: str, name: str) -> None:
+            fig.savefig(out / name, dpi=_DPI)
             plt.close(fig)
-            return name
+            figures[key] = name
 
-        figures["meta_loss"] = save(meta_loss_figure(meta_curves), "meta_training.png")
-        figures["speedup"] = save(speedup_figure(evaluation["tasks"]), "speedup.png")
-        for task in evaluation["tasks"]:
-            curves = json.loads((root / CURVES_DIR / f"{task}.json").read_text())
-            figures[f"task:{task}"] = save(task_curves_figure(curves), f"curves_{task}.png")
+        save(aggregate_figure(evaluation["aggregate"], names, colors, labels), "aggregate", "aggregate.png")
+        save(performance_profile_figure(tasks, names, colors, labels), "profile", "profile.png")
+        others = [o for o in names if o != REFERENCE]
+        save(speedup_figure(tasks, others, colors, labels), "speedup", "speedup.png")
+        long_curves = {t: c["long"] for t, c in curves.items() if c.get("long")}
+        if evaluation.get("horizon_multiplier", 1) > 1 and long_curves:
+            horizons = {t: tasks[t]["num_steps"] for t in long_curves}
+            save(long_horizon_figure(long_curves, horizons, names, colors, labels), "long", "long_horizon.png")
+        for t, c in curves.items():
+            save(task_curves_figure(c, names, colors, labels), f"task:{t}", f"curves_{t}.png")
+        save(meta_loss_figure(meta_curves), "meta_loss", "meta_training.png")
         page = render_report(
             title=params.report.title,
             evaluation=evaluation,
@@ -61,9 +130,12 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
             safeguard=safeguard,
             figures=figures,
             params=params.model_dump(mode="json"),
-            labels=LABELS,
+            colors=colors,
+            labels=labels,
+            provenance=provenance(root, evaluation),
+            order=names,
         )
-        (out / "index.html").write_text(page)
+        (out / "index.html").write_text(page, encoding="utf-8")
         shutil.copy(root / EVAL_METRICS, out / "evaluation.json")
     log(f"report: wrote {REPORT_DIR / 'index.html'} with {len(figures)} figures")
     return StageResult(stage="report", version=VERSION, artifacts=[REPORT_DIR])

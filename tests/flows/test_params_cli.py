@@ -34,10 +34,10 @@ def test_any_learned_optimizer_and_baseline_guard_are_selectable():
 
 
 def test_set_overrides_nested_values():
-    params = load_params(REPO / "params" / "tiny.yaml", ["evaluate.num_seeds=5", "evaluate.adam_lr_grid.max=0.3"])
+    params = load_params(REPO / "params" / "tiny.yaml", ["evaluate.num_seeds=5", "evaluate.lr_grid.max=0.3"])
     assert params.evaluate.num_seeds == 5
-    assert params.evaluate.adam_lr_grid.max == 0.3
-    assert params.evaluate.adam_lr_grid.num == 3  # untouched sibling kept
+    assert params.evaluate.lr_grid.max == 0.3
+    assert params.evaluate.lr_grid.num == 7  # untouched sibling kept
 
 
 def test_override_syntax_errors_are_listed():
@@ -209,7 +209,7 @@ def test_optimizers_command_lists_every_name(capsys):
 def test_tasks_command_lists_tasks_with_parameter_counts(capsys):
     assert main(["tasks", "--params", "params/tiny.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "evaluation tasks of params/tiny.yaml: 4 tasks" in out
+    assert "evaluation tasks of params/tiny.yaml: 3 tasks" in out
     assert "mnist_mlp_deep" in out and "26,122" in out  # 64*128+128 + 128*128+128 + 128*10+10
     # tiny.yaml overrides every task's horizon (40) and batch size (32)
     line = next(ln for ln in out.splitlines() if "ft_mnist_to_digits_mlp" in ln)

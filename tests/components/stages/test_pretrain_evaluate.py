@@ -37,7 +37,8 @@ def _params(**evaluate_overrides) -> PipelineParams:
             "num_seeds": 2,
             "eval_every": 10,
             "eval_examples": 64,
-            "adam_lr_grid": {"min": 1e-3, "max": 1e-2, "num": 2},
+            "baselines": ["adam", "sgd"],
+            "lr_grid": {"min": 1e-3, "max": 1e-2, "num": 2},
             **evaluate_overrides,
         },
     )
@@ -116,10 +117,12 @@ def test_evaluate_runs_every_task_kind_for_its_own_horizon(root):
         curves = json.loads((root / evaluate.CURVES_DIR / f"{name}.json").read_text())
         assert curves["steps"] == list(range(0, horizons[name] + 1, 100))
         assert len(curves["optimizers"]["learned"]["batch_loss"]["mean"]) == horizons[name]
-        for opt in evaluate.OPTIMIZERS:
-            row = doc["tasks"][name][opt]
+        for opt in ("learned", "guarded", "adam", "sgd"):
+            row = doc["tasks"][name]["optimizers"][opt]
             assert np.isfinite(row["final_train_loss"]["mean"]) and row["speedup"] > 0
-    ft, lm, quad = (doc["tasks"][t]["adam_tuned"] for t in TASKS)
+        # tuned on the validation split where the task has held-out data, else on the training loss
+        assert doc["tasks"][name]["tuning_metric"] == ("train_loss" if name == "noisy_quadratic_d100" else "val_loss")
+    ft, lm, quad = (doc["tasks"][t]["optimizers"]["adam"] for t in TASKS)
     # fine-tuning from the pre-trained hidden layer (60 Adam steps on MNIST here)
     assert ft["final_test_acc"]["mean"] > 0.8, ft
     # the char LM has next-character accuracy and a test loss below the uniform 65-way entropy
@@ -129,9 +132,34 @@ def test_evaluate_runs_every_task_kind_for_its_own_horizon(root):
     assert "NaN" not in (root / evaluate.METRICS).read_text()
     curves = json.loads((root / evaluate.CURVES_DIR / "noisy_quadratic_d100.json").read_text())
     assert set(curves["optimizers"]["learned"]) == {"batch_loss", "batch_loss_smoothed"}
-    assert "noisy_quadratic_d100/adam_tuned/final_test_acc" not in result.metrics
-    assert "noisy_quadratic_d100/adam_tuned/final_train_loss" in result.metrics
+    assert "noisy_quadratic_d100/adam/final_test_acc" not in result.metrics
+    assert "noisy_quadratic_d100/adam/final_train_loss" in result.metrics
     assert any("noisy_quadratic_d100 (1000 steps): train loss" in line for line in lines), lines
     # aggregate accuracy over the tasks that have one
-    agg = doc["aggregate"]["adam_tuned"]["mean_test_acc"]
+    agg = doc["aggregate"]["adam"]["mean_test_acc"]
     assert agg == pytest.approx((ft["final_test_acc"]["mean"] + lm["final_test_acc"]["mean"]) / 2)
+
+
+def test_the_validation_split_is_held_out_of_training(root):
+    if not (root / pretrain.INDEX).exists():
+        pretrain.run(_params(), root, log=lambda _: None)
+    params = _params(validation_fraction=0.1)
+    # images: the last 10% of the training examples (at most eval_examples = 64) are the validation set
+    task, train, sets, _ = evaluate.task_setup(params, root, "ft_mnist_to_digits_mlp")
+    arrays = np.load(root / "data" / "prepared" / "digits.npz")
+    n = len(arrays["y_train"])
+    n_val = min(int(n * 0.1), 64)
+    assert set(sets) == {"train", "val", "test"}
+    np.testing.assert_array_equal(np.asarray(sets["val"][0]), arrays["x_train"][n - n_val :])
+    assert int(train.n[0]) == n - n_val  # minibatches are drawn from the rest only
+    np.testing.assert_array_equal(np.asarray(train.x[0, : n - n_val]), arrays["x_train"][: n - n_val])
+    # text: the end of the task's token range; the task trains on the range before it
+    task, train, sets, _ = evaluate.task_setup(params, root, "shakespeare_char_lm_tiny")
+    assert task.token_range == pytest.approx((0.0, 0.9))
+    tokens = np.load(root / "data" / "prepared" / "tiny_shakespeare.npz")["train_tokens"]
+    start = int(len(tokens) * 0.9)  # the first token the task never trains on
+    val_x = np.asarray(sets["val"][0])
+    np.testing.assert_array_equal(val_x[0], tokens[start : start + val_x.shape[1]])
+    # synthetic: no held-out data at all
+    _, _, sets, _ = evaluate.task_setup(params, root, "noisy_quadratic_d100")
+    assert sets == {}
