@@ -135,6 +135,17 @@ def pes_gradient(
     def one_task(theta2, pair: InnerState, task_key):
         step2 = jax.vmap(lambda th, st, batch: _inner_step(lopt, th, st, batch, _loss_and_grad), in_axes=(0, 0, None))
 
+        def fresh_pair(k_reset):
+            # the same new problem for both branches (same key), its optimizer state built from θ±ε
+            return jax.vmap(lambda th: _fresh_inner(lopt, th, family, cfg, k_reset))(theta2)
+
+        # Horizons are at least min_unroll long, so with min_unroll >= trunc_length an inner problem
+        # ends at most once per truncation: its replacement is built once per truncation, not at
+        # every inner step (where all but one would be discarded).
+        once = cfg.min_unroll >= cfg.trunc_length
+        k_steps_task, k_once = jax.random.split(task_key)
+        fresh_once = fresh_pair(k_once) if once else None
+
         def body(carry, k):
             pair, after = carry
             k_batch, k_reset = jax.random.split(k)
@@ -142,14 +153,13 @@ def pes_gradient(
             batch = task.batch(data, k_batch)
             losses, pair = step2(theta2, pair, batch)
             done = pair.step[0] >= pair.length[0]
-            # the same new problem for both branches (same key), its optimizer state built from θ±ε
-            fresh2 = jax.vmap(lambda th: _fresh_inner(lopt, th, family, cfg, k_reset))(theta2)
+            fresh2 = fresh_once if once else fresh_pair(k_reset)
             pair = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), fresh2, pair)
             norm = task.normalized_loss(losses)
             out = (norm[0] - norm[1], after, norm.mean(), losses.mean(), done)
             return (pair, after | done), out
 
-        keys = jax.random.split(task_key, cfg.trunc_length)
+        keys = jax.random.split(k_steps_task, cfg.trunc_length)
         (pair, any_reset), (delta, after, meta_loss, loss, done) = jax.lax.scan(body, (pair, jnp.zeros((), bool)), keys)
         k = cfg.trunc_length
         d_before = jnp.sum(jnp.where(after, 0.0, delta)) / k

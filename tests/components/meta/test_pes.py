@@ -151,3 +151,26 @@ def test_meta_training_is_deterministic_given_the_key():
     assert float(runs[0].meta_params["log_lr"]) == float(runs[1].meta_params["log_lr"])
     other = meta_train(LearnableSGD(), family, jnp.zeros(()), cfg, key=jax.random.PRNGKey(4), log=lambda m: None)
     assert float(other.meta_params["log_lr"]) != float(runs[0].meta_params["log_lr"])
+
+
+@pytest.mark.parametrize(("min_unroll", "max_unroll"), [(2, 3), (8, 12)], ids=["short-horizons", "long-horizons"])
+def test_inner_problems_are_reset_inside_a_truncation_however_short_their_horizons(min_unroll, max_unroll):
+    """Replacement problems are built once per truncation when a horizon cannot end twice in one
+    (min_unroll >= trunc_length), at every step otherwise; both count every reset."""
+    cfg = PESConfig(num_tasks=3, trunc_length=6, min_unroll=min_unroll, max_unroll=max_unroll, sigma=0.01)
+    lopt, family = LearnableSGD(), QuadraticFamily()
+    theta = lopt.init_meta_params(None)
+    state = init_pes_state(lopt, theta, family, cfg, jax.random.PRNGKey(0))
+    step = jax.jit(lambda s, k: pes_gradient(lopt, theta, family, cfg, s, jnp.zeros(()), k))
+    resets = []
+    for i in range(4):
+        grad, state, aux = step(state, jax.random.PRNGKey(10 + i))
+        assert np.isfinite(float(grad["log_lr"]))
+        resets.append(int(aux["resets"]))
+        # every task's position stays inside its (new) horizon, and both branches share it
+        assert np.all(np.asarray(state.inner.step) < np.asarray(state.inner.length))
+        np.testing.assert_array_equal(np.asarray(state.inner.length[:, 0]), np.asarray(state.inner.length[:, 1]))
+    if min_unroll >= cfg.trunc_length:
+        assert max(resets) <= cfg.num_tasks  # at most one per task and truncation
+    else:
+        assert max(resets) > cfg.num_tasks  # horizons of 2-3 steps end twice in a truncation of 6
