@@ -34,7 +34,12 @@ step. This module evaluates that MLP in three ways that compute the same functio
 
 :func:`resolve_impl` maps ``"auto"`` to the implementation measured fastest on the current backend
 (:data:`AUTO_IMPL`); every learned optimizer takes an ``impl`` field (params files:
-``meta_train.lopt.impl``) to override it.
+``meta_train.lopt_hyperparams: {impl: ...}``) to override it.
+
+Caveat of ``"single_pass"``: when the features' scale jumps between two steps (a huge first step of
+an aggressive optimizer), the stale norms feed the MLP inputs far from unit scale, and a network
+whose outputs enter an ``exp`` can overflow where the exact forms stay finite (seen with STAR at
+``step_mult = 0.01``). The MLP is evaluated in float32 in every form.
 
 Pallas: a hand-written GPU kernel is not part of this module. It could not be measured against
 XLA on a GPU in the session that built this (no device was lent), and the issue asks for one only

@@ -24,12 +24,26 @@ The maths, for one parameter tensor ``p`` with gradient ``g`` at step ``t`` (cou
 
 With the defaults the meta-parameters are 190 MLP weights and 7 decay offsets: 197 numbers.
 
-Performance: the MLP is evaluated as per-channel elementwise sums
-``h_j = relu(Σ_i (w_ij·n_i)·f_i + c_j)`` where ``n_i`` is the channel's normaliser and ``c_j``
-folds the bias and the (global) step features; no ``[..., 39]`` tensor is ever built, so XLA can fuse
-the accumulator updates, features and MLP into one elementwise pass after the per-channel norms
-(DESIGN.md, "Performance model"). The channel order and the ``w{l}``/``b{l}`` layout match the
-reference's haiku parameters, so released weights map one to one (``nn/~/w0`` → ``nn/w0``).
+Performance: the MLP is evaluated by :mod:`.fused`, in the form the ``impl`` field names:
+
+* ``"reference"`` stacks the channels into a ``[..., 28]`` tensor, normalises it and multiplies
+  (the reference's formulation; the ground truth of the tests);
+* ``"fused"`` folds each channel's normaliser ``n_i`` into the first layer's weights and evaluates
+  ``h_j = relu(Σ_i (w_ij·n_i)·f_i + c_j)`` as elementwise sums, ``c_j`` folding the bias and the
+  (global) step features, with the row/column statistics mixed in their own small shape first; no
+  ``[..., 39]`` tensor is ever built, so XLA fuses the accumulator updates, features and MLP into
+  one elementwise pass after the per-channel norms (DESIGN.md, "Performance model"). Exact (equal to
+  ``"reference"`` up to float rounding);
+* ``"single_pass"`` is ``"fused"`` with one-step-stale norms kept in the state
+  (:attr:`SmallFcLOptState.norms`), so the MLP need not wait for a reduction over the tensor. This
+  changes the numerics slightly (the first step estimates the norms on a subsample, later steps use
+  the previous step's exact norms), so it is opt-in;
+* ``"auto"`` (default) picks per backend (:data:`.fused.AUTO_IMPL`): ``"fused"`` on every backend
+  today.
+
+Params files select it as ``meta_train.lopt_hyperparams: {impl: single_pass}``. The channel order
+and the ``w{l}``/``b{l}`` layout match the reference's haiku parameters, so released weights map one
+to one (``nn/~/w0`` → ``nn/w0``).
 
 Choices where the reference was unclear or that we made differently:
 
@@ -77,6 +91,7 @@ import numpy as np
 import optax
 
 from components.optimizers import features as F
+from components.optimizers import fused
 
 __all__ = ["SmallFcLOpt", "SmallFcLOptState", "small_fc_features"]
 
@@ -157,12 +172,16 @@ class SmallFcLOptState(NamedTuple):
       momentum: params-shaped tree; each leaf is a tuple of momentum accumulators, one per decay.
       rms: params-shaped tree; each leaf is a tuple of second-moment accumulators.
       factored: params-shaped tree; each leaf is a :class:`~.features.FactoredAccumulator`.
+      norms: ``impl="single_pass"`` only: params-shaped tree of float32 ``[num_features]`` arrays,
+        the inverse RMS of each feature channel at the previous step (:func:`.fused.init_norms`
+        before the first update, which does not use them); ``None`` for the other forms.
     """
 
     iteration: jax.Array
     momentum: Any
     rms: Any
     factored: Any
+    norms: Any = None
 
 
 def _as_decays(values, name: str) -> tuple[float, ...]:
@@ -189,6 +208,11 @@ class SmallFcLOpt:
       initial_momentum_decays: decays of the momentum accumulators at θ = 0.
       initial_rms_decays: decays of the second-moment accumulators at θ = 0.
       initial_adafactor_decays: decays of the Adafactor statistics at θ = 0.
+      impl: how the per-parameter MLP is evaluated (:mod:`.fused`): ``"reference"`` (stacked
+        matmul), ``"fused"`` (exact, elementwise), ``"single_pass"`` (fused with one-step-stale
+        norms; slightly different numerics, state gains :attr:`SmallFcLOptState.norms`) or
+        ``"auto"`` (default: ``"fused"`` on every backend today). Params files:
+        ``meta_train.lopt_hyperparams: {impl: ...}``.
     """
 
     hidden_size: int = 4
@@ -198,6 +222,7 @@ class SmallFcLOpt:
     initial_momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
     initial_rms_decays: tuple[float, ...] = (0.999,)
     initial_adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+    impl: str = "auto"
 
     name: ClassVar[str] = "small_fc_lopt"
 
@@ -217,6 +242,7 @@ class SmallFcLOpt:
         object.__setattr__(self, "step_mult", float(self.step_mult))
         for field in ("initial_momentum_decays", "initial_rms_decays", "initial_adafactor_decays"):
             object.__setattr__(self, field, _as_decays(getattr(self, field), field))
+        fused.check_impl("SmallFcLOpt", self.impl)
         _ = self.num_features  # validates that the decay counts can be combined
 
     # ------------------------------------------------------------------ sizes
@@ -260,6 +286,7 @@ class SmallFcLOpt:
             "initial_momentum_decays": list(self.initial_momentum_decays),
             "initial_rms_decays": list(self.initial_rms_decays),
             "initial_adafactor_decays": list(self.initial_adafactor_decays),
+            "impl": self.impl,
         }
 
     def init_meta_params(self, key: jax.Array) -> dict:
@@ -323,6 +350,8 @@ class SmallFcLOpt:
         exp_mult, step_mult = self.exp_mult, self.step_mult
         num_layers = self.hidden_layers + 1
         num_features = self.num_features
+        impl = fused.resolve_impl(self.impl)
+        single_pass = impl == "single_pass"
 
         def init_fn(params):
             return SmallFcLOptState(
@@ -330,18 +359,20 @@ class SmallFcLOpt:
                 momentum=jax.tree.map(lambda p: F.init_momentum(p, n_mom), params),
                 rms=jax.tree.map(lambda p: F.init_rms(p, n_rms), params),
                 factored=jax.tree.map(lambda p: F.init_factored(p, n_fac), params),
+                norms=jax.tree.map(lambda p: fused.init_norms(num_features), params) if single_pass else None,
             )
 
-        def leaf_update(param, grad, momentum, rms, factored, mlp):
+        def leaf_update(param, grad, momentum, rms, factored, norms, layers, first_step):
             momentum = F.update_momentum(momentum, grad, mom_decays)
             rms = F.update_rms(rms, grad, rms_decays)
             factored, fac_g = F.update_factored(factored, grad, fac_decays)
             feats = small_fc_features(param, grad, momentum, rms, fac_g, factored)
-            inputs = [f * F.inverse_rms(f) for f in feats]
-            direction, magnitude = _apply_mlp(mlp, inputs)
+            (direction, magnitude), norms = fused.normalized_mlp(
+                impl, feats, layers, stale_norms=norms, first_step=first_step
+            )
             step = direction * jnp.exp(exp_mult * magnitude) * step_mult
             update = jnp.broadcast_to(-step, param.shape).astype(param.dtype)
-            return update, momentum, rms, factored
+            return update, momentum, rms, factored, norms
 
         def update_fn(updates, state, params=None, **extra_args):
             del extra_args  # loss / loss_fn are accepted for the common contract, not used
@@ -350,16 +381,24 @@ class SmallFcLOpt:
                     "small_fc_lopt uses the parameters as a feature: call opt.update(grads, state, params, loss=loss)."
                 )
             step_features = F.tanh_step_embedding(state.iteration)
-            mlp = _unstack_mlp(nn, num_features, step_features, num_layers)
+            layers = _mlp_layers(nn, num_features, step_features, num_layers)
+            first_step = state.iteration == 0
             grads, treedef = jax.tree.flatten(updates)
+            if single_pass and state.norms is None:
+                raise ValueError(
+                    "small_fc_lopt with impl='single_pass' needs state.norms: build the state with this "
+                    "optimizer's init (a state from another impl lacks them)."
+                )
+            norms = treedef.flatten_up_to(state.norms) if single_pass else [None] * len(grads)
             results = [
-                leaf_update(*args, mlp)
+                leaf_update(*args, layers, first_step)
                 for args in zip(
                     treedef.flatten_up_to(params),
                     grads,
                     treedef.flatten_up_to(state.momentum),
                     treedef.flatten_up_to(state.rms),
                     treedef.flatten_up_to(state.factored),
+                    norms,
                     strict=True,
                 )
             ]
@@ -369,50 +408,18 @@ class SmallFcLOpt:
                 momentum=momentum,
                 rms=rms,
                 factored=factored,
+                norms=treedef.unflatten([r[4] for r in results]) if single_pass else None,
             )
             return new_updates, new_state
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-class _UnstackedMLP(NamedTuple):
-    """MLP weights split into scalars once per update, shared by every parameter tensor."""
+def _mlp_layers(nn, num_feats: int, step_features: jax.Array, num_layers: int) -> list[tuple[jax.Array, jax.Array]]:
+    """``[(w0 [F, H], b0'), (w1, b1), …]`` for :func:`.fused.normalized_mlp`.
 
-    first: list  # first[i][j] = w0[i, j] for the normalised feature channels i
-    first_bias: list  # b0[j] + Σ_k w0[F+k, j]·t_k: bias plus the (global) step features
-    later: list  # (weights[i][j], biases[j]) of each later layer
-
-
-def _unstack_mlp(nn, num_feats: int, step_features: jax.Array, num_layers: int) -> _UnstackedMLP:
+    The (global) step features are folded into the first bias: ``b0' = b0 + t @ w0[F:]``.
+    """
     w0 = nn["w0"]
     first_bias = nn["b0"] + step_features @ w0[num_feats:]
-    later = []
-    for layer in range(1, num_layers):
-        w, b = nn[f"w{layer}"], nn[f"b{layer}"]
-        later.append(([list(row) for row in w], list(b)))
-    return _UnstackedMLP([list(row) for row in w0[:num_feats]], list(first_bias), later)
-
-
-def _apply_mlp(mlp: _UnstackedMLP, inputs: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """The MLP as per-channel elementwise sums; returns ``(direction, magnitude)``.
-
-    ``h_j = relu(Σ_i w0[i, j]·x_i + c_j)`` with ``x_i`` the normalised feature channels and
-    ``c_j`` a scalar; later layers mix the few hidden channels the same way. Nothing of shape
-    ``[..., channels]`` is built, so XLA fuses the whole network into elementwise code.
-    """
-    hidden = []
-    for j, bias in enumerate(mlp.first_bias):
-        acc = bias
-        for i, x in enumerate(inputs):
-            acc = acc + mlp.first[i][j] * x
-        hidden.append(acc)
-    for weights, biases in mlp.later:
-        hidden = [jax.nn.relu(h) for h in hidden]
-        nxt = []
-        for j, bias in enumerate(biases):
-            acc = bias
-            for i, h in enumerate(hidden):
-                acc = acc + weights[i][j] * h
-            nxt.append(acc)
-        hidden = nxt
-    return hidden[0], hidden[1]
+    return [(w0[:num_feats], first_bias)] + [(nn[f"w{layer}"], nn[f"b{layer}"]) for layer in range(1, num_layers)]

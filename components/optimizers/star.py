@@ -78,8 +78,16 @@ Choices where the paper/reference was unclear or that we made differently:
 * Everything shared with small_fc_lopt (accumulator dtypes, 0-D tensors, decay pairing, init
   ``TruncNormal(−2, 2)/sqrt(fan_in)``, unused ``num_steps``/``loss``) is as documented there.
 
-Evaluation: like :mod:`.small_fc_lopt`, the MLP runs as per-channel elementwise sums (4-wide hidden
-layers) so XLA fuses features, network and update into elementwise code.
+Performance: as in :mod:`.small_fc_lopt`, the per-parameter MLP is evaluated by :mod:`.fused` in
+the form the ``impl`` field names: ``"reference"`` (channels stacked into ``[..., 28]``, normalised,
+multiplied; the ground truth of the tests), ``"fused"`` (normalisers folded into the first layer,
+per-channel elementwise sums with 4-wide hidden layers, row/column statistics mixed in their own
+shape, so XLA fuses features, network and update into elementwise code; exact up to float rounding)
+or ``"single_pass"`` (``"fused"`` with one-step-stale per-tensor norms kept in
+:attr:`STARState.norms`, so the MLP need not wait for a reduction; this changes the numerics
+slightly and is opt-in). ``"auto"`` (default) picks per backend (:data:`.fused.AUTO_IMPL`):
+``"fused"`` on every backend today. Params files select it as
+``meta_train.lopt_hyperparams: {impl: single_pass}``.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -98,7 +106,7 @@ Example:
 import dataclasses
 import functools
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
 import jax
@@ -107,6 +115,7 @@ import numpy as np
 import optax
 
 from components.optimizers import features as F
+from components.optimizers import fused
 from components.optimizers.mlp_lopt import _check_decays, _check_float, _check_int
 from components.optimizers.small_fc_lopt import _pairs, small_fc_features
 
@@ -185,12 +194,16 @@ class STARState(NamedTuple):
       momentum: params-shaped tree; each leaf is a tuple of momentum accumulators, one per decay.
       rms: params-shaped tree; each leaf is a tuple of second-moment accumulators.
       factored: params-shaped tree; each leaf is a :class:`~.features.FactoredAccumulator`.
+      norms: ``impl="single_pass"`` only: params-shaped tree of float32 ``[num_features]`` arrays,
+        the inverse RMS of each feature channel at the previous step (:func:`.fused.init_norms`
+        before the first update, which does not use them); ``None`` for the other forms.
     """
 
     iteration: jax.Array
     momentum: Any
     rms: Any
     factored: Any
+    norms: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +231,11 @@ class STAR:
       initial_momentum_decays: decays of the momentum accumulators at θ = 0.
       initial_rms_decays: decays of the second-moment accumulators at θ = 0.
       initial_adafactor_decays: decays of the Adafactor statistics at θ = 0.
+      impl: how the per-parameter MLP is evaluated (:mod:`.fused`): ``"reference"`` (stacked
+        matmul), ``"fused"`` (exact, elementwise), ``"single_pass"`` (fused with one-step-stale
+        norms; slightly different numerics, state gains :attr:`STARState.norms`) or ``"auto"``
+        (default: ``"fused"`` on every backend today). Params files:
+        ``meta_train.lopt_hyperparams: {impl: ...}``.
     """
 
     hidden_size: int = 4
@@ -237,6 +255,7 @@ class STAR:
     initial_momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
     initial_rms_decays: tuple[float, ...] = (0.999,)
     initial_adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+    impl: str = "auto"
 
     name: ClassVar[str] = "star"
 
@@ -275,6 +294,7 @@ class STAR:
             put(field, bool(getattr(self, field)))
         for field in ("initial_momentum_decays", "initial_rms_decays", "initial_adafactor_decays"):
             put(field, _check_decays("STAR", field, getattr(self, field)))
+        fused.check_impl("STAR", self.impl)
         _ = self.num_features  # validates that the decay counts can be combined
 
     # ------------------------------------------------------------------ sizes
@@ -408,6 +428,8 @@ class STAR:
         num_features = self.num_features
         num_layers = self.hidden_layers + 1
         cfg = self
+        impl = fused.resolve_impl(self.impl)
+        single_pass = impl == "single_pass"
 
         def init_fn(params):
             return STARState(
@@ -415,16 +437,17 @@ class STAR:
                 momentum=jax.tree.map(lambda p: F.init_momentum(p, n_mom), params),
                 rms=jax.tree.map(lambda p: F.init_rms(p, n_rms), params),
                 factored=jax.tree.map(lambda p: F.init_factored(p, n_fac), params),
+                norms=jax.tree.map(lambda p: fused.init_norms(num_features), params) if single_pass else None,
             )
 
-        def leaf_update(param, grad, momentum, rms, factored, mlp):
+        def leaf_update(param, grad, momentum, rms, factored, norms, layers, first_step):
             momentum = F.update_momentum(momentum, grad, mom_decays)
             rms = F.update_rms(rms, grad, rms_decays)
             factored, fac_g = F.update_factored(factored, grad, fac_decays)
             feats = small_fc_features(param, grad, momentum, rms, fac_g, factored)
-            outputs = _apply_mlp(mlp, [f * F.inverse_rms(f) for f in feats])
+            outputs, norms = fused.normalized_mlp(impl, feats, layers, stale_norms=norms, first_step=first_step)
             update = _star_update(cfg, param, grad, momentum, rms, outputs)
-            return update, momentum, rms, factored
+            return update, momentum, rms, factored, norms
 
         def update_fn(updates, state, params=None, **extra_args):
             del extra_args  # loss / loss_fn are accepted for the common contract, not used
@@ -432,16 +455,24 @@ class STAR:
                 raise ValueError(
                     "star uses the parameters as a feature: call opt.update(grads, state, params, loss=loss)."
                 )
-            mlp = _unstack_mlp(nn, num_features, F.tanh_step_embedding(state.iteration), num_layers)
+            layers = _mlp_layers(nn, num_features, F.tanh_step_embedding(state.iteration), num_layers)
+            first_step = state.iteration == 0
             grads, treedef = jax.tree.flatten(updates)
+            if single_pass and state.norms is None:
+                raise ValueError(
+                    "star with impl='single_pass' needs state.norms: build the state with this optimizer's "
+                    "init (a state from another impl lacks them)."
+                )
+            norms = treedef.flatten_up_to(state.norms) if single_pass else [None] * len(grads)
             results = [
-                leaf_update(*args, mlp)
+                leaf_update(*args, layers, first_step)
                 for args in zip(
                     treedef.flatten_up_to(params),
                     grads,
                     treedef.flatten_up_to(state.momentum),
                     treedef.flatten_up_to(state.rms),
                     treedef.flatten_up_to(state.factored),
+                    norms,
                     strict=True,
                 )
             ]
@@ -451,6 +482,7 @@ class STAR:
                 momentum=momentum,
                 rms=rms,
                 factored=factored,
+                norms=treedef.unflatten([r[4] for r in results]) if single_pass else None,
             )
             return new_updates, new_state
 
@@ -501,39 +533,14 @@ def _star_update(cfg: STAR, param, grad, momentum, rms, outputs) -> jax.Array:
     return jnp.broadcast_to(update, param.shape).astype(param.dtype)
 
 
-# --------------------------------------------------------------------------- the MLP, elementwise
+# --------------------------------------------------------------------------- the MLP's layers
 
 
-class _UnstackedMLP(NamedTuple):
-    """MLP weights split into scalars once per update, shared by every parameter tensor."""
+def _mlp_layers(nn, num_feats: int, step_features: jax.Array, num_layers: int) -> list[tuple[jax.Array, jax.Array]]:
+    """``[(w0 [F, H], b0'), (w1, b1), …]`` for :func:`.fused.normalized_mlp` (the last layer has 4 outputs).
 
-    first: list  # first[i][j] = w0[i, j] for the normalised feature channels i
-    first_bias: list  # b0[j] + Σ_k w0[F+k, j]·t_k: bias plus the (global) step features
-    later: list  # (weights[i][j], biases[j]) of each later layer
-
-
-def _unstack_mlp(nn, num_feats: int, step_features: jax.Array, num_layers: int) -> _UnstackedMLP:
+    The (global) step features are folded into the first bias: ``b0' = b0 + t @ w0[F:]``.
+    """
     w0 = nn["w0"]
     first_bias = nn["b0"] + jnp.matmul(step_features, w0[num_feats:], precision=jax.lax.Precision.HIGHEST)
-    later = [([list(row) for row in nn[f"w{layer}"]], list(nn[f"b{layer}"])) for layer in range(1, num_layers)]
-    return _UnstackedMLP([list(row) for row in w0[:num_feats]], list(first_bias), later)
-
-
-def _apply_mlp(mlp: _UnstackedMLP, inputs: Sequence[jax.Array]) -> list[jax.Array]:
-    """All outputs of the MLP as per-channel elementwise sums (ReLU on the hidden layers)."""
-    hidden = []
-    for j, bias in enumerate(mlp.first_bias):
-        acc = bias
-        for i, x in enumerate(inputs):
-            acc = acc + mlp.first[i][j] * x
-        hidden.append(acc)
-    for weights, biases in mlp.later:
-        hidden = [jax.nn.relu(h) for h in hidden]
-        nxt = []
-        for j, bias in enumerate(biases):
-            acc = bias
-            for i, h in enumerate(hidden):
-                acc = acc + weights[i][j] * h
-            nxt.append(acc)
-        hidden = nxt
-    return hidden
+    return [(w0[:num_feats], first_bias)] + [(nn[f"w{layer}"], nn[f"b{layer}"]) for layer in range(1, num_layers)]
