@@ -40,6 +40,20 @@ The maths, for parameter tensor (= pytree leaf) ``l`` of ``L`` with gradient ``g
    where ``c⁰`` are the ``initial_coefficients``; both give ``c = c⁰`` at ``o = 0``.
 4. The update, elementwise: ``Δθ_l = Σ_k c_{l,k}·u_{l,k} = −Σ_k c_{l,k}·η_k·d_{l,k}``.
 
+Evaluation (the ``impl`` field, values of :data:`.fused.IMPLS`): the per-layer part (statistics,
+MLP, coefficients) runs on ``[L, ·]`` arrays and is the same in every form; the per-parameter part
+is the combination of step 4. ``"fused"`` (what ``"auto"`` resolves to on every backend,
+:data:`.fused.AUTO_IMPL`) writes it as a sum of the directions scaled by the scalars
+``−c_{l,k}·η_k``, which XLA fuses with the accumulator updates into one elementwise loop (no
+per-parameter ``[*shape, K]`` array). ``"reference"`` stacks the directions into a ``[*shape, K]``
+tensor and contracts it with the ``[K]`` scales (a ``Precision.HIGHEST`` matmul); it is kept as the
+ground truth the tests compare the fused form with. ``"single_pass"`` is the same as ``"fused"``
+here: the per-parameter part has no normalised channels, hence no stale norms to keep. L3RS does
+reduce two full tensors per layer (the gradient and weight RMS of its status features) before the
+elementwise pass; making them one step stale would change the status features (their EMAs would
+lag one step), and would save at most one of the ~12 full-size reads and writes of a step (the
+weights are read for their RMS only), so it is not done.
+
 At initialisation the last MLP layer is scaled by 1e-3, so ``o ≈ 0`` and with the default
 ``c⁰ = (0.01, 0.01, 1, 0.01)`` for ``(sgd, momentum, adam, lion)`` a fresh L3RS is Adam(1e-3) plus a
 1% admixture of the other directions at their default learning rates: it trains a network out of
@@ -121,6 +135,7 @@ import numpy as np
 import optax
 
 from components.optimizers import features as F
+from components.optimizers import fused
 
 __all__ = [
     "BASE_DIRECTIONS",
@@ -142,6 +157,7 @@ COEFFICIENT_TRANSFORMS: tuple[str, ...] = ("exp", "linear")
 _LOG_FLOOR = 1e-12  # floor of the norms and losses inside the log features
 _OUTPUT_INIT_SCALE = 1e-3  # extra scale of the last MLP layer at initialisation
 _EXP_SOFT_CAP = 10.0  # exp transform: c = c0 · exp(cap · tanh(o / cap))
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 # --------------------------------------------------------------------------- base directions
@@ -329,6 +345,11 @@ class L3RS:
       adam_eps: ``ε`` of the Adam direction (1e-8).
       lion_b1: interpolation ``β1`` of the Lion direction (0.9).
       lion_b2: momentum decay ``β2`` of the Lion direction (0.99).
+      impl: form of the per-parameter combination, one of :data:`.fused.IMPLS`: ``"auto"``
+        (default, :func:`.fused.resolve_impl`), ``"fused"`` (elementwise sum), ``"reference"``
+        (stacked ``[*shape, K]`` directions contracted with the coefficients) or ``"single_pass"``
+        (the same as ``"fused"``: no per-tensor norms to make stale). All are exact; see the module
+        docstring.
     """
 
     num_layers: int
@@ -345,6 +366,7 @@ class L3RS:
     adam_eps: float = 1e-8
     lion_b1: float = 0.9
     lion_b2: float = 0.99
+    impl: str = "auto"
 
     name: ClassVar[str] = "l3rs"
 
@@ -365,6 +387,7 @@ class L3RS:
         if isinstance(self.adam_eps, bool) or not isinstance(self.adam_eps, Real) or not self.adam_eps >= 0:
             raise ValueError(f"L3RS.adam_eps must be a number >= 0, got {self.adam_eps!r}.")
         set_("adam_eps", float(self.adam_eps))
+        fused.check_impl("L3RS", self.impl)
 
         k = len(names)
         if self.initial_learning_rates is None:
@@ -527,6 +550,7 @@ class L3RS:
         learning_rates = jnp.exp(meta_params["log_learning_rates"])
         num_mlp_layers = len(self.layer_sizes) - 1
         horizon = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
+        stacked = fused.resolve_impl(self.impl) == "reference"  # "single_pass" is "fused" here
 
         def init_fn(params):
             self._check_num_leaves(jax.tree.leaves(params), "init")
@@ -600,13 +624,20 @@ class L3RS:
             new_buffer_leaves = {n: [[] for _ in trees] for n, trees in state.buffers.items()}
             for layer, (p, g) in enumerate(zip(param_leaves, grads, strict=True)):
                 g32 = g.astype(F.accumulator_dtype(g.dtype))
-                total = jnp.zeros_like(g32)
-                for k, (n, d) in enumerate(zip(names, directions, strict=True)):
+                layer_scales = scales[layer].astype(g32.dtype)  # [K]
+                steps = []
+                for n, d in zip(names, directions, strict=True):
                     old = tuple(trees[layer] for trees in buffer_leaves.get(n, ()))
                     direction, new = d.step(self, g32, old, count)
                     for b, x in enumerate(new):
                         new_buffer_leaves[n][b].append(x.astype(old[b].dtype))
-                    total = total + scales[layer, k].astype(g32.dtype) * direction
+                    steps.append(jnp.broadcast_to(direction, g32.shape).astype(g32.dtype))
+                if stacked:  # reference: [*shape, K] directions contracted with the [K] scales
+                    total = jnp.matmul(jnp.stack(steps, axis=-1), layer_scales, precision=_HIGHEST)
+                else:  # fused: a sum of scalar multiples, one elementwise loop with the accumulators
+                    total = layer_scales[0] * steps[0]
+                    for k in range(1, len(steps)):
+                        total = total + layer_scales[k] * steps[k]
                 new_updates.append(total.astype(jnp.result_type(p)))
 
             new_state = L3RSState(

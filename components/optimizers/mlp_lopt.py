@@ -20,14 +20,34 @@ The maths, for one parameter tensor ``p`` with gradient ``g`` at step ``t`` (cou
 With the defaults the meta-parameters are the 1762 MLP weights
 (19·32 + 32 + 32·32 + 32 + 32·2 + 2); the decays are fixed.
 
-Evaluation: the 8 normalised channels are stacked on a trailing axis and multiplied with the first
-``8`` rows of ``w0``; the step features are the same for every element of every tensor, so their
-contribution ``t·w0[8:]`` is folded into the first bias instead of being tiled to ``[..., 11]``
-(the same function as the reference's concatenated input). Matrix products use
-``Precision.HIGHEST`` so that float32 results do not depend on the accelerator's default matmul
-precision. The per-channel elementwise form of :mod:`.small_fc_lopt` pays off for 4-wide hidden
-layers; at width 32 it would trace ~2·10³ scalar products per tensor, so the stacked form is used
-here (DESIGN.md, "Performance model", lists this 19→32→32→2 network as the slow case).
+Evaluation: the step features are the same for every element of every tensor, so their
+first-layer contribution ``t·w0[8:]`` is folded into the first bias instead of being tiled to
+``[..., 11]`` (the same function as the reference's concatenated input). The 8 un-normalised
+channels and the layers then go to :func:`.fused.normalized_mlp`, in the form named by the ``impl``
+field (see :mod:`.fused`):
+
+* ``"reference"`` stacks the normalised channels on a trailing axis and multiplies with
+  ``Precision.HIGHEST`` matmuls (float32 results do not depend on the accelerator's default matmul
+  precision). It writes ``[*shape, 8]`` and ``[*shape, 32]`` tensors.
+* ``"fused"`` (exact) folds the normalisers into ``w0`` and writes every layer as elementwise sums
+  with the hidden units as separate arrays: 19·32 + 32·32 + 32·2 scalar products per element in
+  one loop, no per-parameter hidden tensor.
+* ``"single_pass"`` is ``"fused"`` with the per-tensor norms of the previous step's channels (kept
+  in :attr:`MLPLOptState.norms`; the first step estimates them on a subsample): a slightly
+  different optimizer.
+
+``"auto"`` means ``"reference"`` on CPU (:data:`AUTO_IMPL`), unlike :data:`.fused.AUTO_IMPL`:
+with jax/jaxlib 0.10.2, XLA:CPU cannot compile the fused loop of a 32-wide (or ≥ 24-wide)
+two-hidden-layer MLP over tensors of realistic size — LLVM's code generation at the default backend
+optimisation level grows past 20 GB of memory (measured; 16-wide compiles in ~4 s, a single 32-wide
+hidden layer in ~1 s; a [5, 3] tensor compiles at any width). With
+``--xla_backend_optimization_level=1`` it does compile (20–35 s for a 4-tensor model) and runs at
+1e5 parameters about as fast as the reference (17 vs 20 ms per step), at 1e6 in 140–165 ms against
+the reference's 165–450 ms (which writes ``[1e6, 32]`` hidden tensors and slows down with the load
+of a shared 2-core machine). Until the fused form compiles at the default level, the reference is
+the only usable form on CPU. On other backends ``"auto"`` follows :data:`.fused.AUTO_IMPL`. Setting
+``impl`` to ``"fused"`` / ``"single_pass"`` explicitly with ``hidden_size > 16`` on CPU warns at
+:meth:`MLPLOpt.make`.
 
 Choices where the reference was unclear or that we made differently:
 
@@ -64,6 +84,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
@@ -73,10 +94,28 @@ import numpy as np
 import optax
 
 from components.optimizers import features as F
+from components.optimizers import fused
 
-__all__ = ["MLPLOpt", "MLPLOptState", "mlp_lopt_features"]
+__all__ = ["AUTO_IMPL", "MLPLOpt", "MLPLOptState", "mlp_lopt_features", "resolve_impl"]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+
+AUTO_IMPL: dict[str, str] = {"cpu": "reference"}
+"""Backends where ``MLPLOpt(impl="auto")`` departs from :data:`.fused.AUTO_IMPL` (module docstring: why)."""
+
+_CPU_FUSED_MAX_WIDTH = 16  # widest hidden layers measured to compile in the fused form on XLA:CPU
+
+
+def resolve_impl(impl: str, backend: str | None = None) -> str:
+    """``impl`` with ``"auto"`` replaced by this optimizer's choice for ``backend`` (default: JAX's).
+
+    :data:`AUTO_IMPL` where it names the backend, else :func:`.fused.resolve_impl`.
+    """
+    fused.check_impl("MLPLOpt", impl)
+    backend = backend or jax.default_backend()
+    if impl == "auto" and backend in AUTO_IMPL:
+        return AUTO_IMPL[backend]
+    return fused.resolve_impl(impl, backend)
 
 
 def mlp_lopt_features(param: jax.Array, grad: jax.Array, momentum: Sequence[jax.Array]) -> list[jax.Array]:
@@ -101,10 +140,14 @@ class MLPLOptState(NamedTuple):
     Attributes:
       iteration: int32 step counter ``t`` (0 before the first update).
       momentum: params-shaped tree; each leaf is a tuple of momentum accumulators, one per decay.
+      norms: ``impl="single_pass"`` only: params-shaped tree of float32 ``[num_features]`` inverse
+        RMS of the previous step's feature channels (:func:`.fused.init_norms` before the first
+        update, when they are not used); ``None`` for the other forms.
     """
 
     iteration: jax.Array
     momentum: Any
+    norms: Any = None
 
 
 def _check_int(owner: str, field: str, value, minimum: int) -> int:
@@ -147,6 +190,11 @@ class MLPLOpt:
       exp_mult: multiplier of the magnitude output inside the exponential (0.001).
       step_mult: overall step multiplier (0.001).
       decays: the fixed momentum decays (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999).
+      impl: how the per-parameter MLP is evaluated, one of :data:`.fused.IMPLS`: ``"auto"``
+        (default: :func:`resolve_impl`, i.e. ``"reference"`` on CPU, else :data:`.fused.AUTO_IMPL`),
+        ``"reference"`` (stacked features, matmuls), ``"fused"`` (elementwise, exact) or
+        ``"single_pass"`` (fused with one-step-stale per-tensor norms: a slightly different
+        optimizer). See the module docstring and :mod:`.fused`.
     """
 
     hidden_size: int = 32
@@ -154,6 +202,7 @@ class MLPLOpt:
     exp_mult: float = 0.001
     step_mult: float = 0.001
     decays: tuple[float, ...] = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
+    impl: str = "auto"
 
     name: ClassVar[str] = "mlp_lopt"
 
@@ -163,6 +212,7 @@ class MLPLOpt:
         object.__setattr__(self, "exp_mult", _check_float("MLPLOpt", "exp_mult", self.exp_mult))
         object.__setattr__(self, "step_mult", _check_float("MLPLOpt", "step_mult", self.step_mult))
         object.__setattr__(self, "decays", _check_decays("MLPLOpt", "decays", self.decays))
+        fused.check_impl("MLPLOpt", self.impl)
 
     # ------------------------------------------------------------------ sizes
 
@@ -199,6 +249,7 @@ class MLPLOpt:
             "exp_mult": self.exp_mult,
             "step_mult": self.step_mult,
             "decays": list(self.decays),
+            "impl": self.impl,
         }
 
     def init_meta_params(self, key: jax.Array) -> dict:
@@ -258,29 +309,38 @@ class MLPLOpt:
         self._check_meta_params(meta_params)
 
         nn = meta_params["nn"]
+        impl = resolve_impl(self.impl)
+        if impl != "reference" and self.hidden_size > _CPU_FUSED_MAX_WIDTH and jax.default_backend() == "cpu":
+            warnings.warn(
+                f"MLPLOpt(impl={self.impl!r}, hidden_size={self.hidden_size}): XLA:CPU may need tens of GB and "
+                "minutes to compile the fused form of an MLP this wide (measured with jax 0.10.2: 24- and 32-wide "
+                "layers ran out of memory); use impl='reference' or 'auto' on CPU.",
+                stacklevel=2,
+            )
+        single_pass = impl == "single_pass"
         decays = jnp.asarray(self.decays, jnp.float32)
         num_decays = len(self.decays)
         num_features = self.num_features
         num_layers = self.hidden_layers + 1
         exp_mult, step_mult = self.exp_mult, self.step_mult
+        later_layers = [(nn[f"w{layer}"], nn[f"b{layer}"]) for layer in range(1, num_layers)]
 
         def init_fn(params):
             return MLPLOptState(
                 iteration=jnp.zeros([], jnp.int32),
                 momentum=jax.tree.map(lambda p: F.init_momentum(p, num_decays), params),
+                norms=jax.tree.map(lambda _: fused.init_norms(num_features), params) if single_pass else None,
             )
 
-        def leaf_update(param, grad, momentum, first_bias):
+        def leaf_update(param, grad, momentum, norms, first_bias, first_step):
             momentum = F.update_momentum(momentum, grad, decays)
             feats = mlp_lopt_features(param, grad, momentum)
-            x = jnp.stack([f * F.inverse_rms(f) for f in feats], axis=-1)  # [*shape, num_features]
-            x = jnp.matmul(x, nn["w0"][:num_features], precision=_HIGHEST) + first_bias
-            for layer in range(1, num_layers):
-                x = jax.nn.relu(x)
-                x = jnp.matmul(x, nn[f"w{layer}"], precision=_HIGHEST) + nn[f"b{layer}"]
-            direction, magnitude = x[..., 0], x[..., 1]
+            layers = [(nn["w0"][:num_features], first_bias), *later_layers]
+            (direction, magnitude), next_norms = fused.normalized_mlp(
+                impl, feats, layers, stale_norms=norms, first_step=first_step
+            )
             step = direction * jnp.exp(exp_mult * magnitude) * step_mult
-            return (-step).astype(param.dtype), momentum
+            return (-step).astype(param.dtype), momentum, next_norms
 
         def update_fn(updates, state, params=None, **extra_args):
             del extra_args  # loss / loss_fn are accepted for the common contract, not used
@@ -292,14 +352,31 @@ class MLPLOpt:
             # the step features are global: fold their first-layer contribution into the bias
             first_bias = nn["b0"] + jnp.matmul(step_features, nn["w0"][num_features:], precision=_HIGHEST)
             grads, treedef = jax.tree.flatten(updates)
+            if single_pass:
+                if state.norms is None:
+                    raise ValueError(
+                        "mlp_lopt with impl='single_pass' needs the norms in its state; initialise the state "
+                        "with the init of an optimizer made with the same impl."
+                    )
+                norm_leaves = treedef.flatten_up_to(state.norms)
+            else:
+                norm_leaves = [None] * len(grads)
+            first_step = state.iteration == 0
             results = [
-                leaf_update(p, g, m, first_bias)
-                for p, g, m in zip(
-                    treedef.flatten_up_to(params), grads, treedef.flatten_up_to(state.momentum), strict=True
+                leaf_update(p, g, m, n, first_bias, first_step)
+                for p, g, m, n in zip(
+                    treedef.flatten_up_to(params),
+                    grads,
+                    treedef.flatten_up_to(state.momentum),
+                    norm_leaves,
+                    strict=True,
                 )
             ]
             new_updates = treedef.unflatten([r[0] for r in results])
             momentum = treedef.unflatten([r[1] for r in results])
-            return new_updates, MLPLOptState(iteration=state.iteration + jnp.ones([], jnp.int32), momentum=momentum)
+            norms = treedef.unflatten([r[2] for r in results]) if single_pass else None
+            return new_updates, MLPLOptState(
+                iteration=state.iteration + jnp.ones([], jnp.int32), momentum=momentum, norms=norms
+            )
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
