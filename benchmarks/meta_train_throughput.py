@@ -16,6 +16,13 @@ then the PES estimate and an Adam step on the meta-params.
   Python for every task, branch and step; the PES estimate from the collected losses; then the
   outer update. Warmed up (compiled) before timing.
 
+``--recipe celo`` instead measures Celo's full meta-training recipe (params/celo_gpu.yaml, mirrored
+in :data:`CELO_RECIPE` and checked against it by the tests): 4 families (one per 8x8 dataset) × 8
+tasks × 2 antithetic branches × truncation 50, horizons 100..2000, both phases (phase 1 trains the
+MLP, phase 2 the LSTM scheduler), each timed over ``--outer-steps`` outer steps after its compiling
+first call; it reports outer and inner steps/s per phase and the projected wall time of the full
+recipe (100k outer steps per phase).
+
 Inner steps per second = tasks × 2 × trunc_length × outer steps / seconds. The data are random
 arrays of the real shapes (two datasets of 8x8x1 images, 10 classes): throughput does not depend on
 pixel values. Prints a table and writes ``benchmarks/results/meta_train_throughput_<backend>.json``.
@@ -43,6 +50,18 @@ from components.optimizers.registry import learned_optimizer  # noqa: E402
 from components.tasks import ImageMLPFamily, stack_datasets  # noqa: E402
 
 MIN_UNROLL, MAX_UNROLL, SIGMA = 50, 1000, 0.01
+
+CELO_RECIPE = {
+    "lopt": "celo",
+    "num_tasks": 8,
+    "trunc_length": 50,
+    "min_unroll": 100,
+    "max_unroll": 2000,
+    "sigma": 0.01,
+    "steps_per_call": 10,
+    "phases": {"phase1": 100000, "phase2": 100000},
+}
+"""Celo's meta-training recipe as params/celo_gpu.yaml sets it (tests/benchmarks keep them equal)."""
 
 
 def make_problem(lopt_name: str, num_examples: int = 10000):
@@ -166,18 +185,99 @@ def loop_rate(lopt, family, data, num_tasks: int, trunc: int, outer_steps: int) 
     return outer_steps * num_tasks * 2 * trunc / (time.perf_counter() - t0)
 
 
+def celo_recipe_rates(outer_steps: int, log) -> list[dict]:
+    """Per phase: outer / inner steps per second of the Celo recipe and its projected wall time."""
+    from components.tasks.families import CELO_DATASETS, CELO_IMAGE_SHAPE, celo_families  # noqa: PLC0415
+
+    r = CELO_RECIPE
+    rng = np.random.default_rng(0)
+    families = list(celo_families(CELO_DATASETS).values())
+    datas = [
+        stack_datasets(
+            [rng.random((10000, *CELO_IMAGE_SHAPE), np.float32)], [rng.integers(0, 10, 10000).astype(np.int32)]
+        )
+        for _ in families
+    ]
+    spc = r["steps_per_call"]
+    timed = max(spc, outer_steps // spc * spc)
+    rows = []
+    for phase, (name, full_steps) in enumerate(r["phases"].items(), start=1):
+        lopt = learned_optimizer(r["lopt"], train_phase=phase)
+        cfg = MetaTrainConfig(
+            num_outer_steps=timed + spc,
+            steps_per_call=spc,
+            num_tasks=r["num_tasks"],
+            trunc_length=r["trunc_length"],
+            min_unroll=r["min_unroll"],
+            max_unroll=r["max_unroll"],
+            sigma=r["sigma"],
+            log_every=timed + spc,
+        )
+        lines: list[str] = []
+        res = meta_train(lopt, families, datas, cfg, key=jax.random.PRNGKey(phase), log=lines.append)
+        match = next(m for line in lines if (m := re.search(r"compiled the outer step in ([0-9.]+)s", line)))
+        first = float(match.group(1))
+        outer_rate = timed / (res.seconds - first)
+        inner_per_outer = len(families) * r["num_tasks"] * 2 * r["trunc_length"]
+        rows.append(
+            {
+                "phase": name,
+                "timed_outer_steps": timed,
+                "compile_seconds": first,
+                "outer_steps_per_s": outer_rate,
+                "inner_steps_per_s": outer_rate * inner_per_outer,
+                "recipe_outer_steps": full_steps,
+                "projected_hours": (full_steps / outer_rate + first) / 3600,
+            }
+        )
+        log(f"  {name}: {outer_rate:.2f} outer steps/s over {timed} steps (compiled in {first:.0f}s)")
+    return rows
+
+
+def main_recipe(args) -> int:
+    device = jax.devices()[0]
+    outer = args.outer_steps if args.outer_steps is not None else (2000 if jax.default_backend() == "gpu" else 20)
+    rows = celo_recipe_rates(outer, lambda m: print(m, flush=True))
+    r = CELO_RECIPE
+    print(
+        f"Celo recipe meta-training: 4 families x {r['num_tasks']} tasks x 2 x truncation {r['trunc_length']}, "
+        f"{r['steps_per_call']} outer steps per call, {jax.default_backend()} ({device.device_kind}),"
+        f" jax {jax.__version__}"
+    )
+    print(f"{'phase':<8} {'timed steps':>11} {'outer steps/s':>14} {'inner steps/s':>14} {'projected h':>12}")
+    for row in rows:
+        print(
+            f"{row['phase']:<8} {row['timed_outer_steps']:>11} {row['outer_steps_per_s']:>14.2f}"
+            f" {row['inner_steps_per_s']:>14.0f} {row['projected_hours']:>12.2f}"
+        )
+    total = sum(row["projected_hours"] for row in rows)
+    print(f"projected full recipe (both phases, {sum(r['phases'].values())} outer steps): {total:.2f} h")
+    doc = {"recipe": CELO_RECIPE, "args": vars(args), "rows": rows, "projected_hours_total": total}
+    print(f"wrote {write_results('meta_train_celo_recipe', doc, args.out)}")
+    return 0 if all(math.isfinite(row["outer_steps_per_s"]) for row in rows) else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--recipe", choices=["celo"], default=None, help="measure a paper's full meta-training recipe")
     ap.add_argument("--lopt", default="small_fc_lopt")
     ap.add_argument("--num-tasks", type=int, nargs="+", default=[8])
     ap.add_argument("--trunc-length", type=int, default=20)
     ap.add_argument(
-        "--outer-steps", type=int, default=50, help="engine outer steps (the first, compiling one, is not timed)"
+        "--outer-steps",
+        type=int,
+        default=None,
+        help="engine outer steps (the first, compiling call is not timed); default 50; with --recipe: "
+        "2000 on GPU, 20 on CPU",
     )
     ap.add_argument("--steps-per-call", type=int, default=10, help="engine outer steps per compiled call")
     ap.add_argument("--loop-outer-steps", type=int, default=2, help="timed outer steps of the per-step loop")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.recipe:
+        return main_recipe(args)
+    if args.outer_steps is None:
+        args.outer_steps = 50
 
     device = jax.devices()[0]
     lopt, family, data = make_problem(args.lopt)

@@ -1,6 +1,7 @@
 """Step time of every optimizer relative to Adam on the same parameters (one jitted update).
 
     .venv/bin/python benchmarks/optimizer_step.py [--sizes 1e5 1e6] [--only adam celo ...] [--repeats 20]
+        [--impls reference fused single_pass]
 
 Every name of ``components.optimizers.available()`` is built through ``create``: baselines with
 lr 1e-3, learned optimizers from fresh meta-params, hybrids / safeguards around ``small_fc_lopt``
@@ -10,6 +11,10 @@ Celo's LSTMs, L3RS's layer features) is counted as it would be in training. Each
 gradient, the loss and a cheap quadratic ``loss_fn`` (the LGL2O / GL2O rows therefore show the
 optimizer-side overhead; in real training their extra forward / backward passes cost a model
 evaluation each).
+
+``--impls``: every learned optimizer with an ``impl`` field (the per-parameter MLP's form, see
+:mod:`components.optimizers.fused`) gets one row per listed form, labelled ``name[impl]``; without
+it each runs in its ``auto`` form.
 
 Timing: every program is compiled first, then the optimizers are timed in interleaved rounds and
 the best round is kept, so a slow moment of a shared machine hits all of them alike. Above
@@ -48,12 +53,32 @@ def mlp_params(size: int) -> dict:
     }
 
 
-def build(name: str, num_tensors: int) -> optax.GradientTransformationExtraArgs:
+CPU_UNCOMPILABLE = ("mlp_lopt[fused]", "mlp_lopt[single_pass]")
+"""Rows left out on CPU: compiling them exhausts the memory of a CI-sized machine."""
+
+
+def has_impl(name: str) -> bool:
+    """Whether ``name`` is a learned optimizer with a selectable MLP form (an ``impl`` field)."""
+    return registry.kind_of(name) == "learned" and "impl" in registry.spec_hyperparameters(name)
+
+
+def split_label(label: str) -> tuple[str, str | None]:
+    """``"celo[fused]"`` -> ``("celo", "fused")``; ``"adam"`` -> ``("adam", None)``."""
+    if label.endswith("]") and "[" in label:
+        name, impl = label[:-1].split("[", 1)
+        return name, impl
+    return label, None
+
+
+def build(label: str, num_tensors: int) -> optax.GradientTransformationExtraArgs:
+    name, impl = split_label(label)
     kind = registry.kind_of(name)
     if kind == "baseline":
         return registry.create(name, learning_rate=1e-3)
     if kind == "learned":
         extra = {"num_layers": num_tensors} if name == "l3rs" else {}
+        if impl is not None:
+            extra["impl"] = impl
         return registry.create(name, num_steps=1000, key=jax.random.key(0), **extra)
     inner = {"hub": "hand", "lgl2o": "guard", "gl2o": "fallback"}[name]
     other = {"name": "sgd" if name == "gl2o" else "adam", "learning_rate": 1e-3}
@@ -126,6 +151,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=float, nargs="+", default=None, help="total parameter counts")
     ap.add_argument("--only", nargs="+", default=None, help="optimizer names (default: all; adam is always timed)")
+    ap.add_argument(
+        "--impls",
+        nargs="+",
+        default=None,
+        choices=["reference", "fused", "single_pass"],
+        help="time every learned optimizer with an impl field in each of these forms (default: its auto form)",
+    )
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=None, help="JSON result path (default: benchmarks/results/...)")
@@ -137,12 +169,19 @@ def main(argv=None):
     )
     args = ap.parse_args(argv)
     backend = jax.default_backend()
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     sizes = args.sizes or ([1e5, 1e6] if backend == "cpu" else [1e6, 1e7, 1e8])
     known = [n for names in registry.available().values() for n in names if n != "adafac_mlp_lopt"]
     names = ["adam"] + [n for n in (args.only or known) if n != "adam"]
     for n in names:
         registry.kind_of(n)  # a clear error for an unknown name
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.impls:
+        names = [label for n in names for label in ([f"{n}[{i}]" for i in args.impls] if has_impl(n) else [n])]
+        if backend == "cpu":  # XLA:CPU runs out of memory compiling these (components/optimizers/mlp_lopt.py)
+            skipped = [n for n in names if n in CPU_UNCOMPILABLE]
+            names = [n for n in names if n not in CPU_UNCOMPILABLE]
+            for n in skipped:
+                log(f"  skipping {n}: XLA:CPU cannot compile its 32-wide fused loop (see mlp_lopt's docstring)")
     device = jax.devices()[0]
     log(f"backend {backend} ({device.device_kind}), jax {jax.__version__}, optax {optax.__version__}")
     results = {}
@@ -152,18 +191,20 @@ def main(argv=None):
 
     cols = list(results)
     print(f"optimizer step time / Adam step time — {backend} ({device.device_kind}), jax {jax.__version__}")
-    header = f"{'optimizer':<16}" + "".join(f" | {f'{c:.1e} params':>24}" for c in cols)
+    width = max(16, *(len(n) for n in names))
+    header = f"{'optimizer':<{width}}" + "".join(f" | {f'{c:.1e} params':>24}" for c in cols)
     print(header)
     print("-" * len(header))
     for name in names:
         cells = [f"{results[c][name]:9.3f} ms {results[c][name] / results[c]['adam']:6.2f}x" for c in cols]
-        print(f"{name:<16}" + "".join(f" | {cell:>24}" for cell in cells))
+        print(f"{name:<{width}}" + "".join(f" | {cell:>24}" for cell in cells))
 
     doc = {
         "num_devices": jax.device_count(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "optax": optax.__version__,
+        "impls": args.impls,
         "repeats": args.repeats,
         "rounds": args.rounds,
         "results": [

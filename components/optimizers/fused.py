@@ -77,10 +77,12 @@ IMPLS: tuple[str, ...] = ("auto", "reference", "fused", "single_pass")
 AUTO_IMPL: dict[str, str] = {"cpu": "fused", "gpu": "fused", "cuda": "fused", "rocm": "fused", "tpu": "fused"}
 """What ``"auto"`` means per JAX backend.
 
-``"fused"`` everywhere: it is exact (equal to the reference up to float rounding) and measured
-faster than ``"reference"`` on CPU for every optimizer (``benchmarks/optimizer_step.py --impls``)
-and, for the 4-wide MLPs, on an H100 (DESIGN.md). ``"single_pass"`` changes the optimizer's
-numerics, so it is never chosen silently; opt in with ``impl: single_pass``.
+``"fused"`` everywhere: it is exact (equal to the reference up to float rounding) and on CPU it
+is 4-5x faster than ``"reference"`` for the 4-wide MLPs (small_fc_lopt, STAR, Celo, VeLO;
+``benchmarks/optimizer_step.py --impls``). An optimizer may depart from it: ``mlp_lopt`` keeps
+``"reference"`` on CPU because XLA:CPU cannot compile the elementwise loop of its 32-wide network
+(see :mod:`.mlp_lopt`). ``"single_pass"`` changes the optimizer's numerics, so it is never chosen
+silently; opt in with ``impl: single_pass``.
 """
 
 _HIGHEST = jax.lax.Precision.HIGHEST
