@@ -13,7 +13,8 @@ Celo, for one parameter tensor ``p`` with gradient ``g`` at step ``t`` (counted 
 2. The accumulators are updated with ``g`` *before* the features: momentum (decays 0.9, 0.99,
    0.999), RMS (0.999) and Adafactor statistics (0.9, 0.99, 0.999).
 3. 30 per-parameter feature channels (14 groups, :mod:`.velo_mlp`), each normalised by its own
-   second moment over the tensor; no step-count features.
+   second moment over the tensor; no step-count features. The MLP below is evaluated by
+   :func:`.fused.normalized_mlp` in the form the ``impl`` field names (:class:`Celo`).
 4. An MLP 30 → 4 → 4 → 3 (ReLU) gives a direction ``d`` and a magnitude ``s`` per element and the
    step ``Δ = d · exp(0.001·s) · 0.001 · RMS(p)``, ``RMS(p) = sqrt(mean(p²) + 1e-9)``.
 5. **Phase 2 only**: ``Δ ← λ_t·Δ`` with ``λ_t`` from the learned scheduler:
@@ -95,6 +96,7 @@ import numpy as np
 import optax
 
 from components.optimizers import features as F
+from components.optimizers import fused
 from components.optimizers import lstm as L
 from components.optimizers import velo_mlp as V
 
@@ -297,6 +299,9 @@ class CeloState(NamedTuple):
       momentum: params-shaped tree; each leaf a tuple of momentum accumulators, one per decay.
       rms: params-shaped tree; each leaf a tuple of second-moment accumulators.
       factored: params-shaped tree; each leaf a :class:`~.features.FactoredAccumulator`.
+      norms: ``impl="single_pass"`` only: params-shaped tree of ``[C]`` float32 inverse RMS of the
+        previous step's feature channels (:func:`.fused.init_norms` at init, unused at step 0);
+        ``None`` for the other forms.
     """
 
     iteration: jax.Array
@@ -306,6 +311,7 @@ class CeloState(NamedTuple):
     momentum: Any
     rms: Any
     factored: Any
+    norms: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,6 +333,12 @@ class Celo:
       step_mult: overall step multiplier (0.001).
       param_scale_mult: multiply the step by ``RMS(p)`` (True).
       train_phase: 1 (MLP alone, scheduler frozen and unused) or 2 (``λ_t·Δ``, MLP frozen).
+      impl: how the per-parameter MLP is evaluated (:mod:`.fused`): ``"auto"`` (default: the
+        fastest exact form for the backend, :data:`.fused.AUTO_IMPL`; ``"fused"`` on every backend
+        today), ``"reference"`` (stacked channels and matmuls, the ground truth), ``"fused"`` (the
+        same function as elementwise sums) or ``"single_pass"`` (``"fused"`` with one-step-stale
+        per-tensor norms kept in :attr:`CeloState.norms`; this changes the numerics slightly).
+        Params files set it with ``meta_train.lopt_hyperparams: {impl: single_pass}``.
     """
 
     lstm_hidden_size: int = 64
@@ -341,6 +353,7 @@ class Celo:
     step_mult: float = 0.001
     param_scale_mult: bool = True
     train_phase: int = 2
+    impl: str = "auto"
 
     name: ClassVar[str] = "celo"
 
@@ -363,6 +376,7 @@ class Celo:
                 f"2: train the scheduler), got {self.train_phase!r}."
             )
         set_("train_phase", int(self.train_phase))
+        fused.check_impl(owner, self.impl)
         _ = self.feature_groups  # validates that the decay counts can be paired
 
     # ------------------------------------------------------------------ sizes
@@ -467,6 +481,9 @@ class Celo:
         }
         apply_lr_mult = self.train_phase == 2
         uses_scheduler = self.uses_scheduler
+        impl = fused.resolve_impl(self.impl)
+        single_pass = impl == "single_pass"
+        num_features = self.num_features
 
         def init_fn(params):
             return CeloState(
@@ -477,20 +494,21 @@ class Celo:
                 momentum=jax.tree.map(lambda p: F.init_momentum(p, n_mom), params),
                 rms=jax.tree.map(lambda p: F.init_rms(p, n_rms), params),
                 factored=jax.tree.map(lambda p: F.init_factored(p, n_fac), params),
+                norms=jax.tree.map(lambda p: fused.init_norms(num_features), params) if single_pass else None,
             )
 
-        def leaf_update(param, grad, momentum, rms, factored, ff_params, lr_mult):
+        def leaf_update(param, grad, momentum, rms, factored, norms, layers, lr_mult, first_step):
             grad = F.clip_gradient(grad.astype(F.accumulator_dtype(param.dtype)))
             momentum = F.update_momentum(momentum, grad, mom_decays)
             rms = F.update_rms(rms, grad, rms_decays)
             factored, fac_g = F.update_factored(factored, grad, fac_decays)
-            channels = V.normalize_channels(V.hyper_features(param, grad, momentum, rms, fac_g, factored))
-            direction, magnitude = V.apply_ff(ff_params, channels, groups)[:2]
-            step = V.param_step(direction, magnitude, param, **step_kwargs)
+            channels = V.hyper_features(param, grad, momentum, rms, fac_g, factored)
+            outputs, norms = fused.normalized_mlp(impl, channels, layers, stale_norms=norms, first_step=first_step)
+            step = V.param_step(outputs[0], outputs[1], param, **step_kwargs)
             if apply_lr_mult:
                 step = lr_mult * step
             update = jnp.broadcast_to(-step, param.shape).astype(param.dtype)
-            return update, momentum, rms, factored
+            return update, momentum, rms, factored, norms
 
         def update_fn(updates, state, params=None, **extra_args):
             loss = _loss_from(extra_args, "celo")
@@ -509,16 +527,20 @@ class Celo:
             ff_params = jax.tree.map(
                 lambda w: jnp.mean(w * controls.reshape((-1,) + (1,) * (w.ndim - 1)), axis=0), theta["ff_mod_stack"]
             )
+            layers = V.ff_layers(ff_params, groups)
             grads, treedef = jax.tree.flatten(updates)
+            norms = V.stale_norm_leaves("Celo", impl, state.norms, treedef)
             per_leaf = zip(
                 treedef.flatten_up_to(params),
                 grads,
                 treedef.flatten_up_to(state.momentum),
                 treedef.flatten_up_to(state.rms),
                 treedef.flatten_up_to(state.factored),
+                norms,
                 strict=True,
             )
-            results = [leaf_update(*args, ff_params, lr_mult) for args in per_leaf]
+            first_step = state.iteration == 0
+            results = [leaf_update(*args, layers, lr_mult, first_step) for args in per_leaf]
             new_updates, momentum, rms, factored = (treedef.unflatten([r[i] for r in results]) for i in range(4))
             new_state = CeloState(
                 iteration=state.iteration + jnp.ones([], jnp.int32),
@@ -528,6 +550,7 @@ class Celo:
                 momentum=momentum,
                 rms=rms,
                 factored=factored,
+                norms=treedef.unflatten([r[4] for r in results]) if single_pass else None,
             )
             return new_updates, new_state
 

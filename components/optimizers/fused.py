@@ -27,8 +27,11 @@ step. This module evaluates that MLP in three ways that compute the same functio
     channels' norms for step ``t + 1`` from the same values it feeds the MLP. The MLP then no longer
     waits for a reduction, so a compiler that fuses reductions with elementwise outputs (XLA on
     GPU: multi-output fusion) reads each input once. The first step has no previous norms and uses
-    the exact ones. This changes the optimizer (slightly): the norms are second moments of slowly
-    moving accumulators, so they drift by O(1−β) per step; the tests train with both forms and
+    an estimate on a strided subsample of its own channels (:func:`subsample_inverse_rms`; exact
+    for channels of at most 4096 elements). This changes the optimizer (slightly): the norms are
+    second moments of slowly moving accumulators, so they drift by O(1−β) per step (early in a run,
+    while the accumulators warm up, single steps differ by up to tens of percent); the tests train
+    with both forms and
     compare the outcomes. On CPU, XLA emits every reduction as its own loop either way, so this
     form is not faster there (see ``benchmarks/results/optimizer_step_cpu.txt``).
 

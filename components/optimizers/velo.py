@@ -35,6 +35,7 @@ update at step ``t`` (counted from 0) of a run of ``T`` steps, with loss ``ℓ``
 5. Accumulators are updated with ``g``; the 30 per-parameter features (:mod:`.velo_mlp`), each
    normalised over the tensor, go through the MLP ``30 → 4 → 4 → 3`` to ``(d, s, ·)`` and
    ``Δ = λ_i · d · exp(exp_mult·s) · step_mult · sqrt(mean(p²) + 1e-9)``; the update is ``−Δ``.
+   The MLP is evaluated by :func:`.fused.normalized_mlp` in the form the ``impl`` field names.
 
 Meta-parameters mirror the released checkpoint's structure (no loader is provided; a converter
 would map these names one to one):
@@ -50,9 +51,11 @@ Sizes: the default is VeLO-S as configured by Celo (``velo_s``: LSTM 64, 32 MLPs
 :meth:`VeLO.released_sizes` gives the released VeLO's (LSTM 512, 256 MLPs, ``ff_mult=100``, Celo's
 ``velo_4000``).
 
-Performance: each tensor's MLP has its own weights, so its elementwise sums read that tensor's
-scalars; the work stays elementwise per tensor (one small ``[n_tensors, K] @ [K, …]`` matmul per
-bank leaf mixes the weights of all tensors at once). The trace grows with the number of tensors.
+Performance: each tensor's MLP has its own weights (its own ``layers`` for :mod:`.fused`), so its
+elementwise sums read that tensor's scalars; the work stays elementwise per tensor (one small
+``[n_tensors, K] @ [K, …]`` matmul per bank leaf mixes the weights of all tensors at once). The
+``impl`` field picks the form of the per-parameter MLP (:mod:`.velo_mlp`, "Performance"). The
+trace grows with the number of tensors.
 
 Choices where the reference was unclear or that we made differently:
 
@@ -95,8 +98,8 @@ import numpy as np
 import optax
 
 from components.optimizers import features as F
+from components.optimizers import fused, velo_mlp
 from components.optimizers import lstm as L
-from components.optimizers import velo_mlp
 
 __all__ = ["VeLO", "VeLOState", "mix_ff_params", "tensor_lstm_features"]
 
@@ -185,6 +188,9 @@ class VeLOState(NamedTuple):
       rms: params-shaped tree; each leaf a tuple of second-moment accumulators.
       factored: params-shaped tree of :class:`~.features.FactoredAccumulator`.
       lstm: :class:`~.lstm.LSTMState` with one ``[H]`` row per parameter tensor (leaf order).
+      norms: ``impl="single_pass"`` only: params-shaped tree of ``[C]`` float32 inverse RMS of the
+        previous step's feature channels (:func:`.fused.init_norms` at init, unused at step 0);
+        ``None`` for the other forms.
     """
 
     iteration: jax.Array
@@ -194,6 +200,7 @@ class VeLOState(NamedTuple):
     rms: Any
     factored: Any
     lstm: L.LSTMState
+    norms: Any = None
 
 
 def _as_decays(values, name: str) -> tuple[float, ...]:
@@ -228,6 +235,12 @@ class VeLO:
       initial_momentum_decays: momentum decays (fixed).
       initial_rms_decays: second-moment decays (fixed).
       initial_adafactor_decays: Adafactor decays (fixed).
+      impl: how the per-parameter MLP is evaluated (:mod:`.fused`): ``"auto"`` (default: the
+        fastest exact form for the backend, :data:`.fused.AUTO_IMPL`; ``"fused"`` on every backend
+        today), ``"reference"`` (stacked channels and matmuls, the ground truth), ``"fused"`` (the
+        same function as elementwise sums) or ``"single_pass"`` (``"fused"`` with one-step-stale
+        per-tensor norms kept in :attr:`VeLOState.norms`; this changes the numerics slightly).
+        Params files set it with ``meta_train.lopt_hyperparams: {impl: single_pass}``.
     """
 
     lstm_hidden_size: int = 64
@@ -241,6 +254,7 @@ class VeLO:
     initial_momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
     initial_rms_decays: tuple[float, ...] = (0.999,)
     initial_adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+    impl: str = "auto"
 
     name: ClassVar[str] = "velo"
 
@@ -262,6 +276,7 @@ class VeLO:
         object.__setattr__(self, "param_scale_mult", bool(self.param_scale_mult))
         for field in ("initial_momentum_decays", "initial_rms_decays", "initial_adafactor_decays"):
             object.__setattr__(self, field, _as_decays(getattr(self, field), field))
+        fused.check_impl("VeLO", self.impl)
         _ = self.num_lstm_inputs  # validates that the decay counts can be combined
 
     @classmethod
@@ -379,6 +394,9 @@ class VeLO:
         groups = self.feature_groups
         ff_mult, exp_mult, step_mult = self.ff_mult, self.exp_mult, self.step_mult
         param_scale_mult = self.param_scale_mult
+        impl = fused.resolve_impl(self.impl)
+        single_pass = impl == "single_pass"
+        num_features = sum(groups)
 
         def init_fn(params):
             n = len(jax.tree.leaves(params))
@@ -393,19 +411,21 @@ class VeLO:
                     hidden=jnp.tile(init_state["hidden"], (n, 1)),
                     cell=jnp.tile(init_state["cell"], (n, 1)),
                 ),
+                norms=jax.tree.map(lambda p: fused.init_norms(num_features), params) if single_pass else None,
             )
 
-        def leaf_update(param, grad, momentum, rms, factored, ff, lr_mult):
+        def leaf_update(param, grad, momentum, rms, factored, norms, ff, lr_mult, first_step):
             momentum = F.update_momentum(momentum, grad, mom_decays)
             rms = F.update_rms(rms, grad, rms_decays)
             factored, fac_g = F.update_factored(factored, grad, fac_decays)
             feats = velo_mlp.hyper_features(param, grad, momentum, rms, fac_g, factored)
-            direction, magnitude, *_ = velo_mlp.apply_ff(ff, velo_mlp.normalize_channels(feats), groups)
+            layers = velo_mlp.ff_layers(ff, groups)
+            outputs, norms = fused.normalized_mlp(impl, feats, layers, stale_norms=norms, first_step=first_step)
             step = velo_mlp.param_step(
-                direction, magnitude, param, exp_mult=exp_mult, step_mult=step_mult, param_scale_mult=param_scale_mult
+                outputs[0], outputs[1], param, exp_mult=exp_mult, step_mult=step_mult, param_scale_mult=param_scale_mult
             )
             update = jnp.broadcast_to(-lr_mult * step, param.shape).astype(param.dtype)
-            return update, momentum, rms, factored
+            return update, momentum, rms, factored, norms
 
         def update_fn(updates, state, params=None, **extra_args):
             loss = extra_args.get("loss")
@@ -425,6 +445,7 @@ class VeLO:
             momenta = treedef.flatten_up_to(state.momentum)
             rmses = treedef.flatten_up_to(state.rms)
             factoreds = treedef.flatten_up_to(state.factored)
+            norms = velo_mlp.stale_norm_leaves("VeLO", impl, state.norms, treedef)
             if not grads:
                 return updates, state._replace(iteration=state.iteration + 1, loss_buffer=loss_buffer)
 
@@ -440,10 +461,11 @@ class VeLO:
             lr_mults = (hidden @ rnn["step_size"]["w"] + rnn["step_size"]["b"])[:, 0]
             mixed = mix_ff_params(bank, controls, ff_mult)
 
+            first_step = state.iteration == 0
             results = []
-            for i, args in enumerate(zip(leaves, grads, momenta, rmses, factoreds, strict=True)):
+            for i, args in enumerate(zip(leaves, grads, momenta, rmses, factoreds, norms, strict=True)):
                 ff = {name: w[i] for name, w in mixed.items()}
-                results.append(leaf_update(*args, ff, lr_mults[i]))
+                results.append(leaf_update(*args, ff, lr_mults[i], first_step))
             new_updates, momentum, rms, factored = (treedef.unflatten([r[j] for r in results]) for j in range(4))
             new_state = VeLOState(
                 iteration=state.iteration + jnp.ones([], jnp.int32),
@@ -456,6 +478,7 @@ class VeLO:
                     hidden=lstm_state.hidden.astype(state.lstm.hidden.dtype),
                     cell=lstm_state.cell.astype(state.lstm.cell.dtype),
                 ),
+                norms=treedef.unflatten([r[4] for r in results]) if single_pass else None,
             )
             return new_updates, new_state
 

@@ -39,18 +39,36 @@ Adafactor statistics ``r_a, c_a`` or ``v^a_a`` with preconditioned gradients ``f
    and a *backprop* meta-gradient through the following steps is NaN (ES/PES, with which VeLO and
    Celo were meta-trained, are unaffected). We keep the reference's maths; see the tests.
 2. Each channel is normalised by its own second moment over the tensor,
-   ``f ← f / sqrt(1e-5 + mean(f²))`` (:func:`normalize_channels`). No step-count features.
+   ``f ← f / sqrt(1e-5 + mean(f²))`` (:func:`normalize_channels`; :mod:`.fused` folds it into the
+   first layer). No step-count features.
 3. MLP ``C → hidden → … → 3`` with ReLU between layers; outputs ``(d, s, unused)``.
 4. Step ``Δ = d · exp(exp_mult·s) · step_mult · RMS(p)`` with ``RMS(p) = sqrt(mean(p²) + 1e-9)``
    (:func:`param_step`); the caller applies ``p ← p − Δ`` (times any learned LR multiplier).
 
-Performance: :func:`apply_ff` evaluates the MLP as per-channel elementwise sums,
-``h_j = relu(Σ_i w[i, j]·x_i + b_j)``, so no ``[..., channels]`` tensor is built and XLA can fuse the
-features and the MLP into elementwise code (as ``small_fc_lopt``). The few hidden units are kept on
-a *leading* axis (``[units, *shape]``, the tensor's own axes stay minor) so that each channel costs
-a handful of traced ops rather than one per weight (compile time matters: VeLO traces this once per
-parameter tensor with that tensor's own weights). The weights may differ per tensor
-(VeLO's hypernetwork): each tensor's sums simply use that tensor's scalars.
+Performance: the optimizers evaluate steps 2–3 with :func:`.fused.normalized_mlp` on the
+un-normalised channels of :func:`hyper_features` and the layers of :func:`ff_layers` (the
+``w0__i`` blocks concatenated to one ``[C, H]`` first layer), in the form their ``impl`` field
+names; all three compute the same function:
+
+* ``"reference"``: the channels stacked to ``[*shape, C]``, normalised and multiplied by the
+  weights (the papers' code; XLA writes the stacked input and every ``[*shape, H]`` hidden layer).
+  The ground truth the others are tested against.
+* ``"fused"`` (what ``"auto"`` picks today): the per-tensor normalisers folded into the first
+  layer's weights, every layer a sum of channels times scalar weights with the hidden units as
+  separate arrays, and the row / column statistics (groups 9–12 of tensors with ≥ 2 axes, kept
+  un-broadcast) mixed in their own small shape before being broadcast once per hidden unit. XLA
+  fuses the features and the MLP into elementwise code; no ``[*shape, C]`` or ``[*shape, H]``
+  tensor is written. Exact up to float rounding.
+* ``"single_pass"``: ``"fused"`` with one-step-stale per-tensor norms kept in the optimizer state
+  (the first step estimates them on a subsample), so the MLP need not wait for the reductions.
+  This changes the optimizer slightly.
+
+The weights may differ per tensor (VeLO's hypernetwork): each tensor's MLP simply gets its own
+layers. The fused forms trace a few ops per weight (~150 weights with the default sizes) for every
+parameter tensor, so the trace grows with the number of tensors, and a backprop meta-gradient
+through them compiles markedly slower than through ``"reference"`` (on CPU, 20 steps of VeLO on
+4 tensors: ~70 s against ~16 s). :func:`apply_ff` and :func:`normalize_channels` are the same
+maths on already-normalised channels, for tests and direct use.
 
 Weight layout: ``{"w0__0", …, "w0__13", "w1", …, "b0", …}`` as the reference's haiku parameters of
 ``_ff_mod`` (module ``~``), so released weights map one to one.
@@ -76,23 +94,27 @@ Example:
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from components.optimizers import features as F
+from components.optimizers import fused
 
 __all__ = [
     "apply_ff",
     "feature_groups",
+    "ff_layers",
     "hyper_feature_groups",
     "hyper_features",
     "init_ff_params",
     "normalize_channels",
     "pair_decays",
-    "truncated_normal_blocks",
     "param_step",
+    "stale_norm_leaves",
+    "truncated_normal_blocks",
 ]
 
 
@@ -310,16 +332,50 @@ def _num_layers(ff_params: dict) -> int:
     return layers
 
 
-def apply_ff(ff_params: dict, inputs: Sequence[jax.Array], groups: Sequence[int]) -> list[jax.Array]:
-    """Applies one per-parameter MLP elementwise to normalised channels.
+def ff_layers(ff_params: dict, groups: Sequence[int]) -> list[tuple[jax.Array, jax.Array]]:
+    """One MLP's weights as :mod:`.fused`'s ``layers``: ``[(w0 [C, H], b0), (w1, b1), …]``.
 
-    ``h⁰_j = Σ_i Σ_c w0__i[c, j]·x_{i,c} + b0_j`` over the groups ``i`` and their channels ``c``,
-    then ``hˡ_j = Σ_i W_l[i, j]·relu(hˡ⁻¹_i) + b_l[j]``, as sums of channels scaled elementwise;
-    no ``[..., channels]`` tensor is built (the hidden units sit on a leading axis).
+    The first layer is the ``w0__i`` row blocks concatenated in group order (``C = sum(groups)``,
+    the channel order of :func:`hyper_features`); the other layers are passed through.
 
     Args:
       ff_params: one MLP's weights, as :func:`init_ff_params` returns them (for VeLO: the bank
         already reduced to this tensor's weights, no leading bank axis).
+      groups: first-layer group widths (:func:`feature_groups`).
+
+    Returns:
+      The layers, ReLU between them and none after the last (``fused.normalized_mlp``'s convention).
+
+    Raises:
+      ValueError: if the weights do not match ``groups`` (or carry a leading bank axis).
+    """
+    groups = tuple(int(w) for w in groups)
+    first = [ff_params.get(f"w0__{i}") for i in range(len(groups))]
+    bad = [
+        (i, None if w is None else tuple(w.shape))
+        for i, w in enumerate(first)
+        if w is None or w.ndim != 2 or w.shape[0] != groups[i]
+    ]
+    if bad or f"w0__{len(groups)}" in ff_params:
+        raise ValueError(
+            f"ff_layers: ff_params do not match groups {groups} (mismatched w0__i: {bad}); expected one "
+            "[width, hidden] matrix per group, without a leading bank axis. Build them with init_ff_params."
+        )
+    layers = [(jnp.concatenate(first, axis=0), ff_params["b0"])]
+    layers += [(ff_params[f"w{layer}"], ff_params[f"b{layer}"]) for layer in range(1, _num_layers(ff_params))]
+    return layers
+
+
+def apply_ff(ff_params: dict, inputs: Sequence[jax.Array], groups: Sequence[int]) -> list[jax.Array]:
+    """Applies one per-parameter MLP elementwise to already-normalised channels.
+
+    ``h⁰_j = Σ_i Σ_c w0__i[c, j]·x_{i,c} + b0_j`` over the groups ``i`` and their channels ``c``,
+    then ``hˡ_j = Σ_i W_l[i, j]·relu(hˡ⁻¹_i) + b_l[j]``, evaluated by :func:`.fused.mlp_fused`
+    (unit normalisers). The optimizers call :func:`.fused.normalized_mlp` on the un-normalised
+    channels instead, which folds the normalisation into the weights; this is the same maths.
+
+    Args:
+      ff_params: one MLP's weights (see :func:`ff_layers`).
       inputs: the normalised channels (:func:`normalize_channels`), ``sum(groups)`` of them, each
         broadcastable to the parameter's shape.
       groups: first-layer group widths (:func:`feature_groups`).
@@ -337,37 +393,33 @@ def apply_ff(ff_params: dict, inputs: Sequence[jax.Array], groups: Sequence[int]
             f"apply_ff: expected {sum(groups)} input channels (sum of groups {groups}), got {len(inputs)}. "
             "Pass the channels of hyper_features after normalize_channels."
         )
-    first = [ff_params.get(f"w0__{i}") for i in range(len(groups))]
-    bad = [
-        (i, None if w is None else tuple(w.shape))
-        for i, w in enumerate(first)
-        if w is None or w.ndim != 2 or w.shape[0] != groups[i]
-    ]
-    if bad or f"w0__{len(groups)}" in ff_params:
+    layers = ff_layers(ff_params, groups)
+    return fused.mlp_fused(inputs, layers, jnp.ones((len(inputs),), jnp.float32))
+
+
+def stale_norm_leaves(owner: str, impl: str, norms: Any, treedef: Any) -> list:
+    """The per-leaf ``stale_norms`` to pass to :func:`.fused.normalized_mlp`, from an optimizer state.
+
+    Args:
+      owner: the optimizer's name, for the error message.
+      impl: the resolved ``impl``; only ``"single_pass"`` reads the norms.
+      norms: the state's ``norms`` field: a params-shaped tree of ``[C]`` arrays, or ``None``.
+      treedef: the parameters' tree structure.
+
+    Returns:
+      One ``[C]`` array per leaf for ``"single_pass"``, else one ``None`` per leaf.
+
+    Raises:
+      ValueError: for ``"single_pass"`` with ``norms=None`` (a state built with another ``impl``).
+    """
+    if impl != "single_pass":
+        return [None] * treedef.num_leaves
+    if norms is None:
         raise ValueError(
-            f"apply_ff: ff_params do not match groups {groups} (mismatched w0__i: {bad}); expected one "
-            "[width, hidden] matrix per group, without a leading bank axis. Build them with init_ff_params."
+            f"{owner} with impl='single_pass' keeps per-tensor norms in its state, but state.norms is None: "
+            "build the state with opt.init of an optimizer made with the same impl."
         )
-    shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in inputs))
-    ones = (1,) * len(shape)
-
-    def column(w):  # a weight row [fan_out] as [fan_out, 1, …, 1], to scale a whole channel
-        return w.reshape(w.shape + ones)
-
-    # Hidden units are stacked on a *leading* axis ([units, *shape]): every term is an elementwise
-    # product of one channel with one column of weights (fusable, the tensor's own axes stay
-    # minor), and the trace has a few ops per channel instead of a few per weight.
-    rows = [w[r] for w in first for r in range(w.shape[0])]
-    hidden = column(ff_params["b0"])
-    for w, x in zip(rows, inputs, strict=True):
-        hidden = hidden + column(w) * x
-    for layer in range(1, _num_layers(ff_params)):
-        w, b = ff_params[f"w{layer}"], ff_params[f"b{layer}"]
-        active = jax.nn.relu(hidden)
-        hidden = column(b)
-        for i in range(w.shape[0]):
-            hidden = hidden + column(w[i]) * active[i]
-    return [jnp.broadcast_to(hidden[j], shape) for j in range(hidden.shape[0])]
+    return treedef.flatten_up_to(norms)
 
 
 def normalize_channels(channels: Sequence[jax.Array]) -> list[jax.Array]:

@@ -9,6 +9,7 @@ from components.optimizers import features as F
 from components.optimizers.velo_mlp import (
     apply_ff,
     feature_groups,
+    ff_layers,
     hyper_feature_groups,
     hyper_features,
     init_ff_params,
@@ -179,6 +180,17 @@ def test_apply_ff_equals_stacked_matmul(shape):
     for k in range(3):
         assert got[k].shape == shape
         np.testing.assert_allclose(got[k], out[..., k], rtol=1e-4, atol=1e-5)
+
+
+def test_ff_layers_concatenate_the_first_layer_in_group_order():
+    groups = feature_groups(3, 1, 3)
+    ff = init_ff_params(jax.random.key(2), groups, hidden_size=5, hidden_layers=2)
+    layers = ff_layers(ff, groups)
+    assert [(w.shape, b.shape) for w, b in layers] == [((30, 5), (5,)), ((5, 5), (5,)), ((5, 3), (3,))]
+    np.testing.assert_array_equal(layers[0][0], np.concatenate([ff[f"w0__{i}"] for i in range(len(groups))]))
+    assert layers[1][0] is ff["w1"] and layers[2][1] is ff["b2"]
+    with pytest.raises(ValueError, match=r"mismatched w0__i: \[\(1, \(2, 5\)\)\]"):
+        ff_layers(ff | {"w0__1": jnp.ones((2, 5))}, groups)
 
 
 def test_apply_ff_errors():
