@@ -529,7 +529,7 @@ class Celo:
             )
             layers = V.ff_layers(ff_params, groups)
             grads, treedef = jax.tree.flatten(updates)
-            norms = V.stale_norm_leaves("Celo", impl, state.norms, treedef)
+            norms = fused.stale_norm_leaves("Celo", impl, state.norms, treedef)
             per_leaf = zip(
                 treedef.flatten_up_to(params),
                 grads,

@@ -50,6 +50,7 @@ where it beats XLA.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +69,7 @@ __all__ = [
     "mlp_reference",
     "normalized_mlp",
     "resolve_impl",
+    "stale_norm_leaves",
     "subsample_inverse_rms",
 ]
 
@@ -145,6 +147,31 @@ def subsample_inverse_rms(channels: Sequence[jax.Array], max_elements: int = SUB
 def init_norms(num_channels: int) -> jax.Array:
     """Initial stale norms of ``"single_pass"`` (ones; the first step never uses them)."""
     return jnp.ones((num_channels,), jnp.float32)
+
+
+def stale_norm_leaves(owner: str, impl: str, norms: Any, treedef: Any) -> list:
+    """The per-leaf ``stale_norms`` to pass to :func:`.fused.normalized_mlp`, from an optimizer state.
+
+    Args:
+      owner: the optimizer's name, for the error message.
+      impl: the resolved ``impl``; only ``"single_pass"`` reads the norms.
+      norms: the state's ``norms`` field: a params-shaped tree of ``[C]`` arrays, or ``None``.
+      treedef: the parameters' tree structure.
+
+    Returns:
+      One ``[C]`` array per leaf for ``"single_pass"``, else one ``None`` per leaf.
+
+    Raises:
+      ValueError: for ``"single_pass"`` with ``norms=None`` (a state built with another ``impl``).
+    """
+    if impl != "single_pass":
+        return [None] * treedef.num_leaves
+    if norms is None:
+        raise ValueError(
+            f"{owner} with impl='single_pass' needs the norms in its state, but state.norms is None: "
+            "build the state with opt.init of an optimizer made with the same impl."
+        )
+    return treedef.flatten_up_to(norms)
 
 
 # --------------------------------------------------------------------------- forms

@@ -352,15 +352,7 @@ class MLPLOpt:
             # the step features are global: fold their first-layer contribution into the bias
             first_bias = nn["b0"] + jnp.matmul(step_features, nn["w0"][num_features:], precision=_HIGHEST)
             grads, treedef = jax.tree.flatten(updates)
-            if single_pass:
-                if state.norms is None:
-                    raise ValueError(
-                        "mlp_lopt with impl='single_pass' needs the norms in its state; initialise the state "
-                        "with the init of an optimizer made with the same impl."
-                    )
-                norm_leaves = treedef.flatten_up_to(state.norms)
-            else:
-                norm_leaves = [None] * len(grads)
+            norm_leaves = fused.stale_norm_leaves("mlp_lopt", impl, state.norms, treedef)
             first_step = state.iteration == 0
             results = [
                 leaf_update(p, g, m, n, first_bias, first_step)

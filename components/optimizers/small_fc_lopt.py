@@ -384,12 +384,7 @@ class SmallFcLOpt:
             layers = _mlp_layers(nn, num_features, step_features, num_layers)
             first_step = state.iteration == 0
             grads, treedef = jax.tree.flatten(updates)
-            if single_pass and state.norms is None:
-                raise ValueError(
-                    "small_fc_lopt with impl='single_pass' needs state.norms: build the state with this "
-                    "optimizer's init (a state from another impl lacks them)."
-                )
-            norms = treedef.flatten_up_to(state.norms) if single_pass else [None] * len(grads)
+            norms = fused.stale_norm_leaves("small_fc_lopt", impl, state.norms, treedef)
             results = [
                 leaf_update(*args, layers, first_step)
                 for args in zip(

@@ -458,12 +458,7 @@ class STAR:
             layers = _mlp_layers(nn, num_features, F.tanh_step_embedding(state.iteration), num_layers)
             first_step = state.iteration == 0
             grads, treedef = jax.tree.flatten(updates)
-            if single_pass and state.norms is None:
-                raise ValueError(
-                    "star with impl='single_pass' needs state.norms: build the state with this optimizer's "
-                    "init (a state from another impl lacks them)."
-                )
-            norms = treedef.flatten_up_to(state.norms) if single_pass else [None] * len(grads)
+            norms = fused.stale_norm_leaves("star", impl, state.norms, treedef)
             results = [
                 leaf_update(*args, layers, first_step)
                 for args in zip(

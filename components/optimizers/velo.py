@@ -445,7 +445,7 @@ class VeLO:
             momenta = treedef.flatten_up_to(state.momentum)
             rmses = treedef.flatten_up_to(state.rms)
             factoreds = treedef.flatten_up_to(state.factored)
-            norms = velo_mlp.stale_norm_leaves("VeLO", impl, state.norms, treedef)
+            norms = fused.stale_norm_leaves("VeLO", impl, state.norms, treedef)
             if not grads:
                 return updates, state._replace(iteration=state.iteration + 1, loss_buffer=loss_buffer)
 

@@ -94,7 +94,6 @@ Example:
 
 import functools
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -113,7 +112,6 @@ __all__ = [
     "normalize_channels",
     "pair_decays",
     "param_step",
-    "stale_norm_leaves",
     "truncated_normal_blocks",
 ]
 
@@ -395,31 +393,6 @@ def apply_ff(ff_params: dict, inputs: Sequence[jax.Array], groups: Sequence[int]
         )
     layers = ff_layers(ff_params, groups)
     return fused.mlp_fused(inputs, layers, jnp.ones((len(inputs),), jnp.float32))
-
-
-def stale_norm_leaves(owner: str, impl: str, norms: Any, treedef: Any) -> list:
-    """The per-leaf ``stale_norms`` to pass to :func:`.fused.normalized_mlp`, from an optimizer state.
-
-    Args:
-      owner: the optimizer's name, for the error message.
-      impl: the resolved ``impl``; only ``"single_pass"`` reads the norms.
-      norms: the state's ``norms`` field: a params-shaped tree of ``[C]`` arrays, or ``None``.
-      treedef: the parameters' tree structure.
-
-    Returns:
-      One ``[C]`` array per leaf for ``"single_pass"``, else one ``None`` per leaf.
-
-    Raises:
-      ValueError: for ``"single_pass"`` with ``norms=None`` (a state built with another ``impl``).
-    """
-    if impl != "single_pass":
-        return [None] * treedef.num_leaves
-    if norms is None:
-        raise ValueError(
-            f"{owner} with impl='single_pass' keeps per-tensor norms in its state, but state.norms is None: "
-            "build the state with opt.init of an optimizer made with the same impl."
-        )
-    return treedef.flatten_up_to(norms)
 
 
 def normalize_channels(channels: Sequence[jax.Array]) -> list[jax.Array]:
