@@ -8,7 +8,18 @@ import io
 import logging
 from pathlib import Path
 
-__all__ = ["open_repo", "stage_order", "changed_stages", "is_changed", "commit_stage", "find_root"]
+__all__ = [
+    "open_repo",
+    "stage_order",
+    "changed_stages",
+    "is_changed",
+    "commit_stage",
+    "find_root",
+    "run_cache_key",
+    "restore_stage",
+    "default_remote",
+    "push_stage",
+]
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -62,3 +73,78 @@ def changed_stages(repo, names: list[str]) -> list[str]:
 def commit_stage(repo, name: str) -> None:
     """Record stage ``name``'s current deps/params/outs in ``dvc.lock`` and the cache (``dvc commit``)."""
     _quiet(repo.commit, name, force=True)
+
+
+def _stage(repo, name: str):
+    return next(s for s in repo.index.stages if s.name == name)
+
+
+def run_cache_key(repo, name: str) -> str | None:
+    """DVC's run-cache key of stage ``name`` as it stands now (its command, dependencies and params).
+
+    The same key DVC files the stage's outputs under when the stage is committed, so an MLflow run
+    tagged with it can be found again when a later run restores the stage from the run-cache. None
+    when DVC cannot cache the stage (a missing dependency, no outputs).
+    """
+    from dvc.stage.cache import _can_hash, _get_stage_hash  # noqa: PLC0415  (DVC's own key function)
+
+    stage = _stage(repo, name)
+    recorded = [dep.hash_info for dep in stage.deps]  # what dvc.lock says: put back below
+    try:
+        _quiet(stage.save_deps)
+        return _get_stage_hash(stage) if _can_hash(stage) else None
+    except Exception:  # noqa: BLE001 - a dependency that cannot be hashed yet: no key, the stage just runs
+        return None
+    finally:
+        # DVC's restore takes a stage whose in-memory dependency hashes equal the workspace for an
+        # up-to-date one and checks out the outputs dvc.lock records: keep the lock's hashes
+        for dep, info in zip(stage.deps, recorded):
+            dep.hash_info = info
+
+
+def restore_stage(repo, name: str, *, pull: bool = False) -> bool:
+    """Check out stage ``name``'s outputs from DVC's run-cache (fetched from the remote with ``pull``)
+    and record them in ``dvc.lock``; False when no run with the current dependencies was cached."""
+    from dvc.stage.cache import RunCacheNotFoundError  # noqa: PLC0415
+
+    stage = _stage(repo, name)
+    try:
+        with repo.lock:  # checkout writes the workspace: DVC's own lock, as `dvc repro` holds it
+            if pull:
+                _quiet(repo.stage_cache.pull, None)
+            _quiet(repo.stage_cache.restore, stage, pull=pull)
+    except RunCacheNotFoundError:
+        return False
+    commit_stage(repo, name)
+    return True
+
+
+def default_remote(repo) -> str | None:
+    """The URL of the project's default DVC remote, if one is configured (any level of config)."""
+    name = repo.config.get("core", {}).get("remote")
+    if not name:
+        return None
+    return repo.config.get("remote", {}).get(name, {}).get("url")
+
+
+def push_stage(repo, name: str) -> int:
+    """Push stage ``name``'s run-cache entry and every object it names to the default remote.
+
+    ``dvc push --run-cache`` sends the entries but not the objects of ``cache: false`` outputs (metrics,
+    plots), which the entry still names, so a restore elsewhere would miss them; this pushes those too.
+    Returns the number of objects sent.
+    """
+    from dvc.stage.cache import _get_cache_hash, _get_stage_hash  # noqa: PLC0415
+    from dvc.stage.serialize import to_single_stage_lockfile  # noqa: PLC0415
+
+    stage = _stage(repo, name)
+    key = _get_stage_hash(stage)
+    value = _get_cache_hash(to_single_stage_lockfile(stage))
+    _quiet(repo.stage_cache.push, None)
+    sent = 0
+    for objs in repo.stage_cache.get_used_objs([(key, value)]).values():
+        result = _quiet(repo.cloud.push, objs)
+        if result.failed:
+            raise RuntimeError(f"dvc push of stage {name!r} failed for {len(result.failed)} object(s)")
+        sent += len(result.transferred)
+    return sent
