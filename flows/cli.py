@@ -6,8 +6,12 @@
     l2o optimizers   (every optimizer name usable in params files, with its hyperparameters)
     l2o tasks [--params params/default.yaml | --suite heldout]   (tasks with parameter counts)
     l2o compare RUN_A RUN_B [--filter REGEX ...] [--changed] [--rtol 1e-9] [--json]   (metric differences B-A)
+    l2o up / down / status / worker POOL   (Prefect + MLflow servers on this machine, process workers)
+    l2o submit --params FILE [--place meta_train=gpu]   (a run on the workers, followed to its end)
+    l2o reproduce RUN_ID   (re-run an MLflow run's commit and params in a clean worktree, compare metrics)
 
-Exit codes: 0 success, 1 a stage failed, 2 invalid params or usage.
+Exit codes: 0 success, 1 a stage failed (or a reproduction differs), 2 invalid params or usage,
+3 a configured server does not answer or another l2o run holds this repository.
 """
 
 import argparse
@@ -59,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="meta_train continues from its last checkpoint (meta_train.checkpoint_every) instead of starting over",
+    )
+    r.add_argument(
+        "--no-run-cache",
+        dest="run_cache",
+        action="store_false",
+        help="run out-of-date stages even when DVC's run-cache holds outputs of the same inputs",
     )
     s = sub.add_parser("stage", help="run one stage of dvc.yaml (what `dvc repro` calls)")
     s.add_argument("name")
@@ -114,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help='print the comparison as JSON instead (non-finite numbers as "NaN", "Infinity", "-Infinity")',
     )
+    from flows import reproduce, services, submit  # noqa: PLC0415
+
+    services.add_arguments(sub)
+    submit.add_arguments(sub)
+    reproduce.add_arguments(sub)
     return p
 
 
@@ -128,10 +143,22 @@ def _load(path: str, overrides: list[str]):
 
 
 def _cmd_run(args, root: Path) -> int:
+
+    params = _load(args.params, args.overrides)
+    with _repository_lock(root):
+        return _run_locked(args, root, params)
+
+
+def _repository_lock(root: Path):
+    from flows.guard import repository_lock  # noqa: PLC0415
+
+    return repository_lock(root, " ".join(sys.argv[1:]) or "run")
+
+
+def _run_locked(args, root: Path, params) -> int:
     from components.stages.common import atomic_write_text  # noqa: PLC0415
     from flows.params_io import RESOLVED_PARAMS, dump_params  # noqa: PLC0415
 
-    params = _load(args.params, args.overrides)
     text = dump_params(params, args.params + "".join(f" --set {o}" for o in args.overrides))
     target = root / RESOLVED_PARAMS
     old = target.read_text() if target.exists() else None
@@ -141,13 +168,14 @@ def _cmd_run(args, root: Path) -> int:
     from flows.stage_exec import StageFailed  # noqa: PLC0415
 
     try:
-        outcome = run_pipeline(root, params, params_file=args.params, force=args.force)
+        outcome = run_pipeline(root, params, params_file=args.params, force=args.force, run_cache=args.run_cache)
     except StageFailed as exc:
         print(f"l2o: error: {exc}", file=sys.stderr)
         return 1
     print(
         f"l2o: done in {outcome.seconds:.1f}s; ran: {', '.join(outcome.ran) or 'nothing'};"
-        f" up to date: {', '.join(outcome.skipped) or 'none'}"
+        + (f" restored from run-cache: {', '.join(outcome.restored)};" if outcome.restored else "")
+        + f" up to date: {', '.join(outcome.skipped) or 'none'}"
         + (f"; MLflow run {outcome.mlflow_run_id}" if outcome.mlflow_run_id else "")
         + ("; report: reports/index.html" if (root / "reports" / "index.html").exists() else "")
     )
@@ -160,9 +188,6 @@ def _body(text: str) -> str:
 
 def _cmd_stage(args, root: Path) -> int:
     from flows import dvc_glue  # noqa: PLC0415
-    from flows.runners import FANOUT_STAGES, prefect_map, run_as_flow, task_runner  # noqa: PLC0415
-    from flows.stage_exec import StageFailed, execute_stage, stage_param_keys  # noqa: PLC0415
-    from flows.tracking import Tracker  # noqa: PLC0415
 
     params = _load(args.params, [])
     repo = dvc_glue.open_repo(root)
@@ -170,7 +195,20 @@ def _cmd_stage(args, root: Path) -> int:
     if args.name not in order:
         print(f"l2o: error: unknown stage {args.name!r}; dvc.yaml declares: {', '.join(order)}", file=sys.stderr)
         return 2
+    with _repository_lock(root):
+        return _stage_locked(args, root, params, repo)
+
+
+def _stage_locked(args, root: Path, params, repo) -> int:
+    from flows import dvc_glue  # noqa: PLC0415
+    from flows.runners import FANOUT_STAGES, prefect_map, run_as_flow, task_runner  # noqa: PLC0415
+    from flows.stage_exec import StageFailed, execute_stage, stage_param_keys  # noqa: PLC0415
+    from flows.tracking import Tracker  # noqa: PLC0415
+
     tracker = Tracker(root, params.experiment_name)
+    from flows.pipeline import RUN_CACHE_TAG  # noqa: PLC0415
+
+    key = dvc_glue.run_cache_key(repo, args.name)
 
     def run_stage(map_fn=None) -> None:
         execute_stage(
@@ -181,6 +219,7 @@ def _cmd_stage(args, root: Path) -> int:
             param_keys=stage_param_keys(repo, args.name),
             parent_run_id=os.environ.get("L2O_MLFLOW_PARENT_RUN_ID"),
             params_file=args.params,
+            extra_tags={RUN_CACHE_TAG: key} if key else None,
             **({"map_fn": map_fn} if map_fn else {}),
         )
 
@@ -199,6 +238,10 @@ def _cmd_ui(args, root: Path) -> int:
     from flows.tracking import configure  # noqa: PLC0415
 
     uri = configure(root)
+    if uri.startswith(("http://", "https://")):  # a tracking server (l2o up, MLFLOW_TRACKING_URI) serves its own UI
+        print(f"l2o: the MLflow tracking server {uri} serves the UI: open {uri} (unset MLFLOW_TRACKING_URI or")
+        print("     `l2o down` to serve the project's local store instead)")
+        return 0
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     cmd = [
         sys.executable,
@@ -337,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     import logging  # noqa: PLC0415
 
     logging.getLogger("dvc").setLevel(logging.WARNING)
+    from flows import guard, reproduce, services, submit  # noqa: PLC0415
+
+    if args.command not in ("up", "down", "status", "worker"):
+        services.apply_recorded_services(root)  # the servers `l2o up` started here, unless env says otherwise
     handler = {
         "run": _cmd_run,
         "stage": _cmd_stage,
@@ -344,8 +391,23 @@ def main(argv: list[str] | None = None) -> int:
         "optimizers": _cmd_optimizers,
         "tasks": _cmd_tasks,
         "compare": _cmd_compare,
+        "up": services.cmd_up,
+        "down": services.cmd_down,
+        "status": services.cmd_status,
+        "worker": services.cmd_worker,
+        "submit": submit.cmd_submit,
+        "reproduce": reproduce.cmd_reproduce,
     }[args.command]
-    return handler(args, root)
+    if args.command not in ("run", "stage"):
+        return handler(args, root)
+    # a run writes outputs, dvc.lock and checkpoints: servers checked first, then one run at a time per
+    # repository (the lock is taken once the params are valid: bad params leave no trace)
+    try:
+        guard.check_services(root)
+        return handler(args, root)
+    except (guard.ServiceUnavailable, guard.RepositoryBusy) as exc:
+        print(f"l2o: error: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

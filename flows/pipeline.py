@@ -4,6 +4,13 @@ Every stage that DVC reports out of date runs as a Prefect subflow (evaluation f
 tasks) in this one process — so the Prefect API and JAX start once — and is then recorded with
 ``dvc commit``, which keeps ``dvc status`` clean and ``dvc repro`` in agreement. If DVC reports
 nothing out of date, no flow is started at all and the command returns in seconds.
+
+An out-of-date stage whose exact inputs (command, dependencies, params) were run before — here, or
+on any machine sharing the DVC remote — is restored from DVC's run-cache instead of run, as
+``dvc repro`` does. It still gets an MLflow run under the pipeline run, tagged ``l2o.restored`` and
+linked to the run that produced the outputs (``l2o.restored_from_run_id``, found by the
+``l2o.run_cache_key`` tag every stage run carries), with that run's metrics. Inside a team run
+(``l2o submit``), stages placed on another work pool run there (:func:`flows.team.delegate_stage`).
 """
 
 import dataclasses
@@ -17,22 +24,35 @@ from flows.runners import FANOUT_STAGES, prefect_map, run_as_flow, task_runner
 from flows.stage_exec import StageFailed, component_versions, execute_stage, stage_param_keys
 from flows.tracking import Tracker, flatten
 
-__all__ = ["PipelineOutcome", "run_pipeline"]
+__all__ = ["PipelineOutcome", "run_pipeline", "link_restored", "RUN_CACHE_TAG"]
+
+RUN_CACHE_TAG = "l2o.run_cache_key"
 
 
 @dataclasses.dataclass
 class PipelineOutcome:
     ran: list[str]
     skipped: list[str]
+    restored: list[str]
     mlflow_run_id: str | None
     prefect_flow_run_id: str | None
     seconds: float
 
 
 def run_pipeline(
-    root: Path, params: PipelineParams, *, params_file: str, force: bool = False, log=print
+    root: Path,
+    params: PipelineParams,
+    *,
+    params_file: str,
+    force: bool = False,
+    run_cache: bool = True,
+    log=print,
 ) -> PipelineOutcome:
-    """Run the out-of-date stages (all with ``force``) of the project at ``root`` (the cwd)."""
+    """Run the out-of-date stages (all with ``force``) of the project at ``root`` (the cwd).
+
+    ``run_cache``: restore a stage from DVC's run-cache when its inputs were run before (never with
+    ``force``).
+    """
     t0 = time.perf_counter()
     repo = dvc_glue.open_repo(root)
     order = dvc_glue.stage_order(repo)
@@ -40,13 +60,17 @@ def run_pipeline(
     todo = order if force else dvc_glue.changed_stages(repo, order)
     if not todo:
         log(f"l2o: all {len(order)} stages up to date ({', '.join(order)}): nothing to run")
-        return PipelineOutcome([], order, None, None, time.perf_counter() - t0)
+        return PipelineOutcome([], order, [], None, None, time.perf_counter() - t0)
     log(f"l2o: out of date: {', '.join(todo)}")
 
     from prefect import flow  # noqa: PLC0415
     from prefect.runtime import flow_run  # noqa: PLC0415
 
-    outcome = PipelineOutcome([], [], None, None, 0.0)
+    from flows import team  # noqa: PLC0415  (imports Prefect)
+
+    outcome = PipelineOutcome([], [], [], None, None, 0.0)
+    placed = team.placement()
+    remote = dvc_glue.default_remote(repo) is not None
 
     @flow(name="l2o-pipeline", log_prints=False, persist_result=False)
     def l2o_pipeline(params_file: str, force: bool = False) -> list[str]:
@@ -65,7 +89,7 @@ def run_pipeline(
         tracker.log_artifact(parent, root / params_file, "params")
         tracker.log_artifact(parent, root / "params.yaml", "params")
 
-        def run_stage(name: str) -> None:
+        def run_stage(name: str, key: str | None) -> None:
             execute_stage(
                 name,
                 params,
@@ -75,7 +99,7 @@ def run_pipeline(
                 parent_run_id=parent,
                 params_file=params_file,
                 map_fn=prefect_map,
-                extra_tags={"prefect.flow_run_id": fr_id},
+                extra_tags={"prefect.flow_run_id": fr_id, **({RUN_CACHE_TAG: key} if key else {})},
             )
 
         try:
@@ -84,19 +108,36 @@ def run_pipeline(
                     log(f"l2o: {name}: up to date, skipped")
                     outcome.skipped.append(name)
                     continue
+                if name in placed:
+                    log(f"l2o: {name}: handing it to work pool {placed[name]}")
+                    text = (root / "params.yaml").read_text()
+                    team.delegate_stage(repo, root, name, placed[name], text, parent, log)
+                    outcome.ran.append(name)
+                    continue
+                key = dvc_glue.run_cache_key(repo, name)
+                if run_cache and not force and key and dvc_glue.restore_stage(repo, name, pull=remote):
+                    source = link_restored(tracker, parent, name, key, params, fr_id)
+                    log(f"l2o: {name}: restored from DVC's run-cache" + (f" (MLflow run {source})" if source else ""))
+                    outcome.restored.append(name)
+                    continue
                 log(f"l2o: {name}: running")
                 runner = task_runner(params) if name in FANOUT_STAGES else None
-                run_as_flow(f"stage-{name}", lambda name=name: run_stage(name), runner)
+                run_as_flow(f"stage-{name}", lambda name=name, key=key: run_stage(name, key), runner)
                 dvc_glue.commit_stage(repo, name)
                 outcome.ran.append(name)
-        except StageFailed as exc:
+        except (StageFailed, team.TeamError) as exc:
             tracker.finish(parent, "FAILED")
-            raise StageFailed(f"{exc} [pipeline MLflow run {parent}, Prefect flow run {fr_id}]") from exc.__cause__
+            raise StageFailed(f"{exc} [pipeline MLflow run {parent}, Prefect flow run {fr_id}]") from exc
         except BaseException:
             tracker.finish(parent, "FAILED")
             raise
         tracker.set_tags(
-            parent, {"l2o.stages_ran": ",".join(outcome.ran), "l2o.stages_skipped": ",".join(outcome.skipped)}
+            parent,
+            {
+                "l2o.stages_ran": ",".join(outcome.ran),
+                "l2o.stages_restored": ",".join(outcome.restored),
+                "l2o.stages_skipped": ",".join(outcome.skipped),
+            },
         )
         tracker.log_artifact(parent, root / "dvc.lock", "dvc")
         report = root / "reports"
@@ -108,3 +149,38 @@ def run_pipeline(
     l2o_pipeline(params_file, force)
     outcome.seconds = time.perf_counter() - t0
     return outcome
+
+
+def link_restored(tracker: Tracker, parent: str, name: str, key: str, params: PipelineParams, fr_id: str) -> str | None:
+    """An MLflow run for a stage restored from the run-cache, linked to the run that produced it.
+
+    The producing run is the newest finished stage run tagged with the same run-cache key (any
+    experiment of the store); its metrics are copied so the pipeline run shows the stage's numbers.
+    Returns its id (None when the outputs came from a run this store never saw, e.g. ``dvc repro``
+    elsewhere: the restored run then says so in ``l2o.restored_from_run_id``).
+    """
+    client = tracker.client
+    found = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        f"tags.`{RUN_CACHE_TAG}` = '{key}' and tags.`l2o.stage` = '{name}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=5,
+    )
+    source = next((r for r in found if r.data.tags.get("l2o.restored") != "true"), None)
+    tags = {
+        "l2o.stage": name,
+        "l2o.restored": "true",
+        "l2o.restored_from_run_id": source.info.run_id if source else "unknown (not in this tracking store)",
+        RUN_CACHE_TAG: key,
+        "l2o.params_hash": params_hash(params),
+        "prefect.flow_run_id": fr_id,
+    }
+    if source is not None:
+        for k in ("l2o.component_version", "git_commit", "l2o.model_uri", "lopt", "registered_name"):
+            if k in source.data.tags:
+                tags[f"l2o.restored_from.{k}" if k == "git_commit" else k] = source.data.tags[k]
+    run_id = tracker.start(f"{name} (restored)", parent=parent, tags=tags)
+    if source is not None:
+        tracker.log_metrics(run_id, dict(source.data.metrics))
+    tracker.finish(run_id)
+    return source.info.run_id if source else None

@@ -14,7 +14,17 @@ MIRROR = (REPO.parent / "shared" / "datasets").resolve()
 BIN = Path(sys.executable).parent
 # XLA programs compiled by one pipeline run are reused by the next (all test copies share it)
 JAX_CACHE = Path(tempfile.gettempdir()) / "l2o-test-jax-cache"
-PROJECT_FILES = ["components", "flows", "params", "dvc.yaml", "params.yaml", "pyproject.toml", ".gitignore"]
+PROJECT_FILES = [
+    "components",
+    "flows",
+    "params",
+    "dvc.yaml",
+    "params.yaml",
+    "pyproject.toml",
+    "uv.lock",
+    "prefect.yaml",
+    ".gitignore",
+]
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -59,8 +69,10 @@ def make_project_copy(dest: Path, mirror: Path) -> Path:
         else:
             shutil.copy2(src, dest / name)
     env = project_env(dest, mirror)
+    subprocess.run(["git", "init", "-q"], cwd=dest, env=env, check=True, capture_output=True)
+    # the copy's private DVC folders (project_env) are machine state, never part of a commit
+    (dest / ".git" / "info" / "exclude").write_text("/.dvc-site-cache/\n/.dvc-global/\n")
     for cmd in (
-        ["git", "init", "-q"],
         [str(BIN / "dvc"), "init", "-q"],
         [str(BIN / "dvc"), "config", "core.analytics", "false"],
         [str(BIN / "dvc"), "config", "core.check_update", "false"],

@@ -1,0 +1,137 @@
+"""Failure behaviour of `l2o run` / `l2o stage`: an unreachable tracking or orchestration server stops
+the command before any stage (nothing written), a second run in the same repository is refused with a
+message naming the first, a lock held by a killed process is free again, and a corrupt checkpoint
+fails meta-training with an error naming the file."""
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BIN, project_env, run_cli
+
+from flows import guard
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def _l2o(root: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "l2o"), *args], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _snapshot(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime for p in root.rglob("*") if ".git" not in p.parts}
+
+
+@pytest.mark.parametrize(
+    ("var", "url", "named"),
+    [
+        ("MLFLOW_TRACKING_URI", "http://127.0.0.1:{port}", "MLflow tracking server"),
+        ("PREFECT_API_URL", "http://127.0.0.1:{port}/api", "Prefect API"),
+    ],
+)
+def test_unreachable_server_stops_the_run_before_any_stage(project, mirror, var, url, named):
+    url = url.format(port=_closed_port())
+    env = dict(project_env(project, mirror), L2O_SERVICE_RETRIES="2", **{var: url})
+    before = _snapshot(project)
+    for args in (["run", "--params", "params/tiny.yaml"], ["stage", "prepare_data"]):
+        proc = _l2o(project, env, *args)
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert named in proc.stderr and url in proc.stderr and "2 tries" in proc.stderr, proc.stderr
+        assert "Nothing was run or written" in proc.stderr
+    assert _snapshot(project) == before  # not even params.yaml or a lock file
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    failures = 0
+
+    def do_GET(self):  # noqa: N802 - http.server's hook
+        cls = type(self)
+        code = 503 if cls.failures > 0 else 200
+        cls.failures -= 1
+        self.send_response(code)
+        self.end_headers()
+        self.wfile.write(b"true")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_health_check_retries_a_bounded_number_of_times(monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.delenv("PREFECT_API_URL", raising=False)
+        _Flaky.failures = 2
+        guard.check_services(Path("."), retries=3, delay=0.05)  # answers on the third try
+        _Flaky.failures = 3
+        with pytest.raises(guard.ServiceUnavailable, match=r"HTTP 503; 3 tries"):
+            guard.check_services(Path("."), retries=3, delay=0.05)
+    finally:
+        server.shutdown()
+
+
+def _holder(root: Path) -> subprocess.Popen:
+    code = (
+        "import sys, time; from pathlib import Path; from flows import guard\n"
+        "with guard.repository_lock(Path(sys.argv[1]), 'run --params params/default.yaml'):\n"
+        "    print('held', flush=True); time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_run_in_the_same_repository_is_refused(project, mirror):
+    holder = _holder(project)
+    try:
+        params = (project / "params.yaml").read_bytes()
+        for args in (["run", "--params", "params/tiny.yaml"], ["stage", "prepare_data"]):
+            proc = run_cli(project, mirror, "l2o", *args)
+            assert proc.returncode == 3, proc.stdout + proc.stderr
+            assert "another l2o command is running" in proc.stderr
+            assert f"pid {holder.pid}" in proc.stderr and "run --params params/default.yaml" in proc.stderr
+        assert (project / "params.yaml").read_bytes() == params
+        assert not (project / "data" / "prepared").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel released the killed holder's lock: the next command gets it
+    with guard.repository_lock(project, "test"):
+        pass
+
+
+def test_two_locks_in_one_process_tree_exclude_each_other(tmp_path):
+    with guard.repository_lock(tmp_path, "first"):
+        with pytest.raises(guard.RepositoryBusy, match=rf"pid {os.getpid()}, `l2o first`"):
+            with guard.repository_lock(tmp_path, "second"):
+                pass
+    with guard.repository_lock(tmp_path, "third"):
+        pass
+
+
+def test_corrupt_checkpoint_fails_meta_training_naming_the_file(project, mirror):
+    ckpt = project / "checkpoints" / "meta_train" / "main.npz"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"PK\x03\x04 not really a zip file")
+    t0 = time.perf_counter()
+    args = ["run", "--params", "params/tiny.yaml", "--set", "meta_train.checkpoint_every=5", "--resume"]
+    proc = run_cli(project, mirror, "l2o", *args)
+    print(f"up to the corrupt checkpoint: {time.perf_counter() - t0:.0f}s")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "stage 'meta_train' failed" in proc.stderr
+    assert f"checkpoint {ckpt} is corrupt" in proc.stderr and "delete it" in proc.stderr
+    assert ckpt.read_bytes() == b"PK\x03\x04 not really a zip file"  # left for the user to inspect
+    assert not (project / "models" / "lopt").exists()  # no half-written outputs
