@@ -52,8 +52,8 @@ def stage_order(repo) -> list[str]:
     return [s.name for s in order]
 
 
-def _quiet(fn, *args, **kwargs):
-    logging.disable(logging.INFO)  # DVC's "Updating lock file" notices
+def _quiet(fn, *args, _level=logging.INFO, **kwargs):
+    logging.disable(_level)  # DVC's "Updating lock file" notices
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             return fn(*args, **kwargs)
@@ -110,9 +110,11 @@ def restore_stage(repo, name: str, *, pull: bool = False) -> bool:
     stage = _stage(repo, name)
     try:
         with repo.lock:  # checkout writes the workspace: DVC's own lock, as `dvc repro` holds it
+            # quiet up to warnings: a miss is the common case ("Some of the cache files do not exist
+            # neither locally nor on remote"), not a problem; the stage then simply runs
             if pull:
-                _quiet(repo.stage_cache.pull, None)
-            _quiet(repo.stage_cache.restore, stage, pull=pull)
+                _quiet(repo.stage_cache.pull, None, _level=logging.WARNING)
+            _quiet(repo.stage_cache.restore, stage, pull=pull, _level=logging.WARNING)
     except RunCacheNotFoundError:
         return False
     commit_stage(repo, name)
