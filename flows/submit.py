@@ -11,7 +11,8 @@ What it does, in order, stopping with exit code 2 and nothing submitted at the f
 4. takes the DVC remote (``L2O_DVC_REMOTE`` or the project's default remote) that carries data and
    stage outputs between workers;
 5. deploys ``prefect.yaml`` (``prefect deploy --all``) and starts a run of ``l2o-team/pipeline`` with
-   the resolved params and the stage placement (``--place meta_train=gpu`` by default);
+   the resolved params and the stage placement: by default meta-training on the GPU pool when a GPU
+   worker is online, in the pipeline's own run on the CPU worker otherwise (``--place`` decides);
 6. follows it: prints the log lines of every flow run of the submission (the pipeline and the stages it
    hands to other pools) until it ends. Exit 0 when it completed, 1 otherwise. Ctrl-C stops following,
    not the run.
@@ -24,7 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-__all__ = ["add_arguments", "cmd_submit"]
+__all__ = ["add_arguments", "cmd_submit", "choose_placement"]
 
 DEFAULT_PLACEMENT = {"meta_train": "gpu"}
 PLACES = ("gpu", "cpu", "pipeline")  # "pipeline": in the pipeline's own process (no delegation)
@@ -48,7 +49,8 @@ def add_arguments(sub) -> None:
         default=[],
         metavar="STAGE=POOL",
         help="where a stage runs: gpu (pool l2o-gpu), cpu (pool l2o-cpu, its own worker process) or pipeline"
-        " (inside the pipeline's run); default meta_train=gpu, every other stage in the pipeline's run",
+        " (inside the pipeline's run); default meta_train=gpu when a GPU worker is online (else in the"
+        " pipeline's run), every other stage in the pipeline's run",
     )
     s.add_argument(
         "--repository", default=None, help="git URL or path workers clone (default: L2O_REPOSITORY, else here)"
@@ -67,8 +69,10 @@ def _git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.rstrip()
 
 
-def _placement(args, stages: list[str]) -> dict[str, str]:
+def _placement(args, stages: list[str]) -> tuple[dict[str, str], set[str]]:
+    """``({stage: pool key}, stages the user placed explicitly)``; stages run in the pipeline are left out."""
     placed = dict(DEFAULT_PLACEMENT)
+    explicit = set()
     for item in args.place:
         stage, sep, pool = item.partition("=")
         if not sep or stage not in stages or pool not in PLACES:
@@ -77,7 +81,30 @@ def _placement(args, stages: list[str]) -> dict[str, str]:
                 f" {', '.join(PLACES)}"
             )
         placed[stage] = pool
-    return {k: v for k, v in placed.items() if v != "pipeline"}
+        explicit.add(stage)
+    return {k: v for k, v in placed.items() if v != "pipeline"}, explicit
+
+
+def choose_placement(placed: dict[str, str], explicit: set[str], online: dict[str, int]) -> tuple[dict, list[str]]:
+    """The placement to submit, and what to tell the user.
+
+    A stage placed by default (meta-training on the GPU pool) whose pool has no online worker runs in
+    the pipeline's own process instead — meta-training goes to GPU workers when they exist, to the CPU
+    otherwise. A stage the user placed explicitly stays there and waits for a worker.
+    """
+    final, notes = {}, []
+    for stage, pool in placed.items():
+        if online.get(f"l2o-{pool}", 0) > 0:
+            final[stage] = pool
+        elif stage in explicit:
+            final[stage] = pool
+            notes.append(f"no worker is online in pool l2o-{pool}: {stage} waits for one (`l2o worker {pool}`)")
+        else:
+            notes.append(
+                f"no worker is online in pool l2o-{pool}: {stage} runs in the pipeline's own process on the"
+                f" l2o-cpu worker (`--place {stage}={pool}` waits for a {pool} worker instead)"
+            )
+    return final, notes
 
 
 def cmd_submit(args, root: Path) -> int:
@@ -91,7 +118,7 @@ def cmd_submit(args, root: Path) -> int:
     text = dump_params(params, args.params + "".join(f" --set {o}" for o in args.overrides))
     repo = dvc_glue.open_repo(root)
     try:
-        placed = _placement(args, dvc_glue.stage_order(repo))
+        placed, explicit = _placement(args, dvc_glue.stage_order(repo))
     except ValueError as exc:
         return _fail(str(exc))
 
@@ -133,9 +160,14 @@ def cmd_submit(args, root: Path) -> int:
     if "://" not in remote and not Path(remote).is_absolute():
         remote = str((root / ".dvc" / remote).resolve())  # DVC resolves relative local remotes from .dvc/
 
-    problem = _check_pools(placed)
-    if problem:
-        return _fail(problem)
+    online = _online_workers(["l2o-cpu", *{f"l2o-{p}" for p in placed.values()}])
+    if isinstance(online, str):
+        return _fail(online)
+    if not online.get("l2o-cpu"):
+        print("l2o: warning: no worker is online in pool 'l2o-cpu': the run waits until one starts", file=sys.stderr)
+    placed, notes = choose_placement(placed, explicit, online)
+    for note in notes:
+        print(f"l2o: {note}", file=sys.stderr)
     deploy = subprocess.run(
         [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"],
         cwd=root,
@@ -181,24 +213,20 @@ def cmd_submit(args, root: Path) -> int:
     return _follow(run.id, submission, args.timeout)
 
 
-def _check_pools(placed: dict[str, str]) -> str | None:
-    """A message when a work pool the run needs is missing; a warning line when it has no live worker."""
+def _online_workers(pools: list[str]) -> dict[str, int] | str:
+    """``{pool: online workers}``, or a message when a pool does not exist on the server."""
     from prefect.client.orchestration import get_client  # noqa: PLC0415
 
+    online = {}
     with get_client(sync_client=True) as client:
-        for pool in {"l2o-cpu", *(f"l2o-{p}" for p in placed.values())}:
+        for pool in pools:
             try:
                 client.read_work_pool(pool)
             except Exception:  # noqa: BLE001 - ObjectNotFound and friends
                 return f"work pool {pool!r} does not exist on the Prefect server: `l2o up` creates l2o-cpu and l2o-gpu"
             workers = client.read_workers_for_work_pool(pool)
-            if not any(str(getattr(w, "status", "")).upper().endswith("ONLINE") for w in workers):
-                print(
-                    f"l2o: warning: no worker is online in pool {pool!r}: the run waits until one starts"
-                    f" (`l2o worker {pool.removeprefix('l2o-')}`)",
-                    file=sys.stderr,
-                )
-    return None
+            online[pool] = sum(str(getattr(w, "status", "")).upper().endswith("ONLINE") for w in workers)
+    return online
 
 
 def _follow(flow_run_id, submission: str, timeout: float | None) -> int:

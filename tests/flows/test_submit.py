@@ -1,0 +1,84 @@
+"""`l2o submit` before anything is submitted: bad input and missing parts stop it with exit 2 and a
+message naming the fix; the placement falls back to the CPU when no GPU worker is online."""
+
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from flows.submit import choose_placement
+
+
+class _Healthy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - http.server's hook
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"true")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def healthy_url():
+    """A server that answers every health check (the submit stops before it asks for more)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _submit(project: Path, mirror: Path, monkeypatch, *args: str, **env: str):
+    """`l2o submit --params params/tiny.yaml ARGS` in the project copy, with ``env`` on top of its env."""
+    import conftest
+
+    original = conftest.project_env
+
+    def with_env(root, mirror):
+        e = original(root, mirror)
+        e.update(env)
+        return e
+
+    monkeypatch.setattr(conftest, "project_env", with_env)
+    return run_cli(project, mirror, "l2o", "submit", "--params", "params/tiny.yaml", *args)
+
+
+def test_without_servers_nothing_is_submitted(project, mirror, monkeypatch):
+    proc = _submit(project, mirror, monkeypatch)
+    assert proc.returncode == 2
+    assert "no Prefect server to submit to: run `l2o up`" in proc.stderr
+
+
+def test_bad_placement_and_bad_params_are_refused(project, mirror, monkeypatch):
+    proc = _submit(project, mirror, monkeypatch, "--place", "meta_train=tpu")
+    assert proc.returncode == 2 and "--place 'meta_train=tpu'" in proc.stderr and "gpu, cpu, pipeline" in proc.stderr
+    proc = _submit(project, mirror, monkeypatch, "--place", "nosuchstage=gpu")
+    assert proc.returncode == 2 and "STAGE one of prepare_data" in proc.stderr
+    proc = _submit(project, mirror, monkeypatch, "--set", "evaluate.num_seeds=-1")
+    assert proc.returncode == 2 and "evaluate.num_seeds" in proc.stderr
+
+
+def test_uncommitted_code_and_a_missing_remote_are_refused(project, mirror, monkeypatch, healthy_url):
+    servers = {"PREFECT_API_URL": f"{healthy_url}/api", "MLFLOW_TRACKING_URI": healthy_url}
+    (project / "components" / "stages" / "report.py").write_text("# edited\n", encoding="utf-8")
+    proc = _submit(project, mirror, monkeypatch, **servers)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "uncommitted changes to components/stages/report.py" in proc.stderr and "Commit" in proc.stderr
+    import subprocess
+
+    subprocess.run(["git", "checkout", "--", "components"], cwd=project, check=True)
+    proc = _submit(project, mirror, monkeypatch, **servers)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no DVC remote to carry data and outputs between workers" in proc.stderr
+
+
+def test_meta_training_goes_to_gpu_workers_when_they_exist_else_to_the_cpu():
+    placed = {"meta_train": "gpu"}
+    assert choose_placement(placed, set(), {"l2o-cpu": 1, "l2o-gpu": 2}) == ({"meta_train": "gpu"}, [])
+    final, notes = choose_placement(placed, set(), {"l2o-cpu": 1, "l2o-gpu": 0})
+    assert final == {} and "meta_train runs in the pipeline's own process" in notes[0]
+    # placed by the user: it stays on the GPU pool and waits for a worker
+    final, notes = choose_placement(placed, {"meta_train"}, {"l2o-cpu": 1})
+    assert final == {"meta_train": "gpu"} and "meta_train waits for one" in notes[0]
