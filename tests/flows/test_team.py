@@ -53,6 +53,11 @@ class Team:
             [str(BIN / "l2o"), *args], cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout
         )
 
+    def tiny_on_dask(self) -> list[str]:
+        """The tiny experiment with its evaluation on the Dask cluster (params of the submitted run)."""
+        return ["--params", "params/tiny.yaml", "--set", "evaluate.runner.kind=dask", "--set",
+                f"evaluate.runner.address={self.dask}"]  # fmt: skip
+
     def state(self) -> dict:
         return json.loads((self.root / ".l2o" / "services.json").read_text())
 
@@ -94,18 +99,7 @@ def team(tmp_path_factory, mirror):
 @pytest.fixture(scope="module")
 def submitted(team):
     t0 = time.perf_counter()
-    proc = team.l2o(
-        "submit",
-        "--params",
-        "params/tiny.yaml",
-        "--set",
-        "evaluate.runner.kind=dask",
-        "--set",
-        f"evaluate.runner.address={team.dask}",
-        "--timeout",
-        "1500",
-        timeout=1600,
-    )
+    proc = team.l2o("submit", *team.tiny_on_dask(), "--timeout", "1500", timeout=1600)
     print(f"tiny pipeline through the workers: {time.perf_counter() - t0:.0f}s")
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     return proc
@@ -183,15 +177,7 @@ def test_mlflow_holds_the_runs_and_the_registered_optimizer(team, submitted):
 
 
 def test_local_run_restores_every_stage_from_the_shared_run_cache(team, submitted):
-    proc = team.l2o(
-        "run",
-        "--params",
-        "params/tiny.yaml",
-        "--set",
-        "evaluate.runner.kind=dask",
-        "--set",
-        f"evaluate.runner.address={team.dask}",
-    )
+    proc = team.l2o("run", *team.tiny_on_dask())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "ran: nothing; restored from run-cache: " + ", ".join(STAGES) in proc.stdout, proc.stdout
     theirs = json.loads((team.workspace("pipeline") / "metrics" / "headline.json").read_text())
