@@ -229,6 +229,51 @@ def _python() -> str:
     return os.environ.get("L2O_PYTHON") or sys.executable
 
 
+def _take_over(ws: Path, logger) -> None:
+    """Before a flow run works in workspace ``ws``: refuse if another one is live there, and mark the
+    flow run that last worked there as crashed when it is still "running" although nothing holds the
+    workspace (its worker was killed: the server cannot know, the runs simply stop reporting).
+
+    ``<ws>/.l2o/flow_run`` records which flow run works in the workspace; the repository lock of
+    :mod:`flows.guard` (also taken by the ``l2o run`` / ``l2o stage`` this run starts) tells a live run
+    from a dead one.
+    """
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+    from prefect.runtime import flow_run  # noqa: PLC0415
+    from prefect.states import Crashed  # noqa: PLC0415
+
+    from flows import guard  # noqa: PLC0415
+
+    record = ws / ".l2o" / "flow_run"
+    mine = str(flow_run.id)
+    try:
+        lock = guard.repository_lock(ws, f"team flow run {mine} (taking over the workspace)")
+        lock.__enter__()
+    except guard.RepositoryBusy as exc:
+        raise TeamError(f"workspace {ws} is in use by another run: {exc}") from None
+    try:
+        previous = record.read_text().strip() if record.exists() else ""
+        if previous and previous != mine:
+            with get_client(sync_client=True) as client:
+                try:
+                    state = client.read_flow_run(previous).state
+                except Exception:  # noqa: BLE001 - a run of another server, or deleted: nothing to mark
+                    state = None
+                if state is not None and not state.is_final():
+                    client.set_flow_run_state(
+                        previous,
+                        Crashed(message=f"its worker stopped; flow run {mine} took over the workspace {ws}"),
+                        force=True,
+                    )
+                    logger.warning(f"l2o: flow run {previous} left {ws} without finishing: marked crashed")
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name("flow_run.tmp")
+        tmp.write_text(mine)
+        os.replace(tmp, record)
+    finally:
+        lock.__exit__(None, None, None)
+
+
 @flow(name="l2o-team", log_prints=True, persist_result=False)
 def team_pipeline(
     params_yaml: str, params_label: str = "params.yaml", placement: dict | None = None, force: bool = False
@@ -236,6 +281,7 @@ def team_pipeline(
     """The pipeline at the checked-out commit: ``l2o run --resume`` with the submitted params."""
     logger = _run_logger()
     ws = Path.cwd()
+    _take_over(ws, logger)
     target = ws / ".l2o-submitted.yaml"
     target.write_text(params_yaml)
     env = _workspace_env(_python())
@@ -262,6 +308,7 @@ def team_stage(stage: str, params_yaml: str, dvc_lock: str, parent_mlflow_run_id
     """One stage at the checked-out commit, on this pool; outputs and run-cache go to the DVC remote."""
     logger = _run_logger()
     ws = Path.cwd()
+    _take_over(ws, logger)
     (ws / "params.yaml").write_text(params_yaml)
     (ws / "dvc.lock").write_text(dvc_lock)
     remote = _configure_remote(ws, os.environ.get("L2O_DVC_REMOTE"))

@@ -29,6 +29,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _flow_runs(team) -> list[dict]:
+    """Every flow run as the Prefect server recorded it (its REST API: this process's Prefect settings
+    were fixed at import), oldest first."""
+    api = team.state()["services"]["prefect"]["url"]
+    body = json.dumps({"limit": 200, "sort": "START_TIME_ASC"}).encode()
+    request = urllib.request.Request(f"{api}/flow_runs/filter", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
 def _kill_tree(pid: int) -> None:
     try:
         procs = [psutil.Process(pid)]
@@ -90,10 +100,22 @@ def team(tmp_path_factory, mirror):
         assert up.returncode == 0, up.stdout + up.stderr
         yield t
     finally:
+        state = t.state() if (root / ".l2o" / "services.json").exists() else {}
+        started = [r["pid"] for r in (*state.get("services", {}).values(), *state.get("workers", []))]
+        tree = []
+        for pid in started:
+            try:
+                tree += [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
         down = t.l2o("down")
         for p in procs:
             _kill_tree(p.pid)
         assert down.returncode == 0, down.stdout + down.stderr
+        # torn down cleanly: servers, workers and whatever they started are gone, the record too
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        assert not alive, [p.cmdline()[:3] for p in alive]
+        assert not (root / ".l2o" / "services.json").exists()
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +136,7 @@ def test_submitted_run_completes_through_the_workers(team, submitted):
     assert "ran: prepare_data, pretrain, meta_train, calibrate, evaluate, report" in out
     assert re.search(r"flow run [0-9a-f-]+ completed", out)
 
-    # the flow runs as the Prefect server recorded them (its REST API: this process's Prefect settings
-    # were fixed at import)
-    api = team.state()["services"]["prefect"]["url"]
-    request = urllib.request.Request(
-        f"{api}/flow_runs/filter", data=b'{"limit": 200}', headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as resp:
-        runs = {r["name"]: r for r in json.loads(resp.read())}
+    runs = {r["name"]: r for r in _flow_runs(team)}
     team_run = next(r for name, r in runs.items() if name.startswith("tiny@"))
     stage_run = runs["meta_train@gpu"]
     assert team_run["state_type"] == "COMPLETED" and team_run["work_pool_name"] == "l2o-cpu", team_run
@@ -251,3 +266,9 @@ def test_killed_workers_then_resubmission_resumes_meta_training(team, submitted)
     assert done, proc.stdout[-3000:]
     # what ran before the kill is up to date in the same workspace: it does not run again
     assert "ran: meta_train, calibrate, evaluate, report" in done.group(0), done.group(0)
+    # the runs the killed workers left "running" were marked crashed when the new ones took over
+    states = {}
+    for r in _flow_runs(team):
+        states.setdefault(r["name"].split("@")[0], []).append(r["state_type"])
+    assert states["tiny"] == ["COMPLETED", "CRASHED", "COMPLETED"], states
+    assert states["meta_train"] == ["COMPLETED", "CRASHED", "COMPLETED"], states
