@@ -18,6 +18,7 @@ What it does, in order, stopping with exit code 2 and nothing submitted at the f
    not the run.
 """
 
+import argparse
 import os
 import subprocess
 import sys
@@ -37,7 +38,7 @@ def add_arguments(sub) -> None:
         "submit",
         help="run the pipeline on the team's Prefect workers (l2o up / l2o worker) and follow it",
         description=__doc__.split("\n\n", 1)[1],
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("--params", default="params/default.yaml", help="params YAML (default: %(default)s)")
     s.add_argument(

@@ -238,40 +238,38 @@ def _take_over(ws: Path, logger) -> None:
     :mod:`flows.guard` (also taken by the ``l2o run`` / ``l2o stage`` this run starts) tells a live run
     from a dead one.
     """
-    from prefect.client.orchestration import get_client  # noqa: PLC0415
     from prefect.runtime import flow_run  # noqa: PLC0415
-    from prefect.states import Crashed  # noqa: PLC0415
 
     from flows import guard  # noqa: PLC0415
 
     record = ws / ".l2o" / "flow_run"
     mine = str(flow_run.id)
     try:
-        lock = guard.repository_lock(ws, f"team flow run {mine} (taking over the workspace)")
-        lock.__enter__()
+        with guard.repository_lock(ws, f"team flow run {mine} (taking over the workspace)"):
+            previous = record.read_text().strip() if record.exists() else ""
+            if previous and previous != mine:
+                _mark_crashed(previous, f"its worker stopped; flow run {mine} took over the workspace {ws}", logger)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_name("flow_run.tmp")
+            tmp.write_text(mine)
+            os.replace(tmp, record)
     except guard.RepositoryBusy as exc:
         raise TeamError(f"workspace {ws} is in use by another run: {exc}") from None
-    try:
-        previous = record.read_text().strip() if record.exists() else ""
-        if previous and previous != mine:
-            with get_client(sync_client=True) as client:
-                try:
-                    state = client.read_flow_run(previous).state
-                except Exception:  # noqa: BLE001 - a run of another server, or deleted: nothing to mark
-                    state = None
-                if state is not None and not state.is_final():
-                    client.set_flow_run_state(
-                        previous,
-                        Crashed(message=f"its worker stopped; flow run {mine} took over the workspace {ws}"),
-                        force=True,
-                    )
-                    logger.warning(f"l2o: flow run {previous} left {ws} without finishing: marked crashed")
-        record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_name("flow_run.tmp")
-        tmp.write_text(mine)
-        os.replace(tmp, record)
-    finally:
-        lock.__exit__(None, None, None)
+
+
+def _mark_crashed(flow_run_id: str, message: str, logger) -> None:
+    """Set flow run ``flow_run_id`` Crashed if the server still has it in a non-final state."""
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+    from prefect.states import Crashed  # noqa: PLC0415
+
+    with get_client(sync_client=True) as client:
+        try:
+            state = client.read_flow_run(flow_run_id).state
+        except Exception:  # noqa: BLE001 - a run of another server, or deleted: nothing to mark
+            return
+        if state is not None and not state.is_final():
+            client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+            logger.warning(f"l2o: flow run {flow_run_id} did not finish ({message}): marked crashed")
 
 
 @flow(name="l2o-team", log_prints=True, persist_result=False)
