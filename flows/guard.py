@@ -20,7 +20,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-__all__ = ["LOCK_FILE", "RepositoryBusy", "ServiceUnavailable", "repository_lock", "check_services"]
+__all__ = [
+    "LOCK_FILE",
+    "RepositoryBusy",
+    "ServiceUnavailable",
+    "repository_lock",
+    "check_services",
+    "health_problem",
+]
 
 LOCK_FILE = Path(".l2o") / "run.lock"
 
@@ -71,21 +78,21 @@ def _holder(path: Path) -> str:
     return f"pid {info.get('pid')}, `l2o {info.get('command')}`, since {since}"
 
 
-def _healthy(url: str, timeout: float) -> str | None:
+def health_problem(url: str, timeout: float) -> str | None:
     """None if ``url`` answers 2xx, else the reason."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - a URL the user configured
             return None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
     except urllib.error.HTTPError as err:
         return f"HTTP {err.code}"
-    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as err:
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError, ValueError) as err:
         return str(getattr(err, "reason", err))
 
 
 def _check(url: str, what: str, fix: str, retries: int, delay: float, timeout: float) -> None:
     reason = None
     for attempt in range(retries):
-        reason = _healthy(url, timeout)
+        reason = health_problem(url, timeout)
         if reason is None:
             return
         if attempt + 1 < retries:

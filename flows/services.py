@@ -372,11 +372,9 @@ def _port_busy(host: str, port: int) -> bool:
 
 
 def _healthy(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return 200 <= r.status < 300
-    except (OSError, ValueError):
-        return False
+    from flows.guard import health_problem  # noqa: PLC0415  (the one HTTP health check; stdlib only)
+
+    return bool(url) and health_problem(url, timeout) is None
 
 
 def _http_json(url: str, body: dict | None = None, timeout: float = 5.0):
