@@ -4,7 +4,7 @@
     l2o stage NAME [--params params.yaml]
     l2o ui    [--host 127.0.0.1] [--port 5000]
     l2o optimizers   (every optimizer name usable in params files, with its hyperparameters)
-    l2o tasks [--params params/default.yaml | --suite heldout]   (tasks with parameter counts)
+    l2o tasks [--params params/default.yaml | --suite heldout]   (tasks, parameter counts, in/out of distribution)
     l2o compare RUN_A RUN_B [--filter REGEX ...] [--changed] [--rtol 1e-9] [--json]   (metric differences B-A)
     l2o up / down / status / worker POOL   (Prefect + MLflow servers on this machine, process workers)
     l2o submit --params FILE [--place meta_train=gpu]   (a run on the workers, followed to its end)
@@ -82,7 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
     sub.add_parser("optimizers", help="list every optimizer name usable in params files, with its hyperparameters")
-    t = sub.add_parser("tasks", help="list the tasks of a params file (or of a named suite) with parameter counts")
+    t = sub.add_parser(
+        "tasks",
+        help="list the tasks of a params file (or of a named suite) with parameter counts and their relation to"
+        " the meta-training distribution (a suite: Celo's preset)",
+    )
     group = t.add_mutually_exclusive_group()
     group.add_argument("--params", default=None, help="params YAML (default: params/default.yaml)")
     group.add_argument("--suite", default=None, help="a task suite of components.tasks.SUITES instead")
@@ -275,41 +279,39 @@ def _cmd_optimizers(args, root: Path) -> int:
 
 def _cmd_tasks(args, root: Path) -> int:
     del root
+    from components.tasks import celo_distribution  # noqa: PLC0415
     from components.tasks.suite import SUITES, describe, describe_tasks  # noqa: PLC0415
 
     if args.suite is not None:
         if args.suite not in SUITES:
             print(f"l2o: error: unknown suite {args.suite!r}; choose one of {sorted(SUITES)}", file=sys.stderr)
             return 2
-        rows, title = describe(args.suite), f"suite {args.suite}"
+        dist = celo_distribution()
+        rows = describe(args.suite, dist)
+        title = f"suite {args.suite}: {len(rows)} tasks, relation to the Celo preset's meta-training (no params file)"
     else:
+        from components.stages.distribution import evaluated_spec, meta_train_distribution  # noqa: PLC0415
+
         path = args.params or "params/default.yaml"
         params = _load(path, [])
         ev = params.evaluate
-        # the horizon and batch size the evaluate stage will use (params override the tasks' own)
-        rows = [
-            dict(r, num_steps=ev.steps_of(r["name"]), batch_size=ev.batch_size_of(r["name"]))
-            for r in describe_tasks(ev.tasks)
-        ]
+        dist = meta_train_distribution(params)
+        # each task at the horizon and batch size the evaluate stage will use (params override the tasks' own)
+        rows = describe_tasks([evaluated_spec(params, n) for n in ev.tasks], dist)
         fam = params.meta_train.task_family
-        print(
-            f"meta_train: {params.meta_train.lopt} on image MLPs {list(fam.hidden_sizes)} over"
-            f" {list(fam.datasets)} (data.image_size {params.data.image_size} where unnamed), batch {fam.batch_size},"
-            f" reparametrisation scale in {list(fam.param_scale_range)}"
-            + (f" (preset {fam.preset})" if fam.preset else "")
-        )
-        title = f"evaluation tasks of {path}" + (f" (suite {ev.suite})" if ev.suite else "")
-    print(f"{title}: {len(rows)} tasks")
-    header = (
-        f"  {'task':<40} {'kind':<18} {'dataset':<42} {'params':>10} {'steps':>6} {'batch':>5}  out of distribution by"
-    )
+        print(f"meta_train: {params.meta_train.lopt}" + (f" (preset {fam.preset})" if fam.preset else ""))
+        title = f"evaluation tasks of {path}" + (f" (suite {ev.suite})" if ev.suite else "") + f": {len(rows)} tasks"
+    inside = sum(r["in_distribution"] for r in rows)
+    print(f"meta-training distribution ({dist.name}): {dist.summary()}")
+    print(f"{title}; {inside} in distribution")
+    header = f"  {'task':<40} {'kind':<18} {'dataset':<42} {'params':>10} {'steps':>6} {'batch':>5}  relation"
     print(header)
     for r in rows:
         data = r["dataset"] + (f" <- {r['pretrain_dataset']}" if r.get("pretrain_dataset") else "")
+        relation = "in-distribution" if r["in_distribution"] else "OOD: " + ", ".join(r["ood"])
         print(
             f"  {r['name']:<40} {r['kind']:<18} {data:<42} {r['num_params']:>10,}"
-            f" {r['num_steps']:>6} {r['batch_size']:>5}"
-            f"  {', '.join(r['ood']) or '-'}"
+            f" {r['num_steps']:>6} {r['batch_size']:>5}  {relation}"
         )
     return 0
 

@@ -45,7 +45,10 @@ def steps_to_reach(curve: np.ndarray, target: float) -> float | None:
 
 
 def speedup_over_adam(adam_curves: np.ndarray, candidate: np.ndarray, *, decay: float) -> dict:
-    """Speedup of a seed-averaged per-step training-loss curve over tuned Adam.
+    """Speedup of a seed-averaged per-step training-loss curve over tuned Adam (VeLO's normaliser).
+
+    Adam's curves may be longer than the candidate's (VeLO runs Adam 10x longer: 100k vs 10k steps),
+    so a candidate faster than Adam gets a finite speedup up to ``T_adam / T``.
 
     Args:
       adam_curves: ``[H, T_adam]`` Adam curves, one per learning rate, averaged over seeds.
@@ -53,19 +56,21 @@ def speedup_over_adam(adam_curves: np.ndarray, candidate: np.ndarray, *, decay: 
       decay: EMA factor (0.95 in VeLO / Celo).
 
     Returns:
-      ``speedup``; ``lower_bound`` (True when Adam's envelope never reaches the candidate's loss, so
-      the speedup is only known to be at least ``T_adam / T``); ``adam_steps``; ``target_loss``.
-      A candidate whose final loss is not finite gets speedup 0.
+      ``speedup``; ``censored`` (True when Adam's envelope never reaches the candidate's loss within
+      its ``T_adam`` steps: the speedup is then only known to be at least ``bound``, and ``speedup``
+      holds that bound); ``bound`` (``T_adam / T``, the largest speedup the normaliser can measure);
+      ``adam_steps``; ``target_loss``. A candidate whose final loss is not finite gets speedup 0.
     """
     envelope = adam_envelope(adam_curves, decay)
     target = float(ema(np.asarray(candidate, np.float64), decay)[-1])
     n = len(candidate)
+    bound = len(envelope) / n
     if not np.isfinite(target):
-        return {"speedup": 0.0, "lower_bound": False, "adam_steps": None, "target_loss": None}
+        return {"speedup": 0.0, "censored": False, "bound": bound, "adam_steps": None, "target_loss": None}
     steps = steps_to_reach(envelope, target)
     if steps is None:
-        return {"speedup": len(envelope) / n, "lower_bound": True, "adam_steps": None, "target_loss": target}
-    return {"speedup": steps / n, "lower_bound": False, "adam_steps": steps, "target_loss": target}
+        return {"speedup": bound, "censored": True, "bound": bound, "adam_steps": None, "target_loss": target}
+    return {"speedup": steps / n, "censored": False, "bound": bound, "adam_steps": steps, "target_loss": target}
 
 
 def final_loss_ratio(adam_final: float, final: float) -> float:

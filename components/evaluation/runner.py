@@ -30,6 +30,8 @@ def run_training(
     key: jax.Array,
     num_steps: int,
     eval_every: int,
+    tail_steps: int = 0,
+    tail_eval_every: int | None = None,
 ) -> dict[str, Any]:
     """One training run (unbatched, traceable): see :func:`train_curves` for the outputs."""
     opt = make_opt(hparam)
@@ -60,15 +62,27 @@ def run_training(
         params = optax.apply_updates(params, updates)
         return (params, opt_state), loss
 
-    def chunk(carry, k):
-        carry, losses = jax.lax.scan(step, carry, jax.random.split(k, eval_every))
-        return carry, (losses, evaluate(carry[0]))
+    def segment(carry, chunk_keys, every):
+        def chunk(carry, k):
+            carry, losses = jax.lax.scan(step, carry, jax.random.split(k, every))
+            return carry, (losses, evaluate(carry[0]))
 
-    n_chunks = num_steps // eval_every
+        return jax.lax.scan(chunk, carry, chunk_keys)
+
     first_eval = evaluate(params)
-    (params, opt_state), (losses, evals) = jax.lax.scan(chunk, (params, opt_state), jax.random.split(k_run, n_chunks))
-    evals = {k: jnp.concatenate([first_eval[k][None], v]) for k, v in evals.items()}
-    return {"batch_loss": losses.reshape(-1), "opt_state": opt_state, **evals}
+    carry, (losses, evals) = segment((params, opt_state), jax.random.split(k_run, num_steps // eval_every), eval_every)
+    parts_loss, parts_eval = [losses.reshape(-1)], [evals]
+    if tail_steps:
+        # a longer run whose first num_steps are evaluated as usual and the rest more sparsely (the
+        # speedup normaliser's long Adam grid, the stability runs): the first part's minibatches are
+        # unchanged, and chunk i of every tail has the same keys whatever the tail's length
+        tail_key = jax.random.fold_in(k_run, 1)
+        keys = jax.vmap(lambda i: jax.random.fold_in(tail_key, i))(jnp.arange(tail_steps // tail_eval_every))
+        carry, (losses, evals) = segment(carry, keys, tail_eval_every)
+        parts_loss.append(losses.reshape(-1))
+        parts_eval.append(evals)
+    evals = {k: jnp.concatenate([first_eval[k][None], *(e[k] for e in parts_eval)]) for k in first_eval}
+    return {"batch_loss": jnp.concatenate(parts_loss), "opt_state": carry[1], **evals}
 
 
 def train_curves(
@@ -81,6 +95,8 @@ def train_curves(
     keys: jax.Array,
     num_steps: int,
     eval_every: int,
+    tail_steps: int = 0,
+    tail_eval_every: int | None = None,
 ) -> dict[str, jax.Array]:
     """Train ``task`` for every (hyperparameter, seed) pair in one compiled, batched program.
 
@@ -95,19 +111,25 @@ def train_curves(
       keys: ``[S]`` PRNG keys, one per seed (same seeds for every hyperparameter).
       num_steps: training steps; must be a multiple of ``eval_every``.
       eval_every: evaluation interval.
+      tail_steps: more steps after ``num_steps`` (0: none), evaluated every ``tail_eval_every``;
+        the first ``num_steps`` are the same as without a tail (same minibatches, same points).
 
     Returns:
-      ``batch_loss``: ``[H, S, num_steps]`` minibatch loss at the pre-update parameters;
-      ``<set>_loss`` / ``<set>_acc``: ``[H, S, num_steps // eval_every + 1]``;
+      ``batch_loss``: ``[H, S, num_steps + tail_steps]`` minibatch loss at the pre-update parameters;
+      ``<set>_loss`` / ``<set>_acc``: ``[H, S, num_steps // eval_every + 1 + tail_steps // tail_eval_every]``;
       ``opt_state``: final optimizer states (batched), for counters such as guard fallbacks.
     """
     if num_steps % eval_every:
         raise ValueError(f"num_steps ({num_steps}) must be a multiple of eval_every ({eval_every})")
+    if tail_steps and (not tail_eval_every or tail_steps % tail_eval_every):
+        raise ValueError(f"tail_steps ({tail_steps}) must be a multiple of tail_eval_every ({tail_eval_every})")
 
     # the task (its arrays: dataset index, scales, pre-trained weights) and the data are arguments,
     # not closed-over constants: XLA would otherwise fold them into the program
     def run(hparam, key, task, train, eval_sets):
-        return run_training(task, make_opt, hparam, train, eval_sets, key, num_steps, eval_every)
+        return run_training(
+            task, make_opt, hparam, train, eval_sets, key, num_steps, eval_every, tail_steps, tail_eval_every
+        )
 
     shared = (None, None, None)
     fn = jax.jit(jax.vmap(jax.vmap(run, in_axes=(None, 0, *shared)), in_axes=(0, None, *shared)))

@@ -1,8 +1,8 @@
 """Figures for the report (matplotlib, headless Agg backend). Each function returns a Figure; callers save it.
 
 Every figure takes ``colors`` and ``labels`` (optimizer name -> colour / display name, see :func:`optimizer_style`)
-so an optimizer has the same colour everywhere: the learned optimizer red, its safeguarded variant orange, tuned
-Adam (the reference) blue, other baselines from a fixed palette.
+so an optimizer has the same colour everywhere: the learned optimizer red, its HUB hybrids purple / pink, its
+LGL2O and GL2O safeguards orange / brown, tuned Adam (the reference) blue, other baselines from a fixed palette.
 
 Ratios to tuned Adam (speedups, final-loss ratios) are drawn on a log axis as bars that start at 1, the reference:
 a bar going up (or right) is better than tuned Adam, one going down (or left) worse.
@@ -31,14 +31,29 @@ __all__ = [
     "task_curves_figure",
     "long_horizon_figure",
     "speedup_figure",
+    "algoperf_figure",
     "meta_loss_figure",
 ]
 
 REFERENCE = "adam"
-COLORS = {"learned": "#d62728", "guarded": "#ff7f0e", "adam": "#1f77b4"}
-# other optimizers, in order of appearance (tab10 without the three above)
-_PALETTE = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-LABELS = {"learned": "learned", "guarded": "learned + LGL2O guard", "adam": "Adam (tuned LR)"}
+COLORS = {
+    "learned": "#d62728",
+    "hub": "#9467bd",
+    "hub_inverted": "#e377c2",
+    "lgl2o": "#ff7f0e",
+    "gl2o": "#8c564b",
+    "adam": "#1f77b4",
+}
+# other optimizers, in order of appearance (tab10 without the ones above)
+_PALETTE = ["#2ca02c", "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939"]
+LABELS = {
+    "learned": "learned",
+    "hub": "HUB (learned + Adam)",
+    "hub_inverted": "inverted HUB",
+    "lgl2o": "LGL2O (loss guard)",
+    "gl2o": "GL2O (fixed-point guard)",
+    "adam": "Adam (tuned LR)",
+}
 _BASELINE_NAMES = {
     "sgd": "SGD",
     "sgdm": "SGD + momentum",
@@ -54,14 +69,14 @@ _BASELINE_NAMES = {
     "nadamw": "NAdamW",
     "lion": "Lion",
 }
-_LINE_STYLES = {"learned": "-", "guarded": "--"}
+_LINE_STYLES = {"learned": "-", "hub": "-.", "hub_inverted": ":", "lgl2o": "--", "gl2o": (0, (5, 1, 1, 1))}
 
 
-_KIND_RANK = {"learned": 0, "safeguarded": 1, "baseline": 2}
+_KIND_RANK = {"learned": 0, "hybrid": 1, "safeguarded": 2, "baseline": 3}
 
 
 def display_order(optimizers: dict[str, str], baselines: list[str] | None = None) -> list[str]:
-    """Optimizer names in display order: learned, then safeguarded, then tuned Adam and the other baselines.
+    """Optimizer names in display order: learned, hybrids, safeguarded, then tuned Adam and the other baselines.
 
     Args:
       optimizers: name -> kind ("learned", "safeguarded", "baseline"); JSON files written with sorted keys lose
@@ -72,7 +87,7 @@ def display_order(optimizers: dict[str, str], baselines: list[str] | None = None
     baselines = list(baselines or [])
 
     def key(o: str):
-        rank = _KIND_RANK.get(optimizers[o], 3)
+        rank = _KIND_RANK.get(optimizers[o], 4)
         return rank, o != REFERENCE, baselines.index(o) if o in baselines else len(baselines), names.index(o)
 
     return sorted(names, key=key)
@@ -174,8 +189,8 @@ def performance_profile_figure(
     """Share of (task, seed) runs whose speedup over tuned Adam exceeds tau, over a log range of tau.
 
     Args:
-      tasks: ``evaluation.json["tasks"]``; each optimizer row's ``speedup_per_seed`` is used (a missing or
-        non-finite speedup counts as 0, a run that never exceeds any tau).
+      tasks: ``evaluation.json["tasks"]``; each optimizer's train-rule row's ``speedup_per_seed`` is used (a
+        missing or non-finite speedup counts as 0, a run that never exceeds any tau; a censored one as its bound).
       names: optimizers to draw.
       colors: optimizer -> colour.
       labels: optimizer -> display name.
@@ -183,7 +198,7 @@ def performance_profile_figure(
     """
     scores = {
         o: [
-            [s if s is not None and math.isfinite(s) else 0.0 for s in tasks[t]["optimizers"][o]["speedup_per_seed"]]
+            [s if s is not None and math.isfinite(s) else 0.0 for s in tasks[t]["train"][o]["speedup_per_seed"]]
             for t in tasks
         ]
         for o in names
@@ -311,12 +326,12 @@ def speedup_figure(tasks: dict, names: list[str], colors: dict, labels: dict) ->
     x = np.arange(len(task_names))
     values = []
     for j, o in enumerate(names):
-        rows = [tasks[t]["optimizers"][o] for t in task_names]
+        rows = [tasks[t]["train"][o] for t in task_names]
         vals = np.asarray([r["speedup"] if r["speedup"] and r["speedup"] > 0 else np.nan for r in rows], float)
         values += vals[np.isfinite(vals)].tolist()
         bars = ax.bar(x + j * width, vals - 1.0, width, bottom=1.0, color=colors[o], label=labels[o], alpha=0.85)
         for bar, r in zip(bars, rows):
-            if r["lower_bound"]:
+            if r["censored"]:
                 bar.set_hatch("///")
                 bar.set_edgecolor("white")
     ax.axhline(1.0, color="black", lw=1, ls="--")
@@ -326,8 +341,41 @@ def speedup_figure(tasks: dict, names: list[str], colors: dict, labels: dict) ->
     _plain_log_ticks(ax, minor=hi / lo < 30)
     ax.set_xticks(x + width * (len(names) - 1) / 2, task_names, fontsize=8)
     ax.set_ylabel("speedup vs tuned Adam")
-    ax.set_title("Speedup over tuned Adam per task (hatched: lower bound, Adam never reached that loss)", fontsize=10)
+    ax.set_title(
+        "Speedup over tuned Adam per task, train rule (hatched: censored, Adam's longer grid never reached that loss)",
+        fontsize=10,
+    )
     ax.grid(axis="y", which="both", alpha=0.25)
+    fig.legend(fontsize=8, loc="outside right center", frameon=False)
+    return fig
+
+
+def algoperf_figure(validation: dict, names: list[str], colors: dict, labels: dict, r_max: float = 4.0) -> plt.Figure:
+    """AlgoPerf's performance profile: share of tasks whose time to target is within tau of the best optimizer's.
+
+    Args:
+      validation: ``evaluation.json["aggregate"]["validation"]`` (each optimizer's ``algoperf_ratios`` and
+        ``algoperf_score``).
+      names: optimizers to draw.
+      colors: optimizer -> colour.
+      labels: optimizer -> display name.
+      r_max: right end of the profile (AlgoPerf: 4).
+    """
+    from components.evaluation.aggregate import algoperf_profile  # noqa: PLC0415
+
+    taus = np.linspace(1.0, r_max, 301)
+    fig, ax = plt.subplots(figsize=(9.5, 3.8), layout="constrained")
+    for o in names:
+        rho = algoperf_profile(validation[o]["algoperf_ratios"], taus)
+        score = validation[o].get("algoperf_score")
+        label = f"{labels[o]} (score {score:.2f})" if score is not None else labels[o]
+        ax.step(taus, rho, where="post", color=colors[o], ls=_LINE_STYLES.get(o, "-"), lw=2, label=label)
+    ax.set_xlim(1.0, r_max)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(r"$\tau$: time to target / best time of the run")
+    ax.set_ylabel(r"share of tasks with ratio $\leq \tau$")
+    ax.set_title("AlgoPerf profile (target: tuned Adam's final validation loss; score = area / 3)", fontsize=10)
+    ax.grid(alpha=0.25)
     fig.legend(fontsize=8, loc="outside right center", frameon=False)
     return fig
 

@@ -422,8 +422,9 @@ class EvaluateParams(_Section):
     ``num_steps`` / ``batch_size`` left unset mean each task's own horizon and batch size.
     Every baseline's learning rate is tuned per task over ``lr_grid`` on a validation split carved
     from the training data (``validation_fraction``); the learned and safeguarded optimizers run
-    untuned. ``horizon_multiplier`` k > 1 also runs every optimizer (baselines at their tuned rate)
-    for k times each task's horizon, for the stability table.
+    untuned. ``horizon_multiplier`` k > 1 also runs the learned family and tuned Adam for k times
+    each task's horizon, for the stability table; Adam's grid runs ``adam_horizon_multiplier`` x the
+    horizon so that speedups above 1 are measurable.
     """
 
     suite: SuiteName | None = Field(default=None, description="a named suite; sets tasks to its tasks")
@@ -433,9 +434,20 @@ class EvaluateParams(_Section):
         min_length=1,
         description="hand-designed optimizers (names of `l2o optimizers`), each LR-tuned per task; must include adam",
     )
+    methods: list[Literal["learned", "hub", "hub_inverted", "lgl2o", "gl2o"]] = Field(
+        default=["learned", "hub", "hub_inverted", "lgl2o", "gl2o"],
+        min_length=1,
+        description="the seed papers' methods built from the trained learned optimizer (untuned): the learned"
+        " optimizer alone, HUB and inverted HUB, LGL2O and GL2O with the calibrated guard; must include learned",
+    )
     num_steps: PositiveInt | None = Field(default=None, description="training steps of every task (unset: its own)")
     horizon_multiplier: PositiveInt = Field(
         default=1, description="k: also train k x each task's horizon (1: no long-horizon runs)"
+    )
+    adam_horizon_multiplier: PositiveInt = Field(
+        default=4,
+        description="m: Adam's LR grid (the speedup normaliser) trains m x each task's horizon, so speedups up to m"
+        " are measurable (VeLO uses 10); at least horizon_multiplier is used",
     )
     num_seeds: PositiveInt = 3
     batch_size: PositiveInt | None = Field(default=None, description="minibatch size of every task (unset: its own)")
@@ -495,6 +507,10 @@ class EvaluateParams(_Section):
             raise ValueError(f"unknown baselines {unknown}: choose from {sorted(BASELINES)} (`l2o optimizers`)")
         if len(set(self.baselines)) != len(self.baselines):
             raise ValueError(f"baselines must be unique, got {self.baselines}")
+        if "learned" not in self.methods or len(set(self.methods)) != len(self.methods):
+            raise ValueError(
+                f"methods {self.methods} must be unique and include learned: every other method is built from it"
+            )
         if "adam" not in self.baselines:
             raise ValueError(
                 f"baselines {self.baselines} must include adam: speedups and final-loss ratios are measured"

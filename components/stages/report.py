@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt
 
 from components.reporting import (
     aggregate_figure,
+    algoperf_figure,
     display_order,
     long_horizon_figure,
     meta_loss_figure,
@@ -57,7 +58,7 @@ from components.stages.params import PipelineParams
 
 __all__ = ["VERSION", "REPORT_DIR", "MLFLOW_RUN_ENV", "run", "provenance"]
 
-VERSION = "2"
+VERSION = "3"
 REPORT_DIR = Path("reports")
 # the pipeline's MLflow run: the parent run `l2o run` opens, else whatever run the stage executes in
 MLFLOW_RUN_ENV = ("L2O_MLFLOW_RUN_ID", "L2O_MLFLOW_PARENT_RUN_ID", "MLFLOW_RUN_ID")
@@ -99,8 +100,11 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
     safeguard = json.loads((root / SAFEGUARD).read_text())
     meta_curves = json.loads((root / MODEL_DIR / "curves.json").read_text())
     config = _read_json(root / MODEL_DIR / "config.json") or {}
-    names = display_order(evaluation["optimizers"], params.evaluate.baselines)
+    # the evaluate stage's order (learned, HUB, inverted HUB, LGL2O, GL2O, baselines); the file's keys are sorted
+    names = evaluation.get("optimizer_order") or display_order(evaluation["optimizers"], params.evaluate.baselines)
     colors, labels = optimizer_style(evaluation["optimizers"], config.get("architecture"))
+    colors.setdefault("guard", "#7f7f7f")
+    labels.setdefault("guard", f"guard alone ({safeguard.get('guard', 'guard')} at its calibrated rate)")
     tasks = evaluation["tasks"]
     curves = {t: json.loads((root / CURVES_DIR / f"{t}.json").read_text()) for t in tasks}
     with atomic_dir(root / REPORT_DIR) as out:
@@ -112,7 +116,8 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
             plt.close(fig)
             figures[key] = name
 
-        save(aggregate_figure(evaluation["aggregate"], names, colors, labels), "aggregate", "aggregate.png")
+        save(aggregate_figure(evaluation["aggregate"]["train"], names, colors, labels), "aggregate", "aggregate.png")
+        save(algoperf_figure(evaluation["aggregate"]["validation"], names, colors, labels), "algoperf", "algoperf.png")
         save(performance_profile_figure(tasks, names, colors, labels), "profile", "profile.png")
         others = [o for o in names if o != REFERENCE]
         save(speedup_figure(tasks, others, colors, labels), "speedup", "speedup.png")

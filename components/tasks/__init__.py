@@ -12,7 +12,9 @@ The protocol every task follows (``init`` / ``loss`` / ``batch`` / ``accuracy`` 
 * ``augment``: weight reparametrisation and reduced batch size, for any task or family;
 * ``families``: :class:`ImageFamily` and Celo's four-task preset;
 * ``spec``: :class:`TaskSpec` records (dataset, architecture, batch size, horizon, pre-training),
-  the tasks and data they make, and their out-of-distribution axes;
+  the tasks and data they make;
+* ``distribution``: :class:`MetaTrainDistribution` (what a meta-training family covers) and
+  :func:`distribution_relation` (how a spec relates to it: in distribution, or out by which axes);
 * ``suite``: the named specs and suites (held-out evaluation, smoke, legacy, convex): what
   ``params.evaluate.tasks`` / ``evaluate.suite`` name.
 """
@@ -36,6 +38,17 @@ from components.tasks.convex import (
     noisy_quadratic,
     spectrum,
 )
+from components.tasks.distribution import (
+    OOD_AXES,
+    RELATION_AXES,
+    SIZE_FACTOR,
+    MetaTrainDistribution,
+    arch_label,
+    celo_distribution,
+    distribution_relation,
+    ood_axes,
+    sized_name,
+)
 from components.tasks.families import (
     CELO_BATCH_SIZE,
     CELO_DATASETS,
@@ -50,7 +63,6 @@ from components.tasks.finetune import FineTuneTask, finetune, pretrain, pretrain
 from components.tasks.language import CharLMTask, TokenData, token_windows
 from components.tasks.protocol import FamilyProtocol, TaskProtocol, clip_loss, num_params, param_shapes
 from components.tasks.spec import (
-    OOD_AXES,
     Conv1DArch,
     ConvArch,
     DatasetInfo,
@@ -64,10 +76,18 @@ from components.tasks.spec import (
     eval_sets,
     make_source_task,
     make_task,
-    ood_axes,
     task_data,
 )
-from components.tasks.suite import SUITE_TASKS, SUITES, build_task, describe, get_spec, source_task, suite
+from components.tasks.suite import (
+    SUITE_TASKS,
+    SUITES,
+    build_task,
+    describe,
+    describe_tasks,
+    get_spec,
+    source_task,
+    suite,
+)
 
 __all__ = [
     # protocol
@@ -127,15 +147,24 @@ __all__ = [
     "dataset_info",
     "SUITE_TASKS",
     "SUITES",
-    "OOD_AXES",
     "get_spec",
     "suite",
     "build_task",
     "source_task",
     "make_task",
     "make_source_task",
-    "ood_axes",
     "task_data",
     "eval_sets",
     "describe",
+    "describe_tasks",
+    # relation to a meta-training distribution
+    "MetaTrainDistribution",
+    "RELATION_AXES",
+    "OOD_AXES",
+    "SIZE_FACTOR",
+    "arch_label",
+    "sized_name",
+    "celo_distribution",
+    "distribution_relation",
+    "ood_axes",
 ]

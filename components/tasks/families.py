@@ -18,7 +18,10 @@ gray). SVHN is not available offline here (``../shared/datasets/README.md``); in
 (scanned 32×32 bitmaps counted into 4×4 blocks, 0..16 intensities). Its ~1,440 training images
 (1,797 minus the held-out fifth) are few, but the meta-objective is the training loss of short
 runs, for which that is enough. The cost: UCI digits is then in-distribution for optimizers
-trained with this preset (``ood_axes`` of the held-out suite's ``digits_mlp`` is empty).
+trained with this preset, so the held-out suite's ``digits_mlp`` (like ``mnist_mlp``) is an
+in-distribution reference task for the Celo recipe, not a held-out one:
+:func:`~components.tasks.distribution.distribution_relation` computes that (``ood_axes`` of it is
+empty) and ``l2o tasks`` labels it ``in-distribution``.
 """
 
 import dataclasses

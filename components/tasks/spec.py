@@ -8,7 +8,8 @@ horizon (training steps), plus a :class:`Pretrain` record for fine-tuning tasks.
 turns it into a task; :meth:`TaskSpec.num_params` counts its parameters from the dataset's known
 shapes, without data (``jax.eval_shape``). :func:`task_data` and :func:`eval_sets` turn prepared
 arrays (loaded by a stage) into what the task and the evaluation runner take. The named registry
-is :mod:`components.tasks.suite`.
+is :mod:`components.tasks.suite`; how a spec relates to a meta-training distribution is
+:mod:`components.tasks.distribution`.
 """
 
 import dataclasses
@@ -20,12 +21,12 @@ import numpy as np
 from components.data import DATASETS, parse_variant
 from components.tasks.base import ImageData, Task, stack_datasets
 from components.tasks.convex import linear_model, noisy_quadratic
-from components.tasks.families import CELO_DATASETS, CELO_HIDDEN, CELO_IMAGE_SHAPE
 from components.tasks.finetune import finetune
 from components.tasks.language import CharLMTask, TokenData, token_bounds, token_windows
 from components.tasks.protocol import num_params
 
 __all__ = [
+    "Arch",
     "MLPArch",
     "ConvArch",
     "Conv1DArch",
@@ -38,17 +39,12 @@ __all__ = [
     "dataset_info",
     "make_task",
     "make_source_task",
-    "ood_axes",
     "task_data",
     "eval_sets",
-    "OOD_AXES",
     "MNIST1D_LENGTH",
-    "META_TRAIN_MAX_HORIZON",
 ]
 
 MNIST1D_LENGTH = 40  # MNIST-1D signals (components.data.mnist1d)
-META_TRAIN_MAX_HORIZON = 2000  # Celo's longest meta-training unroll (research/algorithms.md §1.2)
-OOD_AXES = ("dataset", "architecture", "size", "horizon", "finetuning")
 
 
 # -- architectures --------------------------------------------------------------------------------
@@ -295,35 +291,6 @@ def make_source_task(spec: TaskSpec):
     p = spec.pretrain
     src = dataclasses.replace(spec, name=f"{spec.name}_source", pretrain=None)
     return _base_task(src, p.dataset, p.batch_size, p.token_range)
-
-
-def _identity(dataset: str) -> tuple[str, bool]:
-    v = parse_variant(dataset, image_size=1)
-    return v.dataset, v.grayscale
-
-
-def ood_axes(spec: TaskSpec) -> tuple[str, ...]:
-    """How ``spec`` lies outside Celo's meta-training preset (8×8 gray MLP-32 on its 4 datasets, ≤ 2000 steps).
-
-    * ``dataset``: its dataset is none of ``CELO_DATASETS`` at any size (RGB CIFAR-10 counts as another);
-    * ``architecture``: not a one-hidden-layer ReLU MLP of width 32 without normalisation;
-    * ``size``: ≥ 10× the parameters of the meta-training MLP (2,410);
-    * ``horizon``: more than :data:`META_TRAIN_MAX_HORIZON` steps;
-    * ``finetuning``: starts from pre-trained weights.
-    """
-    axes = []
-    if spec.dataset == "" or _identity(spec.dataset) not in {_identity(d) for d in CELO_DATASETS}:
-        axes.append("dataset")
-    if spec.arch != MLPArch(CELO_HIDDEN):
-        axes.append("architecture")
-    reference = num_params(Task("celo", "mlp", CELO_HIDDEN, "relu", CELO_IMAGE_SHAPE, 10, 1))
-    if spec.num_params() >= 10 * reference:
-        axes.append("size")
-    if spec.num_steps > META_TRAIN_MAX_HORIZON:
-        axes.append("horizon")
-    if spec.is_finetune:
-        axes.append("finetuning")
-    return tuple(axes)
 
 
 # -- data for a spec (pure: the stage loads the arrays) ---------------------------------------------

@@ -2,9 +2,13 @@
 
 Suites (:data:`SUITES`):
 
-* ``heldout``: 20 held-out evaluation tasks, 4 of them fine-tuning, out of the distribution of
-  Celo's meta-training preset by dataset, architecture, size (two with over 1M parameters) and
-  horizon (:func:`~components.tasks.spec.ood_axes` says how, per task);
+* ``heldout``: 20 held-out evaluation tasks, 4 of them fine-tuning, spanning dataset,
+  architecture, size (two with over 1M parameters) and horizon. How each relates to an
+  experiment's meta-training distribution is computed, not declared
+  (:func:`~components.tasks.distribution.distribution_relation`; ``l2o tasks --params FILE``). Two
+  are *in distribution* for Celo's recipe, as reference points: ``mnist_mlp`` and ``digits_mlp``
+  (UCI digits stands in for SVHN among Celo's datasets, see :mod:`components.tasks.families`);
+  the others are out of it by at least one axis;
 * ``legacy``: the four original ``EVAL_TASKS`` names, same architectures;
 * ``convex``: noisy quadratics and linear models for safeguard experiments;
 * ``smoke``: one small task of each kind, for quick checks of the whole pipeline.
@@ -22,6 +26,7 @@ How the pipeline uses a spec (I/O in the stage, everything else in the library):
 
 from typing import Any
 
+from components.tasks.distribution import MetaTrainDistribution, celo_distribution, distribution_relation
 from components.tasks.spec import (
     Conv1DArch,
     ConvArch,
@@ -33,7 +38,6 @@ from components.tasks.spec import (
     TransformerArch,
     make_source_task,
     make_task,
-    ood_axes,
 )
 
 __all__ = ["SUITE_TASKS", "SUITES", "get_spec", "suite", "build_task", "source_task", "describe", "describe_tasks"]
@@ -72,27 +76,39 @@ def source_task(spec: TaskSpec | str):
     return make_source_task(get_spec(spec) if isinstance(spec, str) else spec)
 
 
-def describe(name: str) -> list[dict]:
-    """One row per task of suite ``name``: name, kind, dataset, batch size, horizon, parameters, OOD axes."""
-    return describe_tasks(SUITES[name] if name in SUITES else suite(name))
+def describe(name: str, distribution: MetaTrainDistribution | None = None) -> list[dict]:
+    """One row per task of suite ``name``: name, kind, dataset, batch size, horizon, parameters, and
+    the relation to ``distribution`` (default: Celo's meta-training preset; see :func:`describe_tasks`)."""
+    return describe_tasks(SUITES[name] if name in SUITES else suite(name), distribution)
 
 
-def describe_tasks(names) -> list[dict]:
-    """:func:`describe` for registered task names (or specs), in the given order."""
-    return [
-        {
-            "name": s.name,
-            "kind": ("finetune:" if s.is_finetune else "") + s.kind,
-            "dataset": s.dataset or "(synthetic)",
-            "pretrain_dataset": s.pretrain.dataset if s.pretrain else None,
-            "batch_size": s.batch_size,
-            "num_steps": s.num_steps,
-            "num_params": s.num_params(),
-            "ood": list(ood_axes(s)),
-            "description": s.description,
-        }
-        for s in (get_spec(n) if isinstance(n, str) else n for n in names)
-    ]
+def describe_tasks(names, distribution: MetaTrainDistribution | None = None) -> list[dict]:
+    """:func:`describe` for registered task names (or specs), in the given order.
+
+    Each row's ``ood`` (the out-of-distribution axes) and ``in_distribution`` come from
+    :func:`~components.tasks.distribution.distribution_relation` against ``distribution``
+    (``None``: :func:`~components.tasks.distribution.celo_distribution`); ``relation`` is the whole dict.
+    """
+    dist = distribution if distribution is not None else celo_distribution()
+    rows = []
+    for s in (get_spec(n) if isinstance(n, str) else n for n in names):
+        relation = distribution_relation(s, dist)
+        rows.append(
+            {
+                "name": s.name,
+                "kind": ("finetune:" if s.is_finetune else "") + s.kind,
+                "dataset": s.dataset or "(synthetic)",
+                "pretrain_dataset": s.pretrain.dataset if s.pretrain else None,
+                "batch_size": s.batch_size,
+                "num_steps": s.num_steps,
+                "num_params": relation["axes"]["size"]["task"],
+                "ood": relation["ood_axes"],
+                "in_distribution": relation["in_distribution"],
+                "relation": relation,
+                "description": s.description,
+            }
+        )
+    return rows
 
 
 # -- the registry ---------------------------------------------------------------------------------
@@ -106,8 +122,15 @@ _LM_SMALL = TransformerArch(width=64, depth=2, heads=4, context=64)
 
 SUITE_TASKS: dict[str, TaskSpec] = _specs(
     # the four original EVAL_TASKS (components.tasks.registry), at their default 8x8 / batch 128
-    TaskSpec("digits_mlp", "digits_8", MLPArch((32,)), 128, 1000, "UCI digits 8x8, MLP 64-32-10"),
-    TaskSpec("mnist_mlp", "mnist_8", MLPArch((32,)), 128, 1000, "MNIST 8x8, MLP 64-32-10 (in-distribution)"),
+    # digits_mlp and mnist_mlp are Celo's own meta-training tasks (UCI digits for SVHN): in distribution
+    # for the Celo recipe (distribution_relation computes it; l2o tasks shows it)
+    TaskSpec(
+        "digits_mlp", "digits_8", MLPArch((32,)), 128, 1000,
+        "UCI digits 8x8, MLP 64-32-10 (a Celo-preset meta-training task: digits stands in for SVHN)",
+    ),
+    TaskSpec(
+        "mnist_mlp", "mnist_8", MLPArch((32,)), 128, 1000, "MNIST 8x8, MLP 64-32-10 (a Celo-preset meta-training task)"
+    ),
     TaskSpec("mnist_mlp_deep", "mnist_8", MLPArch((128, 128), "tanh"), 128, 1000, "MNIST 8x8, tanh MLP 128-128"),
     TaskSpec("fashion_mnist_conv", "fashion_mnist_8", ConvArch((4, 8)), 128, 1000, "Fashion-MNIST 8x8, CNN 4-8"),
     # bigger inputs and networks (VeLOdrome-like image tasks)

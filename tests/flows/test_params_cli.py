@@ -209,9 +209,10 @@ def test_optimizers_command_lists_every_name(capsys):
 def test_tasks_command_lists_tasks_with_parameter_counts(capsys):
     assert main(["tasks", "--params", "params/tiny.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "evaluation tasks of params/tiny.yaml: 3 tasks" in out
+    assert "evaluation tasks of params/tiny.yaml: 3 tasks; 0 in distribution" in out
+    assert "meta-training distribution (image MLP family): mnist_8, fashion_mnist_8; mlp 16 relu;" in out
     assert "mnist_mlp_deep" in out and "26,122" in out  # 64*128+128 + 128*128+128 + 128*10+10
-    # tiny.yaml overrides every task's horizon (40) and batch size (32)
+    # tiny.yaml overrides every task's horizon (40) and batch size (32); its unrolls stop at 30 steps
     line = next(ln for ln in out.splitlines() if "ft_mnist_to_digits_mlp" in ln)
     assert line.split()[1:] == [
         "finetune:mlp",
@@ -221,16 +222,26 @@ def test_tasks_command_lists_tasks_with_parameter_counts(capsys):
         "9,610",
         "40",
         "32",
+        "OOD:",
+        "dataset,",
         "architecture,",
+        "horizon,",
         "finetuning",
     ]
     assert main(["tasks", "--params", "params/celo_gpu.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "evaluation tasks of params/celo_gpu.yaml (suite heldout): 20 tasks" in out and "(preset celo)" in out
+    assert "evaluation tasks of params/celo_gpu.yaml (suite heldout): 20 tasks; 2 in distribution" in out
+    assert "(preset celo)" in out and "meta-training distribution (Celo preset)" in out
     line = next(ln for ln in out.splitlines() if " shakespeare_char_lm_1m " in ln)
     assert line.split()[3:6] == ["1,222,977", "5000", "32"]  # its own horizon and batch size
+    # UCI digits stands in for SVHN in Celo's recipe: digits_mlp is labelled in-distribution
+    line = next(ln for ln in out.splitlines() if " digits_mlp " in ln)
+    assert line.split()[-1] == "in-distribution"
     assert main(["tasks", "--suite", "heldout"]) == 0
     out = capsys.readouterr().out
-    assert "suite heldout: 20 tasks" in out and "finetune:char_lm" in out and "3,676,682" in out
+    assert "suite heldout: 20 tasks, relation to the Celo preset's meta-training (no params file)" in out
+    assert "finetune:char_lm" in out and "3,676,682" in out
+    line = next(ln for ln in out.splitlines() if " mnist_mlp_long " in ln)
+    assert line.split()[-2:] == ["OOD:", "horizon"]
     assert main(["tasks", "--suite", "nope"]) == 2
     assert "unknown suite 'nope'" in capsys.readouterr().err

@@ -256,7 +256,11 @@ def test_reproduce_the_tiny_pipeline(tmp_path, mirror):
     lines = proc.stdout.splitlines()
     reproduced = re.match(r"reproduced\s+([0-9a-f]{32})\s", lines[1]).group(1)
     status = {line.split()[0]: line.split()[-1] for line in lines if line.startswith("  ") and len(line.split()) >= 6}
-    for key in ("meta_train/meta_loss", "evaluate/aggregate/guarded/speedup_iqm/value", "prepare_data/mnist/num_train"):
+    for key in (
+        "meta_train/meta_loss",
+        "evaluate/aggregate/lgl2o/train_rule/speedup_iqm",
+        "prepare_data/mnist/num_train",
+    ):
         assert status[key] == "ok", key
     assert any(k.startswith("evaluate/") for k in status) and any(k.startswith("meta_train/") for k in status)
     assert "MISMATCH" not in status.values() and "missing" not in status.values()

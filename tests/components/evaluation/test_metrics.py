@@ -29,12 +29,12 @@ def test_speedup_known_values():
     adam = np.array([np.linspace(10.0, 1.0, 100)])  # reaches loss 5.5 at step 50.5
     fast = np.linspace(10.0, 5.5, 10)  # ends at 5.5 after 10 steps
     out = speedup_over_adam(adam, fast, decay=0.0)
-    assert out["speedup"] == pytest.approx(50.5 / 10) and not out["lower_bound"]
+    assert out["speedup"] == pytest.approx(50.5 / 10) and not out["censored"]
     # Adam compared with itself: speedup 1
     assert speedup_over_adam(adam, adam[0], decay=0.0)["speedup"] == pytest.approx(1.0)
     # better than Adam ever gets: only a lower bound
     better = speedup_over_adam(adam, np.full(100, 0.5), decay=0.0)
-    assert better["lower_bound"] and better["speedup"] == 1.0
+    assert better["censored"] and better["speedup"] == better["bound"] == 1.0
     # diverged: speedup 0
     assert speedup_over_adam(adam, np.array([1.0, np.inf]), decay=0.0)["speedup"] == 0.0
 

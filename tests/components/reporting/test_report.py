@@ -1,8 +1,9 @@
 """The report stage on the real outputs of a tiny pipeline run, checked as HTML and in headless Chromium.
 
-The project is :mod:`report_fixture`'s copy of a ``params/tiny.yaml`` run (3 tasks, 2 seeds, learned, guarded, tuned
-Adam and SGD + momentum, horizon multiplier 2). Expected numbers are computed here from that fixture's
-``evaluation.json``; the browser checks need ``/usr/bin/chromium`` (``make test`` installs it).
+The project is :mod:`report_fixture`'s copy of a ``params/tiny.yaml`` run (3 tasks, 2 seeds; the learned optimizer,
+HUB, inverted HUB, LGL2O, GL2O, tuned Adam and SGD + momentum; horizon multiplier 2, Adam's grid at 4x). Expected
+numbers are computed here from that fixture's ``evaluation.json``; the browser checks need ``/usr/bin/chromium``
+(``make test`` installs it).
 """
 
 import html
@@ -25,15 +26,26 @@ RUN_ID = "0123456789abcdef0123456789abcdef"
 H2 = [
     "Provenance",
     "Headline: learned optimizers vs tuned baselines",
+    "The seed papers' claims, side by side",
+    "In and out of the meta-training distribution",
     "Stability at 2\u00d7 horizon",
     "Per-task results",
     "Learning curves",
     "Learning-rate tuning",
     "Meta-training",
-    "Safeguard (LGL2O)",
+    "Safeguard (LGL2O; also GL2O's guard and HUB's hand-designed part)",
     "Params",
 ]
-ORDER = ["learned", "guarded", "adam", "sgdm"]
+ORDER = ["learned", "hub", "hub_inverted", "lgl2o", "gl2o", "adam", "sgdm"]
+LABEL = {
+    "learned": "learned (small_fc_lopt)",
+    "hub": "HUB (learned + Adam)",
+    "hub_inverted": "inverted HUB",
+    "lgl2o": "LGL2O (loss guard)",
+    "gl2o": "GL2O (fixed-point guard)",
+    "adam": "Adam (tuned LR)",
+    "sgdm": "SGD + momentum (tuned LR)",
+}
 EN_DASH = "\u2013"
 VOID = {"meta", "link", "img", "br", "hr", "input", "col", "source", "wbr", "area", "base", "embed", "track"}
 
@@ -168,7 +180,7 @@ def image_sources(page: str) -> list[str]:
 
 def test_stage_result_log_and_atomic_replacement(built):
     root, result, logs, _, page = built
-    assert result.stage == "report" and result.version == "2" == report.VERSION
+    assert result.stage == "report" and result.version == "3" == report.VERSION
     assert result.artifacts == [Path("reports")]
     figures = image_sources(page)
     assert logs == [f"report: wrote reports/index.html with {len(figures)} figures"]
@@ -208,18 +220,20 @@ def test_sections_and_provenance(built):
     manifest = json.loads((REPO / "tests/components/reporting/data/data/prepared/manifest.json").read_text())
     for name, d in manifest["datasets"].items():
         assert f"{name} <span title='{d['sha256']}'>{d['sha256'][:12]}</span>" in prov
-    assert "evaluate 2" in prov and "report 2" in prov and "calibrate 1" in prov and "meta_train 2" in prov
+    assert "evaluate 3" in prov and "report 3" in prov and "calibrate 2" in prov and "meta_train 2" in prov
     assert re.search(r"generated</dt><dd>\d{4}-\d\d-\d\d \d\d:\d\d UTC", prov)
 
 
-def test_headline_table_numbers_from_the_fixture(built):
+def test_headline_tables_one_per_rule_numbers_from_the_fixture(built):
     _, _, _, evaluation, page = built
     table = tables(page)["headline-table"]
-    assert [r[0].split(" (")[0].split(" + ")[0] for r in table[1:]] == ["learned", "learned", "Adam", "SGD"]
+    tags = {"learned": "learned", "hub": "hybrid", "hub_inverted": "hybrid", "lgl2o": "safeguarded"}
+    tags |= {"gl2o": "safeguarded", "adam": "reference", "sgdm": ""}
+    assert [r[0] for r in table[1:]] == [LABEL[o] + tags[o] for o in ORDER]
     n_tasks = len(evaluation["tasks"])
-    for name, label in zip(ORDER, ["learned (small_fc_lopt)", "learned + LGL2O guard", "Adam (tuned LR)", "SGD"]):
-        a = evaluation["aggregate"][name]
-        row = row_of(table, label)
+    for name in ORDER:
+        a = evaluation["aggregate"]["train"][name]
+        row = row_of(table, LABEL[name])
         assert row[1] == ci(a["speedup_iqm"]), (name, row)
         assert row[2] == ci(a["final_loss_ratio_iqm"]), (name, row)
         if name == "adam":
@@ -230,65 +244,121 @@ def test_headline_table_numbers_from_the_fixture(built):
         assert row[4].startswith(f"{round(a['beats_all_fraction'] * n_tasks)}/{n_tasks} ")
         assert row[5] == f"{a['diverged_runs']}/{a['total_runs']}"
         assert row[6] == (f"{100 * a['fallback_rate']:.1f}%" if a["fallback_rate"] is not None else EN_DASH)
-        assert row[7] == f"{100 * a['mean_test_acc']:.1f}%"
     # concrete values of this fixture, so that a silent change of the format shows up
-    assert row_of(table, "learned (small_fc_lopt)")[1] == "0.031 [0.027, 0.037]"
-    assert row_of(table, "learned + LGL2O guard")[6] == "98.8%"
-    assert row_of(table, "Adam")[4] == "2/3 (67%)"
+    assert row_of(table, LABEL["learned"])[1] == "0.03 [0.026, 0.036]"
+    assert row_of(table, LABEL["lgl2o"])[6] == "98.8%"
+    assert row_of(table, "Adam")[1] == "0.99 [0.91, 1.05]"  # tuned Adam against its own envelope: about 1
     # whole CI below 1: marked as worse than tuned Adam
-    assert re.search(r"<td class='bad'>0\.031 <span class=muted>", page)
+    assert re.search(r"<td class='bad'>0\.03 <span class=muted>", page)
+    # the generalisation table: validation-rule numbers, labelled with its rule
+    gen = tables(page)["generalisation-table"]
+    for name in ORDER:
+        a = evaluation["aggregate"]["validation"][name]
+        row = row_of(gen, LABEL[name])
+        assert row[1] == f"{100 * a['mean_test_acc']:.1f}%"
+        assert row[5] == f"{a['algoperf_score']:.2g}"
+        if name != "adam":
+            assert row[3].startswith(f"{round(a['test_beats_adam_fraction'] * n_tasks)}/{n_tasks}")
+    headline = page[page.index("<h2 id=headline>") : page.index("<h2 id=claims>")]
+    assert headline.count("train rule</span>") == 1 and headline.count("validation rule</span>") == 1
+
+
+def test_claim_tables_put_the_seed_numbers_beside_ours(built):
+    _, _, _, evaluation, page = built
+    claims = evaluation["aggregate"]["claims"]
+    t = tables(page)
+    celo = t["claim-celo-table"]
+    assert "Celo: 1.86" in celo[0][1] and "Celo: 1.20" in celo[0][2]
+    assert [r[0] for r in celo[1:]] == [LABEL[o] for o in ORDER[:5]]
+    assert row_of(celo, LABEL["learned"])[1] == ci(claims["celo"]["rows"]["learned"]["speedup_iqm"])
+    hub = t["claim-hub-table"]
+    assert "HUB: 94% (16/17)" in hub[0][3]
+    for o in ("hub", "hub_inverted"):
+        r = claims["hub"]["rows"][o]
+        assert row_of(hub, LABEL[o])[1].startswith(f"{round(r['beats_learned_fraction'] * 3)}/3")
+        assert row_of(hub, LABEL[o])[3].startswith(f"{round(r['beats_all_fraction'] * 3)}/3")
+    guard = t["claim-lgl2o-table"]
+    assert [r[0] for r in guard[1:]] == [
+        LABEL["learned"],
+        LABEL["lgl2o"],
+        LABEL["gl2o"],
+        "guard alone (adam at its calibrated rate)",
+    ]
+    lg = claims["lgl2o"]["rows"]["lgl2o"]
+    assert row_of(guard, LABEL["lgl2o"])[2] == f"{100 * lg['worst_excess_over_guard']:.1f}%"
+    assert "star" in claims and "claim-star-table" in t and "claim-algoperf-table" in t
+    assert "Seed paper:" in page
+
+
+def test_distribution_section_is_computed_from_the_specs(built):
+    _, _, _, evaluation, page = built
+    table = tables(page)["distribution-table"]
+    for task, summary in evaluation["tasks"].items():
+        rel = summary["relation"]
+        row = row_of(table, task)
+        assert row[1] == ("in distribution" if rel["in_distribution"] else "out of distribution")
+        assert row[2] == (", ".join(rel["ood_axes"]) or EN_DASH)
+    # tiny evaluates 40 steps past meta-training unrolls of at most 30: every task is out by horizon
+    assert all("horizon" in s["relation"]["ood_axes"] for s in evaluation["tasks"].values())
+    assert "out_of_distribution-train-table" in tables(page) and "In distribution</h3><p class=note>No task." in page
 
 
 def test_stability_section(built):
     _, _, _, evaluation, page = built
     table = tables(page)["stability-table"]
-    assert len(table) == 1 + 3  # learned, guarded and tuned Adam have long-horizon runs, SGD + momentum not
-    for name, label in zip(ORDER[:3], ["learned (", "learned + LGL2O", "Adam"]):
-        a = evaluation["aggregate"][name]
-        row = row_of(table, label)
-        assert row[2] == ci(a["long_final_loss_ratio_iqm"])
-        assert row[4] == f"{a['long_diverged_runs']}/{a['total_runs']}"
-    guarded = evaluation["aggregate"]["guarded"]
-    assert row_of(table, "learned + LGL2O")[3].startswith(f"{round(guarded['long_beats_adam_fraction'] * 3)}/3")
-    assert row_of(table, "learned + LGL2O")[5] == f"{100 * guarded['long_fallback_rate']:.1f}%"
+    long = evaluation["aggregate"]["long"]
+    assert [r[0].split(" ")[0] for r in table[1:]] == ["learned", "HUB", "LGL2O", "GL2O", "Adam"]
+    for name in ("learned", "hub", "lgl2o", "gl2o", "adam"):
+        a = long[name]
+        row = row_of(table, LABEL[name])
+        assert row[2] == ci(a["final_loss_ratio_iqm"])
+        assert row[4] == f"{a['diverged_runs']}/{a['total_runs']}"
+    assert row_of(table, LABEL["lgl2o"])[5] == f"{100 * long['lgl2o']['fallback_rate']:.1f}%"
     per_task = tables(page)["stability-task-table"]
-    long = evaluation["tasks"]["digits_mlp"]["optimizers"]["learned"]["long"]
-    seeds = long["final_loss_ratio_per_seed"]
+    seeds = evaluation["tasks"]["digits_mlp"]["long"]["learned"]["final_loss_ratio_per_seed"]
     learned_rows = [r for r in per_task if r[0].startswith("learned (")]
-    assert learned_rows[0][5] == ratio(sum(seeds) / len(seeds))
+    assert learned_rows[0][3] == ratio(sum(seeds) / len(seeds))
     assert "long_horizon.png" in page
 
 
-def test_per_task_table(built):
+def test_per_task_tables(built):
     _, _, _, evaluation, page = built
     table = tables(page)["task-table"]
     groups = [r[0] for r in table if len(r) == 1]
     assert [g.split(" ")[0] for g in groups] == list(evaluation["tasks"])
-    assert groups[0] == "digits_mlp (40 steps, 80 at 2\u00d7; baselines tuned on val loss)"
+    assert groups[0] == "digits_mlp (40 steps; Adam's grid 160)"
     first = table[table.index([groups[0]]) + 1 : table.index([groups[1]])]
-    rows = evaluation["tasks"]["digits_mlp"]["optimizers"]
+    rows = evaluation["tasks"]["digits_mlp"]["train"]
     for name, row in zip(ORDER, first):
         r = rows[name]
-        acc = r["final_test_acc"]
-        assert row[4] == f"{100 * acc['mean']:.3g} \u00b1 {100 * acc['std']:.2g}"
-        assert row[5] == f"{ratio(r['speedup'])}\u00d7"
-        assert row[6] == ratio(r["final_loss_ratio"])
-        assert row[9] == f"{r['diverged_seeds']}/2"
-    learned, guarded, adam, sgdm = first
-    assert learned[7] == EN_DASH and learned[8] == EN_DASH  # no learning rate, no guard
-    assert guarded[7] == "0.01 (guard)"
-    assert guarded[8] == f"{100 * rows['guarded']['fallback_fraction']['mean']:.1f}%"
-    assert adam[7] == f"{rows['adam']['learning_rate']:.3g}" and sgdm[7] == f"{rows['sgdm']['learning_rate']:.3g}"
+        assert row[2] == f"{ratio(r['speedup'])}\u00d7"
+        assert row[3] == ratio(r["final_loss_ratio"])
+        assert row[7] == f"{r['diverged_seeds']}/2"
+    by = dict(zip(ORDER, first))
+    assert by["learned"][5] == EN_DASH and by["learned"][6] == EN_DASH  # no learning rate, no guard
+    assert by["lgl2o"][5] == "0.01 (guard)" and by["hub"][5] == "0.01 (guard)"
+    assert by["lgl2o"][6] == f"{100 * rows['lgl2o']['fallback_fraction']['mean']:.1f}%"
+    tuning = evaluation["tasks"]["digits_mlp"]["tuning"]
+    assert by["adam"][5] == f"{tuning['adam']['train']['learning_rate']:.3g}"
+    val = tables(page)["task-validation-table"]
+    vfirst = val[val.index([groups[0]]) + 1 : val.index([groups[1]])]
+    vrows = evaluation["tasks"]["digits_mlp"]["validation"]
+    for name, row in zip(ORDER, vfirst):
+        acc = vrows[name]["final_test_acc"]
+        assert row[3] == f"{100 * acc['mean']:.3g} \u00b1 {100 * acc['std']:.2g}"
+    assert dict(zip(ORDER, vfirst))["sgdm"][5] == f"{tuning['sgdm']['validation']['learning_rate']:.3g}"
     lr = tables(page)["lr-adam"]
-    assert lr[0][2:] == [f"lr {v:.3g}" for v in evaluation["lr_grid"]] + ["chosen"]
-    scores = [e["tuning_score"] for e in rows["adam"]["lr_grid"]]
-    assert row_of(lr, "digits_mlp")[2:-1] == [f"{s:.3g}" for s in scores]
+    assert lr[0][3:] == [f"lr {v:.3g}" for v in evaluation["lr_grid"]] + ["chosen"]
+    rules = [r[1] for r in lr[1:] if r[0] == "digits_mlp"]
+    assert rules == ["train", "validation", "long"]
+    train_row = next(r for r in lr[1:] if r[0] == "digits_mlp" and r[1] == "train")
+    assert train_row[3:-1] == [f"{v:.3g}" for v in tuning["adam"]["train"]["scores"]]
 
 
 def test_figures_exist_and_are_sensible_pngs(built):
     root, _, _, evaluation, page = built
     sources = image_sources(page)
-    expected = {"aggregate.png", "profile.png", "speedup.png", "long_horizon.png", "meta_training.png"}
+    expected = {"aggregate.png", "profile.png", "algoperf.png", "speedup.png", "long_horizon.png", "meta_training.png"}
     expected |= {f"curves_{t}.png" for t in evaluation["tasks"]}
     assert set(sources) == expected and len(sources) == len(expected)
     for src in sources:
@@ -313,6 +383,12 @@ def test_page_in_headless_chromium(built, tmp_path):
     assert check.screenshot.stat().st_size > 10_000
     assert EN_DASH in check.text and "\u2265" not in check.text.split("Per-task results")[1].split("Learning")[0]
     assert evaluation["params_hash"] in check.text
+    # every method of the seed papers and each claim table with the seed's number, as rendered
+    for text in ("HUB (learned + Adam)", "inverted HUB", "LGL2O (loss guard)", "GL2O (fixed-point guard)"):
+        assert text in check.text
+    for text in ("Celo: 1.86", "HUB: 94% (16/17)", "LGL2O vs GL2O vs their guard", "AlgoPerf score", "train rule"):
+        assert text in check.text, text
+    assert "validation rule" in check.text and "Out of distribution" in check.text
 
 
 # --- variants --------------------------------------------------------------------------------------------------------
@@ -324,31 +400,36 @@ def _edit_json(path: Path, edit) -> None:
     path.write_text(json.dumps(doc))
 
 
-def test_horizon_multiplier_one_missing_metrics_divergence_lower_bounds_and_grid_edges(tmp_path, monkeypatch):
-    """No long-horizon runs: no stability section; missing metrics, divergence, lower bounds and grid edges shown."""
+def test_horizon_multiplier_one_missing_metrics_divergence_censoring_and_grid_edges(tmp_path, monkeypatch):
+    """No long-horizon runs: no stability section; missing metrics, divergence, censoring and grid edges shown."""
     root = make_project(tmp_path / "project")
 
     def edit(doc):
         doc["horizon_multiplier"] = 1
-        for a in doc["aggregate"].values():
-            for k in [k for k in a if k.startswith("long_")]:
-                del a[k]
+        doc["aggregate"]["long"] = None
+        doc["aggregate"]["claims"].pop("star")
         for task, summary in doc["tasks"].items():
             summary["long_num_steps"] = None
-            for row in summary["optimizers"].values():
-                row["long"] = None
-                if task == "mnist_mlp_deep":  # as for a regression task: no accuracy
+            summary["long"] = None
+            summary["tuning"]["adam"].pop("long")
+            if task == "mnist_mlp_deep":  # as for a regression task: no accuracy
+                for row in summary["validation"].values():
                     row["final_test_acc"] = row["final_train_acc"] = row["final_val_acc"] = None
-        doc["tasks"]["digits_mlp"]["optimizers"]["guarded"]["lower_bound"] = True
-        doc["tasks"]["digits_mlp"]["optimizers"]["sgdm"]["lr_at_grid_edge"] = True
+        digits = doc["tasks"]["digits_mlp"]
+        digits["train"]["lgl2o"].update(censored=True, speedup=4.0)
+        digits["tuning"]["sgdm"]["validation"]["at_edge"] = True
+        digits["validation"]["sgdm"]["lr_at_grid_edge"] = True
+        lg = doc["aggregate"]["train"]["lgl2o"]["speedup_iqm"]
+        lg.update(lower_bound=True, ci_lower_bound=True, censored_runs=2)
         # the learned optimizer diverges on one task (both seeds): NaN losses, speedup 0
         nan = {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")}
-        row = doc["tasks"]["ft_mnist_to_digits_mlp"]["optimizers"]["learned"]
+        row = doc["tasks"]["ft_mnist_to_digits_mlp"]["train"]["learned"]
         row.update(diverged_seeds=2, speedup=0.0, speedup_per_seed=[0.0, 0.0], final_loss_ratio=0.0)
-        row.update(final_loss_ratio_per_seed=[0.0, 0.0], final_train_loss=nan, final_test_loss=nan, final_test_acc=nan)
-        doc["aggregate"]["learned"].update(diverged_runs=2)
-        doc["aggregate"]["learned"]["speedup_iqm"].update(value=0.0, ci_low=0.0)
-        doc["aggregate"]["learned"]["final_loss_ratio_iqm"]["ci_high"] = float("inf")
+        row.update(final_loss_ratio_per_seed=[0.0, 0.0], final_train_loss=nan)
+        doc["tasks"]["ft_mnist_to_digits_mlp"]["validation"]["learned"].update(final_test_loss=nan, final_test_acc=nan)
+        doc["aggregate"]["train"]["learned"].update(diverged_runs=2)
+        doc["aggregate"]["train"]["learned"]["speedup_iqm"].update(value=0.0, ci_low=0.0)
+        doc["aggregate"]["train"]["learned"]["final_loss_ratio_iqm"]["ci_high"] = float("inf")
 
     _edit_json(root / "metrics" / "evaluation.json", edit)
     for curves in (root / "metrics" / "curves").glob("*.json"):
@@ -370,19 +451,23 @@ def test_horizon_multiplier_one_missing_metrics_divergence_lower_bounds_and_grid
     assert "stability-table" not in page and "No long-horizon runs" in page
     assert logs == [f"report: wrote reports/index.html with {len(image_sources(page))} figures"]
     assert "MLflow run</dt><dd>child-run" in page  # no parent run: the stage's own
-    table = tables(page)["task-table"]
-    start = next(i for i, r in enumerate(table) if r[0].startswith("mnist_mlp_deep ("))
-    assert [r[4] for r in table[start + 1 : start + 5]] == [EN_DASH] * 4  # no test accuracy
+    val = tables(page)["task-validation-table"]
+    start = next(i for i, r in enumerate(val) if r[0].startswith("mnist_mlp_deep ("))
+    assert [r[3] for r in val[start + 1 : start + 8]] == [EN_DASH] * 7  # no test accuracy
     headline = row_of(tables(page)["headline-table"], "learned (")
     assert headline[5] == "2/6" and "<span class=warn>2/6</span>" in page
     assert headline[1].startswith("0.00 [0.00, ") and headline[2].endswith(", \u221e]")
+    # a censored IQM is shown as a lower bound, with its CI and the count of censored runs
+    lg = row_of(tables(page)["headline-table"], LABEL["lgl2o"])
+    assert lg[1] == "\u2265 0.67 [\u2265 0.63, \u2265 0.74] 2 censored"  # the parser folds the thin spaces
+    table = tables(page)["task-table"]
     start = next(i for i, r in enumerate(table) if r[0].startswith("ft_mnist_to_digits_mlp ("))
     diverged = table[start + 1]
-    assert diverged[0].startswith("learned (") and diverged[1] == diverged[3] == diverged[4] == EN_DASH
-    assert diverged[5] == "0.00\u00d7" and diverged[9] == "2/2"
-    guarded = json.loads((root / "metrics/evaluation.json").read_text())["tasks"]["digits_mlp"]["optimizers"]["guarded"]
-    assert f"&ge;&thinsp;{ratio(guarded['speedup'])}&times;" in page
-    assert "grid edge" in row_of(tables(page)["lr-sgdm"], "digits_mlp")[-1]
+    assert diverged[0].startswith("learned (") and diverged[1] == EN_DASH
+    assert diverged[2] == "0.00\u00d7" and diverged[7] == "2/2"
+    assert "&ge;&thinsp;4.00&times;" in page  # the censored per-task speedup
+    edge_rows = [r for r in tables(page)["lr-sgdm"] if r[0] == "digits_mlp" and r[1] == "validation"]
+    assert "grid edge" in edge_rows[0][-1]
 
     check = open_page(root / "reports" / "index.html", tmp_path / "report.png")
     assert check.problems == []
@@ -396,5 +481,5 @@ def test_without_an_mlflow_run(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     prov = report.provenance(root, json.loads((root / "metrics" / "evaluation.json").read_text()))
     assert prov["mlflow_run_id"] == "unknown (run outside l2o run)"
-    assert prov["component_versions"]["report"] == "2"
+    assert prov["component_versions"]["report"] == "3"
     assert set(prov["data_hashes"]) == {"digits", "fashion_mnist", "mnist"}

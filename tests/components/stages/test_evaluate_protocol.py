@@ -1,119 +1,142 @@
-"""The evaluation protocol's bookkeeping on constructed per-task summaries (answers computed by hand).
+"""The evaluate stage's bookkeeping on constructed per-task summaries (answers computed by hand).
 
-The statistics themselves (IQM, stratified bootstrap, win shares) are tested in
-``tests/components/evaluation``; here: that the evaluate stage feeds them the right numbers, that
-tuning reads the validation split, and that ``metrics/headline.json`` flattens the aggregate.
+The statistics themselves (IQM, bootstrap, censoring, AlgoPerf) are tested in ``tests/components/evaluation``;
+here: that the stage feeds each rule's rows to its own aggregate, splits by distribution, builds the claim
+tables, and that ``metrics/headline.json`` flattens it per optimizer and rule.
 """
 
-import math
-
-import numpy as np
 import pytest
 
 from components.stages import evaluate
+
+NAMES = ["learned", "hub", "hub_inverted", "lgl2o", "gl2o", "adam", "sgdm"]
 
 
 def _stats(v):
     return {"mean": v, "std": 0.0, "min": v, "max": v}
 
 
-def _row(final, speedups, ratios, *, acc=None, diverged=0, fallback=None, long=None):
+def _train(final, speedup, ratio, *, censored=False, fallback=None, steps=None):
     row = {
         "final_train_loss": _stats(final),
-        "final_test_acc": None if acc is None else _stats(acc),
-        "speedup_per_seed": speedups,
-        "final_loss_ratio_per_seed": ratios,
-        "diverged_seeds": diverged,
-        "long": long,
+        "speedup_per_seed": [speedup, speedup],
+        "censored_per_seed": [censored, censored],
+        "final_loss_ratio_per_seed": [ratio, ratio],
+        "diverged_seeds": 0,
+        "steps_to_target": steps,
     }
     if fallback is not None:
         row["fallback_fraction"] = _stats(fallback)
     return row
 
 
-def _long(final, ratios, diverged=0, fallback=None):
-    out = {"final_train_loss": _stats(final), "final_loss_ratio_per_seed": ratios, "diverged_seeds": diverged}
-    if fallback is not None:
-        out["fallback_fraction"] = _stats(fallback)
-    return out
-
-
-NAMES = ["learned", "guarded", "adam", "sgdm"]
-SUMMARIES = {
-    # task a: learned lowest (0.5 < 0.6 adam < 0.7 sgdm < 0.8 guarded)
-    "a": {
-        "optimizers": {
-            "learned": _row(0.5, [2.0, 2.0], [1.2, 1.2], acc=0.9, long=_long(0.4, [1.5, 1.5])),
-            "guarded": _row(
-                0.8, [0.5, 0.5], [0.75, 0.75], acc=0.8, fallback=0.1, long=_long(0.7, [0.8, 0.8], fallback=0.2)
-            ),
-            "adam": _row(0.6, [1.0, 1.0], [1.0, 1.0], acc=0.85, long=_long(0.6, [1.0, 1.0])),
-            "sgdm": _row(0.7, [0.5, 0.5], [0.86, 0.86], acc=0.8),
-        }
-    },
-    # task b: learned diverged on both seeds; guarded lowest (0.9 < 0.95 sgdm < 1.0 adam)
-    "b": {
-        "optimizers": {
-            "learned": _row(math.nan, [0.0, 0.0], [0.0, 0.0], diverged=2, long=_long(math.nan, [0.0, 0.0], diverged=2)),
-            "guarded": _row(0.9, [1.5, 1.5], [1.1, 1.1], fallback=0.3, long=_long(0.9, [1.2, 1.2], fallback=0.4)),
-            "adam": _row(1.0, [1.0, 1.0], [1.0, 1.0], long=_long(1.1, [1.0, 1.0])),
-            "sgdm": _row(0.95, [1.2, 1.2], [1.05, 1.05]),
-        }
-    },
-}
-
-
-def test_aggregate_gives_the_papers_headline_numbers():
-    agg = evaluate.aggregate(SUMMARIES, NAMES, n_resamples=200, seed=0)
-    learned, guarded, adam, sgdm = (agg[o] for o in NAMES)
-    # learned speedups pooled: [2, 2, 0, 0] -> IQM drops one at each end -> mean(0, 2) = 1; every task's
-    # seeds are equal, so resampling within tasks changes nothing: the CI is the point
-    assert learned["speedup_iqm"] == {"value": 1.0, "ci_low": 1.0, "ci_high": 1.0, "n_tasks": 2, "n_runs": 4}
-    # guarded ratios [0.75, 0.75, 1.1, 1.1] -> mean(0.75, 1.1) = 0.925
-    assert guarded["final_loss_ratio_iqm"]["value"] == pytest.approx(0.925)
-    # wins on mean final training loss: learned wins a (beats adam and all), loses b (diverged)
-    assert (learned["beats_adam_fraction"], learned["beats_all_fraction"]) == (0.5, 0.5)
-    assert (guarded["beats_adam_fraction"], guarded["beats_all_fraction"]) == (0.5, 0.5)
-    assert (sgdm["beats_adam_fraction"], sgdm["beats_all_fraction"]) == (0.5, 0.0)
-    assert adam["beats_adam_fraction"] is None and adam["beats_all_fraction"] == 0.0
-    assert (learned["diverged_runs"], learned["total_runs"]) == (2, 4)
-    assert guarded["fallback_rate"] == pytest.approx(0.2) and learned["fallback_rate"] is None
-    # accuracy over the tasks that have one (only a)
-    assert learned["mean_test_acc"] == pytest.approx(0.9)
-    # long horizon: only the optimizers with long runs (sgdm has none)
-    assert "long_final_loss_ratio_iqm" not in sgdm
-    assert learned["long_final_loss_ratio_iqm"]["value"] == pytest.approx(0.75)  # [1.5, 1.5, 0, 0]
-    # long: a: learned 0.4 < adam 0.6 (win), b: diverged; guarded: a 0.7 > 0.6, b 0.9 < 1.1 (win)
-    assert learned["long_beats_adam_fraction"] == 0.5 and guarded["long_beats_adam_fraction"] == 0.5
-    assert learned["long_diverged_runs"] == 2 and guarded["long_fallback_rate"] == pytest.approx(0.3)
-
-
-def test_headline_flattens_the_aggregate_for_dvc_metrics():
-    agg = evaluate.aggregate(SUMMARIES, NAMES, n_resamples=200, seed=0)
-    head = evaluate.headline(agg)
-    assert set(head) == set(NAMES)
-    assert head["learned"]["speedup_iqm"] == 1.0 and head["learned"]["speedup_iqm_ci_low"] == 1.0
-    assert head["guarded"]["fallback_rate"] == pytest.approx(0.2)
-    assert "beats_adam_fraction" not in head["adam"]  # None is left out
-    assert "fallback_rate" not in head["learned"]
-    assert all(isinstance(v, float | int) for row in head.values() for v in row.values())
-
-
-def test_baselines_are_tuned_on_the_validation_loss_not_the_training_loss():
-    # rate 0 has the lower training loss, rate 1 the lower validation loss: validation decides
-    out = {
-        "batch_loss": np.array([[[1.0, 0.1]] * 2, [[1.0, 0.5]] * 2]),  # [H=2, S=2, T=2]
-        "val_loss": np.array([[[2.0, 0.9]] * 2, [[2.0, 0.4]] * 2]),
+def _val(acc, ttt, fallback=None):
+    row = {
+        "final_test_acc": _stats(acc),
+        "final_test_loss": _stats(1 - acc),
+        "diverged_seeds": 0,
+        "time_to_target": ttt,
     }
-    scores, metric = evaluate._tuning_scores(out, smoothing=0.0)
-    assert metric == "val_loss" and int(np.argmin(scores)) == 1
-    # a diverged rate is never chosen
-    out["val_loss"][1, 0, -1] = np.nan
-    scores, _ = evaluate._tuning_scores(out, smoothing=0.0)
-    assert scores[1] == np.inf and int(np.argmin(scores)) == 0
-    # no held-out data (synthetic problems): the final smoothed training loss decides
-    scores, metric = evaluate._tuning_scores({"batch_loss": out["batch_loss"]}, smoothing=0.0)
-    assert metric == "train_loss" and int(np.argmin(scores)) == 0
+    if fallback is not None:
+        row["fallback_fraction"] = _stats(fallback)
+    return row
+
+
+def _task(in_distribution: bool, learned_final: float, hub_acc: float):
+    """Training losses: learned ``learned_final``, hub 0.45, others 0.6-0.9; test accuracies with HUB at ``hub_acc``."""
+    train = {
+        "learned": _train(learned_final, 4.0, 1.2, censored=True, steps=10),
+        "hub": _train(0.45, 3.0, 1.3, steps=12),
+        "hub_inverted": _train(0.7, 0.8, 0.86),
+        "lgl2o": _train(0.55, 1.5, 1.1, fallback=0.2, steps=20),
+        "gl2o": _train(0.9, 0.5, 0.67, fallback=0.6),
+        "adam": _train(0.6, 1.0, 1.0, steps=40),
+        "sgdm": _train(0.8, 0.5, 0.75),
+        "guard": _train(0.58, 1.0, 1.03, steps=30),
+    }
+    val = {
+        "learned": _val(0.80, 50.0),
+        "hub": _val(hub_acc, 40.0),
+        "hub_inverted": _val(0.81, 100.0),
+        "lgl2o": _val(0.84, 80.0, fallback=0.2),
+        "gl2o": _val(0.70, None, fallback=0.6),
+        "adam": _val(0.85, 100.0),
+        "sgdm": _val(0.83, 200.0),
+    }
+    long = {o: _train(0.5, 1.0, 1.0) for o in ("learned", "hub", "lgl2o", "gl2o", "adam")}
+    return {
+        "num_steps": 100,
+        "long_num_steps": 200,
+        "relation": {"in_distribution": in_distribution, "ood_axes": [] if in_distribution else ["dataset"]},
+        "train": train,
+        "validation": val,
+        "long": long,
+    }
+
+
+SUMMARIES = {"a": _task(False, 0.5, 0.90), "b": _task(False, 0.65, 0.84), "c": _task(True, 0.3, 0.86)}
+
+
+def test_aggregate_uses_each_rules_rows_and_splits_by_distribution():
+    agg = evaluate.aggregate(SUMMARIES, NAMES, n_resamples=100, seed=0)
+    tr, va = agg["train"], agg["validation"]
+    # learned: every run censored at 4 -> IQM 4 flagged as a lower bound
+    assert tr["learned"]["speedup_iqm"]["value"] == 4.0 and tr["learned"]["speedup_iqm"]["lower_bound"]
+    assert not tr["hub"]["speedup_iqm"]["lower_bound"]
+    # training loss: learned beats Adam (0.6) on a and c, not b (0.65)
+    assert tr["learned"]["beats_adam_fraction"] == pytest.approx(2 / 3)
+    # beats all on training loss: hub (0.45) except on c where learned has 0.3
+    assert tr["hub"]["beats_all_fraction"] == pytest.approx(2 / 3)
+    assert tr["lgl2o"]["fallback_rate"] == pytest.approx(0.2) and tr["learned"]["fallback_rate"] is None
+    # validation rule, test accuracy: hub beats Adam (0.85) on a (0.90) and c (0.86), so it beats all there too
+    assert va["hub"]["test_beats_adam_fraction"] == pytest.approx(2 / 3)
+    assert va["hub"]["test_beats_all_fraction"] == pytest.approx(2 / 3)
+    # inverted HUB is not HUB's competitor: at 0.91 it would take task a from HUB, yet HUB keeps it
+    swapped = {
+        t: {**s, "validation": {**s["validation"], "hub_inverted": _val(0.91, 100.0)}} for t, s in SUMMARIES.items()
+    }
+    assert evaluate.aggregate(swapped, NAMES, n_resamples=10)["validation"]["hub"][
+        "test_beats_all_fraction"
+    ] == pytest.approx(2 / 3)
+    # AlgoPerf: hub is fastest everywhere (40) -> 1; Adam at 100/40 = 2.5 -> (4 - 2.5) / 3 = 0.5; gl2o never -> 0
+    assert va["hub"]["algoperf_score"] == 1.0 and va["adam"]["algoperf_score"] == pytest.approx(0.5)
+    assert va["gl2o"]["algoperf_score"] == 0.0
+    # in / out of distribution: c alone is in
+    split = agg["by_distribution"]
+    assert split["in_distribution"]["tasks"] == ["c"] and split["out_of_distribution"]["tasks"] == ["a", "b"]
+    assert split["out_of_distribution"]["train"]["learned"]["beats_adam_fraction"] == 0.5
+    # stability at the long horizon, for the learned family and Adam
+    assert set(agg["long"]) == {"adam", "learned", "hub", "lgl2o", "gl2o"}
+
+
+def test_claim_tables():
+    claims = evaluate.aggregate(SUMMARIES, NAMES, n_resamples=100, seed=0)["claims"]
+    assert set(claims) == {"celo", "hub", "lgl2o", "star", "algoperf"}
+    hub = claims["hub"]["rows"]["hub"]
+    assert hub["beats_learned_fraction"] == 1.0 and hub["beats_adam_fraction"] == pytest.approx(2 / 3)
+    lg = claims["lgl2o"]["rows"]["lgl2o"]
+    # (0.55 - 0.58) / 0.58 on every task: never worse than the guard
+    assert lg["worst_excess_over_guard"] == pytest.approx(-0.03 / 0.58) and lg["within_tolerance_fraction"] == 1.0
+    gl = claims["lgl2o"]["rows"]["gl2o"]
+    assert gl["worst_excess_over_guard"] == pytest.approx(0.32 / 0.58) and gl["within_tolerance_fraction"] == 0.0
+    assert lg["tasks_reaching_target"] == 1.0 and gl["tasks_reaching_target"] == 0.0
+    assert claims["lgl2o"]["rows"]["guard"]["steps_to_target"] == {"a": 30, "b": 30, "c": 30}
+    assert "1.86" in claims["celo"]["seed"] and "94%" in claims["hub"]["seed"]
+
+
+def test_headline_flattens_per_optimizer_and_rule():
+    agg = evaluate.aggregate(SUMMARIES, NAMES, n_resamples=100, seed=0)
+    head = evaluate.headline(agg)
+    assert list(head) == NAMES
+    learned = head["learned"]
+    assert learned["train_rule"]["speedup_iqm"] == 4.0 and learned["train_rule"]["speedup_iqm_lower_bound"] == 1
+    assert learned["validation_rule"]["test_beats_adam_fraction"] == pytest.approx(0.0)
+    assert learned["out_of_distribution"]["tasks"] == 2 and learned["in_distribution"]["tasks"] == 1
+    assert "beats_adam_fraction" not in head["adam"]["train_rule"]  # None is left out
+    assert head["lgl2o"]["train_rule"]["fallback_rate"] == pytest.approx(0.2)
+    assert "fallback_rate" not in learned["train_rule"]
+    flat = [v for row in head.values() for sec in row.values() for v in sec.values()]
+    assert all(isinstance(v, float | int) for v in flat)
 
 
 def test_plot_rows_hold_every_optimizer_per_step():

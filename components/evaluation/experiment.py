@@ -1,0 +1,413 @@
+"""The evaluation protocol on one task, and across tasks: what the evaluate stage runs.
+
+:func:`evaluate_on_task` trains every optimizer of the seed papers' comparisons on one task (one
+compiled, batched program per optimizer: ``vmap`` over rates and seeds, ``lax.scan`` over steps) and
+scores it under both selection rules (:mod:`components.evaluation.protocol`):
+
+* the **learned family**, untuned on the task: ``learned``; ``hub`` / ``hub_inverted`` (HUB);
+  ``lgl2o`` and ``gl2o`` with the same guard. Their hand-designed part is the guard at its rate per
+  rule (the calibrate stage's choice on meta-training tasks);
+* **baselines** over the whole grid, Adam's run ``adam_horizon_multiplier`` (m) x the horizon ``T``
+  (the speedup normaliser); every run shares its first ``T`` minibatches, so the ``T``-step baselines
+  are the grid's prefix;
+* with ``horizon_multiplier`` k > 1, the family (minus inverted HUB) at k x ``T`` against Adam tuned
+  (train rule) for k x ``T`` from the same grid.
+
+:func:`aggregate_all` turns the per-task summaries into the headline numbers per rule, split by
+distribution, with the claim tables (:mod:`components.evaluation.aggregate`, :mod:`~.claims`).
+"""
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from components.evaluation.aggregate import aggregate_long, aggregate_train, aggregate_validation
+from components.evaluation.claims import claims
+from components.evaluation.metrics import adam_envelope, ema, summarize_runs
+from components.evaluation.protocol import (
+    RULES,
+    finite_or_none,
+    first_step_at_or_below,
+    train_rule_row,
+    tune,
+    validation_rule_row,
+)
+from components.evaluation.runner import OptFactory, train_curves
+from components.optimizers import fallback_fraction, guard_with_fixed_point, guard_with_loss, hub, make_baseline
+
+__all__ = [
+    "REFERENCE",
+    "LEARNED_KINDS",
+    "SAFEGUARDS",
+    "LONG",
+    "VARIANTS",
+    "ProtocolConfig",
+    "TaskEvaluation",
+    "learned_family",
+    "evaluate_on_task",
+    "aggregate_all",
+]
+
+REFERENCE = "adam"
+# the methods of the seed papers built from the one trained learned optimizer: name -> kind
+LEARNED_KINDS = {
+    "learned": "learned",
+    "hub": "hybrid",
+    "hub_inverted": "hybrid",
+    "lgl2o": "safeguarded",
+    "gl2o": "safeguarded",
+}
+SAFEGUARDS = ("lgl2o", "gl2o")
+# run at k x the horizon for the stability table (inverted HUB, a fine-tuning variant, is left out)
+LONG = ("learned", "hub", "lgl2o", "gl2o")
+# not each other's competitors in "beats all"
+VARIANTS = {"hub": ("hub_inverted",), "hub_inverted": ("hub",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolConfig:
+    """What :func:`evaluate_on_task` needs of the experiment (plain values; the stage builds it from params)."""
+
+    num_steps: int
+    eval_every: int
+    lr_grid: tuple[float, ...]
+    baselines: tuple[str, ...]
+    horizon_multiplier: int = 1
+    adam_horizon_multiplier: int = 4
+    smoothing: float = 0.95
+    methods: tuple[str, ...] = tuple(LEARNED_KINDS)
+
+    def __post_init__(self):
+        unknown = [o for o in self.methods if o not in LEARNED_KINDS]
+        if unknown or "learned" not in self.methods:
+            raise ValueError(
+                f"methods must include 'learned' and be among {list(LEARNED_KINDS)}, got {list(self.methods)}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskEvaluation:
+    """One task's result: ``summary`` (JSON-ready rows per rule, tuning, relation), ``curves``, timing, log line."""
+
+    name: str
+    summary: dict
+    curves: dict
+    seconds: float
+    line: str
+
+
+def learned_family(learned_for: Callable[[int], object], guard: str, loss_batch: str = "same"):
+    """``horizon -> {name: hparam -> optimizer}`` of :data:`LEARNED_KINDS` for :func:`evaluate_on_task`.
+
+    Args:
+      learned_for: ``num_steps -> optax transformation`` of the trained learned optimizer
+        (``lambda n: lopt.make(meta_params, num_steps=n)``).
+      guard: the hand-designed optimizer (a baseline name) of HUB, LGL2O and GL2O.
+      loss_batch: LGL2O's loss-estimate batch (``same`` / ``fresh``).
+    """
+
+    def at(num_steps: int) -> dict[str, OptFactory]:
+        learned = learned_for(num_steps)
+        return {
+            "learned": lambda _: learned,
+            "hub": lambda lr: hub(learned, make_baseline(guard, lr)),
+            "hub_inverted": lambda lr: hub(learned, make_baseline(guard, lr), inverted=True),
+            "lgl2o": lambda lr: guard_with_loss(learned, make_baseline(guard, lr), loss_batch=loss_batch),
+            "gl2o": lambda lr: guard_with_fixed_point(learned, make_baseline(guard, lr)),
+        }
+
+    return at
+
+
+def _np(out: dict) -> dict:
+    res = {k: np.asarray(v) for k, v in out.items() if k != "opt_state"}
+    if hasattr(out["opt_state"], "num_fallbacks"):  # a safeguard: the share of steps its guard took
+        res["fallback"] = np.asarray(fallback_fraction(out["opt_state"]))
+    return res
+
+
+def _pick(run: dict, i: int, steps: int | None = None, evals: int | None = None) -> dict:
+    """Rate ``i`` of a ``[H, S, ...]`` run, cut to its first ``steps`` steps and ``evals`` evaluation points."""
+    out = {}
+    for k, v in run.items():
+        v = v[i]
+        if k == "batch_loss" and steps is not None:
+            v = v[:, :steps]
+        elif k != "batch_loss" and evals is not None and v.ndim >= 2:
+            v = v[:, :evals]
+        out[k] = v
+    return out
+
+
+def evaluate_on_task(
+    name: str,
+    task,
+    train,
+    sets: dict,
+    *,
+    keys: jax.Array,
+    config: ProtocolConfig,
+    family: Callable[[int], dict[str, OptFactory]],
+    guard: str,
+    guard_rates: dict[str, float],
+    relation: dict | None = None,
+) -> TaskEvaluation:
+    """Every optimizer of the protocol on one task under both rules (the module docstring).
+
+    Args:
+      name: the task's name (for the curves and the summary line).
+      task: the task (:mod:`components.tasks.protocol`), ``train`` its training data, ``sets`` its
+        evaluation batches (``train`` / ``val`` / ``test``; ``{}`` for synthetic problems).
+      keys: ``[S]`` seed keys, shared by every optimizer (initialisation and minibatches).
+      config: horizons, grid, smoothing, baselines.
+      family: ``horizon -> {name: hparam -> optimizer}`` of :data:`LEARNED_KINDS` (the hparam is the
+        hand-designed part's rate; ignored by ``learned``), e.g. :func:`learned_family`.
+      guard: the hand-designed optimizer of HUB / LGL2O / GL2O (a baseline name).
+      guard_rates: its rate per rule (``train``, ``validation``).
+      relation: the task's relation to the meta-training distribution, stored as given.
+
+    Returns:
+      :class:`TaskEvaluation`.
+    """
+    cfg = config
+    T = cfg.num_steps
+    k = cfg.horizon_multiplier
+    m = max(cfg.adam_horizon_multiplier, k)
+    E = T // cfg.eval_every  # evaluation point of step T
+    eval_steps = np.arange(0, T + 1, cfg.eval_every)
+    t0 = time.perf_counter()
+
+    def curves(make, hparams, mult: int = 1) -> dict:
+        # the first T steps are the same minibatches for every run; longer runs add (mult - 1) x T
+        # steps evaluated every T steps (so the points at k x T exist for every k)
+        return _np(
+            train_curves(
+                task,
+                make,
+                jnp.asarray(hparams, jnp.float32),
+                train,
+                sets,
+                keys=keys,
+                num_steps=T,
+                eval_every=cfg.eval_every,
+                tail_steps=(mult - 1) * T,
+                tail_eval_every=T,
+            )
+        )
+
+    lrs = list(cfg.lr_grid)
+    grids = {b: curves(lambda lr, b=b: make_baseline(b, lr), lrs, m if b == REFERENCE else 1) for b in cfg.baselines}
+    tuned = {
+        b: {
+            r: tune(lrs, g["batch_loss"], g.get("val_loss"), rule=r, horizon=T, eval_index=E, smoothing=cfg.smoothing)
+            for r in RULES
+        }
+        for b, g in grids.items()
+    }
+    if k > 1:  # the stability reference: Adam tuned (train rule) for the long horizon, from the same grid
+        tuned[REFERENCE]["long"] = tune(
+            lrs, grids[REFERENCE]["batch_loss"], rule="train", horizon=k * T, smoothing=cfg.smoothing
+        )
+
+    rates = {r: float(guard_rates[r]) for r in RULES}
+    unique = sorted(set(rates.values()))
+    at = {r: unique.index(rates[r]) for r in RULES}
+    runs = {o: curves(f, [0.0] if o == "learned" else unique) for o, f in family(T).items() if o in cfg.methods}
+    if guard in grids and all(any(math.isclose(u, lr, rel_tol=1e-6) for lr in lrs) for u in unique):
+        idx = [next(i for i, lr in enumerate(lrs) if math.isclose(u, lr, rel_tol=1e-6)) for u in unique]
+        runs["guard"] = {kk: v[np.asarray(idx)] for kk, v in grids[guard].items()}
+    else:
+        runs["guard"] = curves(lambda lr: make_baseline(guard, lr), unique)
+    long_runs = {}
+    if k > 1:
+        long_f = family(k * T)
+        for o in (o for o in LONG if o in cfg.methods):
+            long_runs[o] = curves(long_f[o], [0.0] if o == "learned" else [rates["train"]], k)
+    seconds = time.perf_counter() - t0
+
+    names = [*cfg.methods, *cfg.baselines]
+    has_acc = bool(getattr(task, "has_accuracy", True))
+    metric_keys = [f"{s}_{mm}" for s in sets for mm in ("loss", "acc") if mm == "loss" or has_acc]
+
+    def run_of(o: str, rule: str) -> dict:
+        if o in grids:
+            return _pick(grids[o], tuned[o][rule].index, T, E + 1)
+        if o == "learned":
+            return _pick(runs[o], 0, T, E + 1)
+        return _pick(runs[o], at[rule], T, E + 1)
+
+    adam_grid = grids[REFERENCE]["batch_loss"].mean(axis=1)  # [H, m x T]: the speedup normaliser
+    adam_seeds = ema(run_of(REFERENCE, "train")["batch_loss"], cfg.smoothing)[:, -1]
+    target = float(adam_seeds.mean())
+    train_rows = {}
+    for o in [*names, "guard"]:
+        rr = run_of(o, "train")
+        row = train_rule_row(rr["batch_loss"], adam_grid, adam_seeds, smoothing=cfg.smoothing, target=target)
+        train_rows[o] = _annotate(row, o, rr, "train", tuned, rates, runs, at)
+    adam_val = run_of(REFERENCE, "validation")
+    val_target = float(np.mean(adam_val["val_loss"][:, E])) if "val_loss" in adam_val else None
+    validation_rows = {}
+    for o in names:
+        rr = run_of(o, "validation")
+        row = validation_rule_row(rr, metric_keys, eval_index=E, eval_steps=eval_steps, target=val_target)
+        if "val_loss" not in metric_keys:  # no held-out data: the smoothed training loss stands in
+            sm = ema(rr["batch_loss"], cfg.smoothing)
+            row["final_train_loss"] = summarize_runs(sm[:, -1])
+            row["time_to_target"] = first_step_at_or_below(sm.mean(axis=0), target)
+        validation_rows[o] = _annotate(row, o, rr, "validation", tuned, rates, runs, at)
+
+    long_rows = None
+    if k > 1:
+        adam_long = _pick(grids[REFERENCE], tuned[REFERENCE]["long"].index, k * T)
+        long_seeds = ema(adam_long["batch_loss"], cfg.smoothing)[:, -1]
+        long_rows = {REFERENCE: train_rule_row(adam_long["batch_loss"], adam_grid, long_seeds, smoothing=cfg.smoothing)}
+        long_rows[REFERENCE]["learning_rate"] = tuned[REFERENCE]["long"].learning_rate
+        for o in long_runs:
+            rr = _pick(long_runs[o], 0)
+            long_rows[o] = train_rule_row(rr["batch_loss"], adam_grid, long_seeds, smoothing=cfg.smoothing)
+            if o in SAFEGUARDS:
+                long_rows[o]["fallback_fraction"] = summarize_runs(rr["fallback"])
+            if o != "learned":
+                long_rows[o]["learning_rate"] = rates["train"]
+
+    summary = {
+        "num_steps": T,
+        "long_num_steps": k * T if k > 1 else None,
+        "adam_num_steps": m * T,
+        "relation": relation,
+        "has_validation": "val_loss" in metric_keys,
+        "tuning": {b: {r: t.to_json() for r, t in per.items()} for b, per in tuned.items()},
+        "guard": {"name": guard, "learning_rates": rates},
+        "train": train_rows,
+        "validation": validation_rows,
+        "long": long_rows,
+    }
+    curves_doc = _curves_doc(name, T, k, names, cfg, run_of, grids, long_runs, tuned, metric_keys)
+    shown = _summary_line(validation_rows, names, metric_keys)
+    lr_note = ", ".join(
+        f"{b} lr={tuned[b]['train'].learning_rate:.3g}/{tuned[b]['validation'].learning_rate:.3g}"
+        for b in cfg.baselines
+    )
+    sp = " ".join(
+        f"{o}={'>=' if train_rows[o]['censored'] else ''}{train_rows[o]['speedup']:.2f}" for o in cfg.methods
+    )
+    line = (
+        f"evaluate: {name} ({T} steps; Adam grid {m * T}{f'; stability {k * T}' if k > 1 else ''}): {shown}"
+        f" (train/validation-rule {lr_note}); speedup {sp} ({seconds:.0f}s)"
+    )
+    return TaskEvaluation(name=name, summary=summary, curves=curves_doc, seconds=seconds, line=line)
+
+
+def _annotate(row: dict, o: str, run: dict, rule: str, tuned: dict, rates: dict, runs: dict, at: dict) -> dict:
+    """Add the rate (tuned or calibrated), its rule, and a safeguard's fallback fraction to a row."""
+    if o in tuned:
+        row["learning_rate"] = tuned[o][rule].learning_rate
+        row["lr_at_grid_edge"] = tuned[o][rule].at_edge
+    elif o != "learned":
+        row["learning_rate"] = rates[rule]
+    row["rule"] = rule
+    if o in SAFEGUARDS:
+        row["fallback_fraction"] = summarize_runs(run["fallback"])
+    return row
+
+
+def _summary_line(rows: dict, names: list[str], metric_keys: list[str]) -> str:
+    key = "test_acc" if "test_acc" in metric_keys else ("test_loss" if "test_loss" in metric_keys else "train_loss")
+    vals = " ".join(
+        f"{o}={v['mean']:.3f}" if (v := rows[o].get(f"final_{key}")) is not None else f"{o}=-" for o in names
+    )
+    return f"{key.replace('_', ' ')} {vals}"
+
+
+def _stats(a: np.ndarray) -> dict:
+    return {"mean": [finite_or_none(v) for v in a.mean(axis=0)], "std": [finite_or_none(v) for v in a.std(axis=0)]}
+
+
+def _curves_doc(name, T, k, names, cfg, run_of, grids, long_runs, tuned, metric_keys) -> dict:
+    """``metrics/curves/<task>.json``: training loss at the train rule's rates, held-out sets at the validation's."""
+    doc = {
+        "task": name,
+        "steps": list(range(0, T + 1, cfg.eval_every)),
+        "num_steps": T,
+        "rules": {"training_loss": "train", "held_out": "validation"},
+        "optimizers": {},
+        "long": None,
+    }
+    for o in names:
+        tr, va = run_of(o, "train"), run_of(o, "validation")
+        doc["optimizers"][o] = {
+            "batch_loss": _stats(tr["batch_loss"]),
+            "batch_loss_smoothed": _stats(ema(tr["batch_loss"], cfg.smoothing)),
+            **{kk: _stats(va[kk]) for kk in metric_keys},
+        }
+    env = adam_envelope(grids[REFERENCE]["batch_loss"].mean(axis=1), cfg.smoothing)
+    stride = max(1, len(env) // 400)
+    doc["adam_envelope"] = {
+        "steps": list(range(1, len(env) + 1, stride)),
+        "loss": [finite_or_none(v) for v in env[::stride]],
+    }
+    if long_runs:
+        long_steps = list(range(0, T + 1, cfg.eval_every)) + list(range(2 * T, k * T + 1, T))
+        n_eval = len(long_steps)
+        adam_long = _pick(grids[REFERENCE], tuned[REFERENCE]["long"].index, k * T, n_eval)
+        doc["long"] = {
+            "steps": long_steps,
+            "num_steps": k * T,
+            "optimizers": {
+                o: {
+                    "batch_loss_smoothed": _stats(ema(r["batch_loss"], cfg.smoothing)),
+                    **{kk: _stats(r[kk]) for kk in metric_keys},
+                }
+                for o, r in [(REFERENCE, adam_long), *((o, _pick(long_runs[o], 0)) for o in long_runs)]
+            },
+        }
+    return doc
+
+
+def aggregate_all(summaries: dict[str, dict], names: list[str], *, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Across tasks under each rule (:mod:`components.evaluation.aggregate`), by distribution, and the claim tables.
+
+    Returns:
+      ``train`` / ``validation`` / ``long`` (per optimizer), ``by_distribution``
+      (``in_distribution`` / ``out_of_distribution``: the tasks and both rules' aggregates over them,
+      ``None`` when a group is empty) and ``claims`` (:func:`components.evaluation.claims.claims`).
+    """
+    ci = dict(n_resamples=n_resamples, seed=seed)
+
+    def both(tasks):
+        tr = {t: summaries[t]["train"] for t in tasks}
+        va = {t: summaries[t]["validation"] for t in tasks}
+        return {
+            "tasks": list(tasks),
+            "train": aggregate_train(tr, names, reference=REFERENCE, variants=VARIANTS, **ci),
+            "validation": aggregate_validation(va, names, reference=REFERENCE, variants=VARIANTS),
+        }
+
+    tasks = list(summaries)
+    out = both(tasks)
+    del out["tasks"]
+    long = {t: s["long"] for t, s in summaries.items() if s.get("long")}
+    out["long"] = (
+        aggregate_long(long, [REFERENCE, *(o for o in LONG if o in names)], reference=REFERENCE, **ci)
+        if len(long) == len(tasks)
+        else None
+    )
+    inside = [t for t in tasks if (summaries[t].get("relation") or {}).get("in_distribution")]
+    outside = [t for t in tasks if t not in inside]
+    out["by_distribution"] = {
+        "in_distribution": both(inside) if inside else None,
+        "out_of_distribution": both(outside) if outside else None,
+    }
+    out["claims"] = claims(
+        {t: s["train"] for t, s in summaries.items()},
+        {t: s["validation"] for t, s in summaries.items()},
+        out,
+        present=names,
+        horizon_multiplier=max((s["long_num_steps"] or 0) // s["num_steps"] for s in summaries.values()),
+    )
+    return out

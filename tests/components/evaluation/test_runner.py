@@ -1,0 +1,36 @@
+"""The evaluation runner's longer runs: Adam's m x T grid and the k x T stability runs share their minibatches."""
+
+import jax
+import numpy as np
+
+from components.evaluation import train_curves
+from components.optimizers import make_baseline
+from components.tasks.suite import build_task
+
+
+def _run(tail_steps: int) -> dict:
+    task = build_task("noisy_quadratic_d100")
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    out = train_curves(
+        task,
+        lambda lr: make_baseline("adam", lr),
+        np.asarray([1e-2, 1e-1], np.float32),
+        None,
+        {},
+        keys=keys,
+        num_steps=20,
+        eval_every=10,
+        tail_steps=tail_steps,
+        tail_eval_every=20,
+    )
+    return {k: np.asarray(v) for k, v in out.items() if k != "opt_state"}
+
+
+def test_a_tail_extends_a_run_without_changing_its_start():
+    plain, double, quadruple = _run(0), _run(20), _run(60)
+    assert plain["batch_loss"].shape == (2, 2, 20) and quadruple["batch_loss"].shape == (2, 2, 80)
+    # the first T steps are the same minibatches and the same numbers whatever the tail
+    np.testing.assert_array_equal(double["batch_loss"][..., :20], plain["batch_loss"])
+    # chunk i of a tail is the same whatever the tail's length: a 2T run is the prefix of a 4T run
+    np.testing.assert_array_equal(quadruple["batch_loss"][..., :40], double["batch_loss"])
+    assert not np.array_equal(quadruple["batch_loss"][..., 40:60], quadruple["batch_loss"][..., 20:40])
