@@ -94,6 +94,7 @@ def claims(
                     "beats_adam_fraction": share_beating(test, o, ["adam"], higher_is_better=higher),
                     "beats_all_fraction": va[o]["test_beats_all_fraction"],
                     "mean_test_acc": va[o]["mean_test_acc"],
+                    "hand_share": _mean_share(validation_rows, o),
                 }
                 for o in hubs
             },
@@ -146,6 +147,12 @@ def claims(
             },
         }
     return out
+
+
+def _mean_share(rows: Mapping[str, Mapping[str, dict]], o: str) -> float | None:
+    """Mean over tasks of HUB's hand-designed share of the step (``None`` when not recorded)."""
+    vals = [per[o]["hand_share"]["mean"] for per in rows.values() if per[o].get("hand_share")]
+    return float(np.mean(vals)) if vals and len(vals) == len(rows) else None
 
 
 def _test_value(per: Mapping[str, dict], o: str) -> float | None:

@@ -38,7 +38,14 @@ from components.evaluation.protocol import (
     validation_rule_row,
 )
 from components.evaluation.runner import OptFactory, train_curves
-from components.optimizers import fallback_fraction, guard_with_fixed_point, guard_with_loss, hub, make_baseline
+from components.optimizers import (
+    fallback_fraction,
+    guard_with_fixed_point,
+    guard_with_loss,
+    hand_share,
+    hub,
+    make_baseline,
+)
 
 __all__ = [
     "REFERENCE",
@@ -128,6 +135,8 @@ def _np(out: dict) -> dict:
     res = {k: np.asarray(v) for k, v in out.items() if k != "opt_state"}
     if hasattr(out["opt_state"], "num_fallbacks"):  # a safeguard: the share of steps its guard took
         res["fallback"] = np.asarray(fallback_fraction(out["opt_state"]))
+    if hasattr(out["opt_state"], "mean_hand_share"):  # HUB: the hand-designed optimizer's share of the step
+        res["hand_share"] = np.asarray(hand_share(out["opt_state"]))
     return res
 
 
@@ -293,9 +302,7 @@ def evaluate_on_task(
         f"{b} lr={tuned[b]['train'].learning_rate:.3g}/{tuned[b]['validation'].learning_rate:.3g}"
         for b in cfg.baselines
     )
-    sp = " ".join(
-        f"{o}={'>=' if train_rows[o]['censored'] else ''}{train_rows[o]['speedup']:.2f}" for o in cfg.methods
-    )
+    sp = " ".join(f"{o}={'>=' if train_rows[o]['censored'] else ''}{train_rows[o]['speedup']:.2f}" for o in cfg.methods)
     line = (
         f"evaluate: {name} ({T} steps; Adam grid {m * T}{f'; stability {k * T}' if k > 1 else ''}): {shown}"
         f" (train/validation-rule {lr_note}); speedup {sp} ({seconds:.0f}s)"
@@ -313,6 +320,8 @@ def _annotate(row: dict, o: str, run: dict, rule: str, tuned: dict, rates: dict,
     row["rule"] = rule
     if o in SAFEGUARDS:
         row["fallback_fraction"] = summarize_runs(run["fallback"])
+    if "hand_share" in run:  # HUB: mean share of the L1 mass of the step that came from the hand optimizer
+        row["hand_share"] = summarize_runs(run["hand_share"])
     return row
 
 

@@ -153,6 +153,9 @@ def first_step_at_or_below(curve: np.ndarray, target: float, steps: np.ndarray |
     """
     if target is None or not math.isfinite(target):
         return None
+    # a curve that ends exactly at the target reaches it (the mean of smoothed seeds and the smoothed
+    # seed mean differ by rounding)
+    target = target + 1e-9 * abs(target)
     curve = np.asarray(curve, np.float64)
     if steps is None:
         return steps_to_reach(curve, target)

@@ -398,12 +398,14 @@ def _claims(evaluation: Mapping, names: list[str], colors, labels) -> str:
             "beats tuned Adam",
             "beats all<br><span class=muted>HUB: 94% (16/17)</span>",
             "mean test acc",
+            "hand-designed share<br>of the step",
         ],
         lambda r: [
             _td(_share(r["beats_learned_fraction"], n)),
             _td(_share(r["beats_adam_fraction"], n)),
             _td(_share(r["beats_all_fraction"], n)),
             _td(_pct(r["mean_test_acc"], 1)),
+            _td(_pct(r.get("hand_share"), 1)),
         ],
     )
     tol = (claims.get("lgl2o") or {}).get("tolerance")

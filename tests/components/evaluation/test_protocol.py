@@ -134,3 +134,12 @@ def test_algoperf_score_by_hand():
     for o in ("a", "b"):
         rho = algoperf_profile(ratios[o], taus)
         assert np.trapezoid(rho, taus) / 3.0 == pytest.approx(algoperf_score(ratios[o]), abs=1e-3)
+
+
+def test_tuned_adam_reaches_its_own_final_loss_at_the_horizon():
+    # per-seed EMA finals averaged vs the EMA of the seed mean: equal up to rounding, and still "reached"
+    batch = np.array([[3.0, 2.0, 1.1, 0.7], [2.9, 2.1, 1.3, 0.9]])
+    row = train_rule_row(batch, batch.mean(axis=0)[None], np.array([0.7, 0.9]), smoothing=0.9, target=None)
+    target = float(np.mean([ema_final for ema_final in row["final_train_loss_per_seed"]]))
+    again = train_rule_row(batch, batch.mean(axis=0)[None], np.array([0.7, 0.9]), smoothing=0.9, target=target)
+    assert again["steps_to_target"] == pytest.approx(4.0)
