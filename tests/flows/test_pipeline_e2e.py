@@ -85,7 +85,7 @@ def test_flow_runs_every_stage_and_writes_the_report(tiny_run, mirror):
                 assert tuned["index"] == int(np.argmin(scores))
                 assert (train if rule == "train" else val)[b]["learning_rate"] == pytest.approx(tuned["learning_rate"])
         # tuned Adam against its own envelope scores about 1 (the train rule picks the envelope's best rate)
-        assert 0.8 < train["adam"]["speedup"] <= 1.0 + 1e-9
+        assert 0.8 < train["adam"]["speedup"] <= 1.0 + 1e-6  # interpolation may land a hair past T
         assert summary["relation"]["in_distribution"] is False  # tiny evaluates 40 steps past unrolls of 30
         # the long horizon (2x in tiny.yaml) for the learned family and Adam tuned for it
         assert summary["long_num_steps"] == 80
