@@ -128,10 +128,6 @@ def algoperf_profile(ratios: Mapping[str, float | None], taus: Sequence[float]) 
     return [float(np.mean([r is not None and r <= tau for r in vals])) if vals else 0.0 for tau in taus]
 
 
-def _ci(values, **kw):
-    return stratified_bootstrap_ci(values, **kw)
-
-
 def aggregate_train(
     rows: Mapping[str, Mapping[str, dict]],
     names: Sequence[str],
@@ -170,7 +166,7 @@ def aggregate_train(
             "speedup_iqm": censored_iqm(
                 [r["speedup_per_seed"] for r in rs], [r["censored_per_seed"] for r in rs], **ci
             ),
-            "final_loss_ratio_iqm": _ci([r["final_loss_ratio_per_seed"] for r in rs], **ci),
+            "final_loss_ratio_iqm": stratified_bootstrap_ci([r["final_loss_ratio_per_seed"] for r in rs], **ci),
             "beats_adam_fraction": None if o == reference else share_beating(final, o, [reference]),
             "beats_all_fraction": share_beating(final, o, others),
             "diverged_runs": int(sum(r["diverged_seeds"] for r in rs)),
@@ -247,7 +243,7 @@ def aggregate_long(
     for o in names:
         rs = [rows[t][o] for t in tasks]
         out[o] = {
-            "final_loss_ratio_iqm": _ci(
+            "final_loss_ratio_iqm": stratified_bootstrap_ci(
                 [r["final_loss_ratio_per_seed"] for r in rs], n_resamples=n_resamples, seed=seed
             ),
             "beats_adam_fraction": None if o == reference else share_beating(final, o, [reference]),

@@ -257,7 +257,7 @@ def evaluate_on_task(
     for o in [*names, "guard"]:
         rr = run_of(o, "train")
         row = train_rule_row(rr["batch_loss"], adam_grid, adam_seeds, smoothing=cfg.smoothing, target=target)
-        train_rows[o] = _annotate(row, o, rr, "train", tuned, rates, runs, at)
+        train_rows[o] = _annotate(row, o, rr, "train", tuned, rates)
     adam_val = run_of(REFERENCE, "validation")
     val_target = float(np.mean(adam_val["val_loss"][:, E])) if "val_loss" in adam_val else None
     validation_rows = {}
@@ -268,7 +268,7 @@ def evaluate_on_task(
             sm = ema(rr["batch_loss"], cfg.smoothing)
             row["final_train_loss"] = summarize_runs(sm[:, -1])
             row["time_to_target"] = first_step_at_or_below(sm.mean(axis=0), target)
-        validation_rows[o] = _annotate(row, o, rr, "validation", tuned, rates, runs, at)
+        validation_rows[o] = _annotate(row, o, rr, "validation", tuned, rates)
 
     long_rows = None
     if k > 1:
@@ -310,7 +310,7 @@ def evaluate_on_task(
     return TaskEvaluation(name=name, summary=summary, curves=curves_doc, seconds=seconds, line=line)
 
 
-def _annotate(row: dict, o: str, run: dict, rule: str, tuned: dict, rates: dict, runs: dict, at: dict) -> dict:
+def _annotate(row: dict, o: str, run: dict, rule: str, tuned: dict, rates: dict) -> dict:
     """Add the rate (tuned or calibrated), its rule, and a safeguard's fallback fraction to a row."""
     if o in tuned:
         row["learning_rate"] = tuned[o][rule].learning_rate

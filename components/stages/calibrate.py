@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from components.evaluation import run_training
+from components.evaluation.experiment import learned_family
 from components.evaluation.protocol import RULES, finite_or_none, tune
 from components.optimizers import (
     fallback_fraction,
-    guard_with_loss,
     load_meta_params,
     make_baseline,
 )
@@ -41,17 +41,11 @@ from components.stages.meta_train import MODEL_DIR, build_family
 from components.stages.params import PipelineParams, params_hash
 from components.tasks.base import ImageData, stack_datasets
 
-__all__ = ["VERSION", "SAFEGUARD", "run", "guarded_factory"]
+__all__ = ["VERSION", "SAFEGUARD", "run"]
 
 VERSION = "2"
 VALIDATION_FRACTION, VALIDATION_MAX, VALIDATION_BATCHES = 0.1, 2000, 8
 SAFEGUARD = Path("models/safeguard.json")
-
-
-def guarded_factory(lopt, meta_params, guard: str, num_steps: int, loss_batch: str = "same"):
-    """``lr -> guard_with_loss(learned, make_baseline(guard, lr), loss_batch=...)`` for the evaluation runner."""
-    learned = lopt.make(meta_params, num_steps=num_steps)
-    return lambda lr: guard_with_loss(learned, make_baseline(guard, lr), loss_batch=loss_batch)
 
 
 def holdout(data) -> tuple:
@@ -80,7 +74,9 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
     family, data = build_family(params, root)
     lrs = cal.lr_grid.values()
     key = jax.random.fold_in(jax.random.PRNGKey(params.seed), 1)
-    make = guarded_factory(lopt, meta_params, cal.guard, cal.num_steps, cal.loss_batch)
+    # LGL2O exactly as the evaluation builds it
+    methods = learned_family(lambda n: lopt.make(meta_params, num_steps=n), cal.guard, cal.loss_batch)
+    make = methods(cal.num_steps)["lgl2o"]
     t0 = time.perf_counter()
 
     k_tasks, k_runs = jax.random.split(key)
