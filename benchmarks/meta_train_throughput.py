@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.results_io import write_results  # noqa: E402
 from components.meta import MetaTrainConfig, meta_train  # noqa: E402
 from components.meta.pes import sample_length  # noqa: E402
-from components.optimizers.registry import learned_optimizer  # noqa: E402
+from components.optimizers.registry import create_learned  # noqa: E402
 from components.tasks import ImageMLPFamily, stack_datasets  # noqa: E402
 
 MIN_UNROLL, MAX_UNROLL, SIGMA = 50, 1000, 0.01
@@ -71,7 +71,7 @@ def make_problem(lopt_name: str, num_examples: int = 10000):
     data = stack_datasets(xs, ys)
     family = ImageMLPFamily(("a", "b"), (32,), (8, 8, 1), 10, 128)
     kwargs = {"hidden_size": 4, "hidden_layers": 2} if lopt_name == "small_fc_lopt" else {}
-    return learned_optimizer(lopt_name, **kwargs), family, data
+    return create_learned(lopt_name, **kwargs), family, data
 
 
 def engine_rate(
@@ -202,7 +202,7 @@ def celo_recipe_rates(outer_steps: int, log) -> list[dict]:
     timed = max(spc, outer_steps // spc * spc)
     rows = []
     for phase, (name, full_steps) in enumerate(r["phases"].items(), start=1):
-        lopt = learned_optimizer(r["lopt"], train_phase=phase)
+        lopt = create_learned(r["lopt"], train_phase=phase)
         cfg = MetaTrainConfig(
             num_outer_steps=timed + spc,
             steps_per_call=spc,

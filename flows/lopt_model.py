@@ -1,7 +1,7 @@
-"""MLflow "models from code" entry point of a registered learned optimizer (see flows.registry)."""
+"""MLflow "models from code" entry point of a registered learned optimizer (see flows.models)."""
 
 import mlflow.models
 
-from flows.registry import LearnedOptimizerModel
+from flows.models import LearnedOptimizerModel
 
 mlflow.models.set_model(LearnedOptimizerModel())

@@ -39,12 +39,12 @@ from components.evaluation.protocol import (
 )
 from components.evaluation.runner import OptFactory, train_curves
 from components.optimizers import (
+    create,
     fallback_fraction,
     guard_with_fixed_point,
     guard_with_loss,
     hand_share,
     hub,
-    make_baseline,
 )
 
 __all__ = [
@@ -122,10 +122,10 @@ def learned_family(learned_for: Callable[[int], object], guard: str, loss_batch:
         learned = learned_for(num_steps)
         return {
             "learned": lambda _: learned,
-            "hub": lambda lr: hub(learned, make_baseline(guard, lr)),
-            "hub_inverted": lambda lr: hub(learned, make_baseline(guard, lr), inverted=True),
-            "lgl2o": lambda lr: guard_with_loss(learned, make_baseline(guard, lr), loss_batch=loss_batch),
-            "gl2o": lambda lr: guard_with_fixed_point(learned, make_baseline(guard, lr)),
+            "hub": lambda lr: hub(learned, create(guard, learning_rate=lr)),
+            "hub_inverted": lambda lr: hub(learned, create(guard, learning_rate=lr), inverted=True),
+            "lgl2o": lambda lr: guard_with_loss(learned, create(guard, learning_rate=lr), loss_batch=loss_batch),
+            "gl2o": lambda lr: guard_with_fixed_point(learned, create(guard, learning_rate=lr)),
         }
 
     return at
@@ -210,7 +210,9 @@ def evaluate_on_task(
         )
 
     lrs = list(cfg.lr_grid)
-    grids = {b: curves(lambda lr, b=b: make_baseline(b, lr), lrs, m if b == REFERENCE else 1) for b in cfg.baselines}
+    grids = {
+        b: curves(lambda lr, b=b: create(b, learning_rate=lr), lrs, m if b == REFERENCE else 1) for b in cfg.baselines
+    }
     tuned = {
         b: {
             r: tune(lrs, g["batch_loss"], g.get("val_loss"), rule=r, horizon=T, eval_index=E, smoothing=cfg.smoothing)
@@ -231,7 +233,7 @@ def evaluate_on_task(
         idx = [next(i for i, lr in enumerate(lrs) if math.isclose(u, lr, rel_tol=1e-6)) for u in unique]
         runs["guard"] = {kk: v[np.asarray(idx)] for kk, v in grids[guard].items()}
     else:
-        runs["guard"] = curves(lambda lr: make_baseline(guard, lr), unique)
+        runs["guard"] = curves(lambda lr: create(guard, learning_rate=lr), unique)
     long_runs = {}
     if k > 1:
         long_f = family(k * T)

@@ -85,7 +85,7 @@ not checked. ``update`` raises ``TypeError`` at trace time when an optimizer tha
 
 Example:
   >>> import jax.numpy as jnp
-  >>> opt = make_baseline("adamw", 1e-3, weight_decay=0.01)
+  >>> opt = adamw(1e-3, weight_decay=0.01)  # by name: components.optimizers.create("adamw", learning_rate=1e-3, ...)
   >>> params = {"w": jnp.ones(3)}
   >>> state = opt.init(params)
   >>> updates, state = opt.update({"w": jnp.ones(3)}, state, params, loss=jnp.float32(0.0))
@@ -120,7 +120,6 @@ __all__ = [
     "lamb",
     "lars",
     "lion",
-    "make_baseline",
     "nadam",
     "nadamw",
     "novograd",
@@ -735,28 +734,3 @@ def baseline_hyperparameters(name: str) -> dict:
     """
     parameters = inspect.signature(_factory(name)).parameters
     return {key: p.default for key, p in parameters.items() if key != "learning_rate"}
-
-
-def make_baseline(name: str, learning_rate: LearningRate, **hyperparams) -> optax.GradientTransformationExtraArgs:
-    """Builds the baseline ``name`` with ``learning_rate`` and optional non-default hyperparameters.
-
-    Args:
-      name: a key of :data:`BASELINES` (e.g. ``"adam"``, ``"sgdm"``, ``"lion"``).
-      learning_rate: step size (a float or a possibly traced scalar).
-      **hyperparams: any of ``baseline_hyperparameters(name)``; the rest keep their defaults.
-
-    Returns:
-      An ``optax.GradientTransformationExtraArgs`` that ignores extra args.
-
-    Raises:
-      ValueError: for an unknown name or hyperparameter (the message lists the allowed values), or
-        an invalid Python-number hyperparameter.
-    """
-    factory = _factory(name)
-    unknown = sorted(set(hyperparams) - set(baseline_hyperparameters(name)))
-    if unknown:
-        raise ValueError(
-            f"Baseline optimizer {name!r} has no hyperparameter(s) {unknown}; accepted: "
-            f"{sorted(baseline_hyperparameters(name))} (plus the positional learning_rate)."
-        )
-    return factory(learning_rate, **hyperparams)

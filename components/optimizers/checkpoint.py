@@ -8,26 +8,32 @@ Layout of a checkpoint directory::
                             #  "format_version": 1, **metadata (component version, hashes, commit…)}
 
 :func:`save` writes both files into a temporary sibling directory and renames it into place, so a
-reader never sees a half-written checkpoint. :func:`load_meta_params` rebuilds the learned optimizer
-from ``config.json`` (through :data:`LOPTS`) and checks the weights against its
-``init_meta_params`` template; :func:`load` returns the ready optax transformation.
+reader never sees a half-written checkpoint. :func:`load` rebuilds the learned optimizer from
+``config.json`` (through the registry's name table) and checks the weights against its
+``init_meta_params`` template; it returns a :class:`TrainedOptimizer` (the learned optimizer, its
+meta-parameters and the config) whose ``make(num_steps=…)`` is the ready optax transformation.
+
+``load`` reads a local directory (or a ``file:`` URI) and nothing else: the library never reaches
+the pipeline's MLflow registry. The pipeline resolves a registered model name
+(``models:/<name>/<version>``) to its directory first (``flows.models.resolve_checkpoint``).
 
 Example:
   >>> import jax, tempfile, os
-  >>> lopt = SmallFcLOpt()
+  >>> from components.optimizers import create_learned
+  >>> lopt = create_learned("small_fc_lopt")
   >>> theta = lopt.init_meta_params(jax.random.key(0))
   >>> path = os.path.join(tempfile.mkdtemp(), "small_fc_lopt")
   >>> path = save(path, lopt, theta, {"git_commit": "abc123"})
-  >>> opt = load(path, num_steps=1000)
+  >>> opt = load(path).make(num_steps=1000)
 """
 
-import importlib.metadata
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import unquote, urlparse
 
 import jax
 import numpy as np
@@ -35,26 +41,7 @@ import optax
 
 from components.optimizers import registry
 
-__all__ = [
-    "CHECKPOINT_SOURCES_GROUP",
-    "CONFIG_FILE",
-    "FORMAT_VERSION",
-    "LOPTS",
-    "WEIGHTS_FILE",
-    "build_lopt",
-    "load",
-    "load_meta_params",
-    "save",
-]
-
-LOPTS = registry.LEARNED
-"""Learned-optimizer architectures by name (the ``architecture`` field of ``config.json``)."""
-
-CHECKPOINT_SOURCES_GROUP = "l2o_pipeline.checkpoint_sources"
-"""Entry-point group of resolvers that turn a non-path reference (e.g. an MLflow registered model
-name) into a local checkpoint directory: ``resolver(reference: str) -> str | None`` (``None``: not
-mine). The pipeline's ``flows.registry`` registers one for the MLflow model registry, so the library
-itself never imports MLflow."""
+__all__ = ["CONFIG_FILE", "FORMAT_VERSION", "WEIGHTS_FILE", "TrainedOptimizer", "load", "save"]
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
@@ -62,17 +49,31 @@ FORMAT_VERSION = 1
 _RESERVED_KEYS = ("architecture", "hyperparameters", "format_version")
 
 
-def build_lopt(name: str, config: dict) -> Any:
-    """Builds the learned optimizer ``name`` from its ``config()`` dict.
+class TrainedOptimizer(NamedTuple):
+    """A loaded checkpoint: the learned optimizer, its meta-parameters and its ``config.json``.
 
-    Raises:
-      ValueError: for an unknown name (listing the registered ones) or hyperparameters the
-        architecture does not accept.
+    Attributes:
+      lopt: the rebuilt learned optimizer (``init_meta_params`` / ``make``, as meta-training uses it).
+      meta_params: its meta-parameters θ, shaped and typed like ``lopt.init_meta_params``'s.
+      config: the parsed ``config.json`` (architecture, hyperparameters, provenance).
     """
-    if not isinstance(name, str) or name not in LOPTS:
-        raise ValueError(f"Unknown learned optimizer architecture {name!r}; expected one of {sorted(LOPTS)}.")
+
+    lopt: Any
+    meta_params: Any
+    config: dict
+
+    def make(self, *, num_steps: int) -> optax.GradientTransformationExtraArgs:
+        """The trained optimizer as an optax transformation for a run of ``num_steps`` steps."""
+        return self.lopt.make(self.meta_params, num_steps=num_steps)
+
+
+def _build(name: str, config: dict) -> Any:
+    if not isinstance(name, str) or name not in registry.LEARNED:
+        raise ValueError(
+            f"Unknown learned optimizer architecture {name!r}; expected one of {sorted(registry.LEARNED)}."
+        )
     try:
-        return registry.learned_optimizer(name, **dict(config))
+        return registry.create_learned(name, **dict(config))
     except (TypeError, ValueError) as err:
         raise ValueError(f"Invalid hyperparameters for {name!r}: {config!r} ({err}).") from err
 
@@ -122,9 +123,9 @@ def save(directory: str | os.PathLike, lopt: Any, meta_params: Any, metadata: di
     clash = sorted(set(metadata) & set(_RESERVED_KEYS))
     if clash:
         raise ValueError(f"save: metadata may not set the reserved keys {clash}.")
-    if lopt.name not in LOPTS:
+    if lopt.name not in registry.LEARNED:
         raise ValueError(
-            f"save: architecture {lopt.name!r} is not registered in LOPTS {sorted(LOPTS)}, so the "
+            f"save: architecture {lopt.name!r} is not registered in {sorted(registry.LEARNED)}, so the "
             "checkpoint could not be loaded back."
         )
     config = {
@@ -180,22 +181,47 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-def load_meta_params(path: str | os.PathLike) -> tuple[Any, Any, dict]:
+def _directory(path_or_uri: str | os.PathLike) -> Path:
+    """The local directory of a path or a ``file:`` URI."""
+    text = str(os.fspath(path_or_uri))
+    if text.startswith("file:"):
+        return Path(unquote(urlparse(text).path))
+    if text.startswith("models:") or "://" in text:
+        raise FileNotFoundError(
+            f"{text!r} is not a learned-optimizer checkpoint directory: components.optimizers.load reads local "
+            "directories (or file: URIs) only. Resolve a registered model to its directory first, e.g. "
+            "flows.models.resolve_checkpoint('models:/small_fc_lopt/1'), or pass the directory written by the "
+            "meta_train stage (e.g. models/lopt)."
+        )
+    return Path(text)
+
+
+def load(path_or_uri: str | os.PathLike) -> TrainedOptimizer:
     """Reads a checkpoint directory.
 
+    Args:
+      path_or_uri: the checkpoint directory (a path or a ``file:`` URI), as written by :func:`save`.
+
     Returns:
-      ``(lopt, meta_params, config)``: the rebuilt learned optimizer, its meta-parameters (a pytree
-      of ``jax.Array`` shaped like ``lopt.init_meta_params``'s, cast to the template dtypes) and
-      the parsed ``config.json``.
+      A :class:`TrainedOptimizer`: the rebuilt learned optimizer, its meta-parameters (a pytree of
+      ``jax.Array`` shaped like ``lopt.init_meta_params``'s, cast to the template dtypes) and the
+      parsed ``config.json``; ``.make(num_steps=…)`` gives the optax transformation.
 
     Raises:
-      FileNotFoundError: if the directory or one of its files is missing.
+      FileNotFoundError: if the directory or one of its files is missing, or ``path_or_uri`` is a
+        registered-model reference (the pipeline resolves those to directories first).
       ValueError: if the files are corrupted or the weights do not match the architecture.
     """
-    path = Path(path)
+    path = _directory(path_or_uri)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{str(path_or_uri)!r} is not a learned-optimizer checkpoint directory. Pass the directory written by "
+            "the meta_train stage (e.g. models/lopt); the pipeline resolves registered model names such as "
+            "models:/small_fc_lopt/1 to their directory (flows.models.resolve_checkpoint)."
+        )
     config = _read_config(path)
     try:
-        lopt = build_lopt(config["architecture"], config["hyperparameters"])
+        lopt = _build(config["architecture"], config["hyperparameters"])
     except ValueError as err:
         raise ValueError(f"Checkpoint {path}: {err}") from err
     weights_path = path / WEIGHTS_FILE
@@ -228,47 +254,4 @@ def load_meta_params(path: str | os.PathLike) -> tuple[Any, Any, dict]:
                 f"{tuple(leaf.shape)} for {lopt.name!r} with its config."
             )
         leaves.append(jax.numpy.asarray(value, dtype=leaf.dtype))
-    return lopt, jax.tree.unflatten(treedef, leaves), config
-
-
-def resolve(reference: str | os.PathLike) -> Path:
-    """The local checkpoint directory of ``reference``: a path, or a name a registered source resolves.
-
-    Sources are the entry points of :data:`CHECKPOINT_SOURCES_GROUP` (installed with the pipeline:
-    MLflow registered models, ``models:/<name>/<version>``, ``models:/<name>@<alias>`` or a bare
-    registered name meaning its latest version).
-
-    Raises:
-      FileNotFoundError: if no directory exists there and no source knows the name.
-    """
-    path = Path(reference)
-    if path.is_dir():
-        return path
-    tried = []
-    for entry in importlib.metadata.entry_points(group=CHECKPOINT_SOURCES_GROUP):
-        tried.append(entry.name)
-        found = entry.load()(str(reference))
-        if found is not None:
-            return Path(found)
-    raise FileNotFoundError(
-        f"{str(reference)!r} is not a learned-optimizer checkpoint directory"
-        + (f" and no checkpoint source ({', '.join(tried)}) knows it" if tried else "")
-        + ". Pass the directory written by the meta_train stage (e.g. models/lopt) or a registered model "
-        "name such as models:/small_fc_lopt/1 (with MLFLOW_TRACKING_URI pointing at its store)."
-    )
-
-
-def load(path_or_registered_name: str | os.PathLike, *, num_steps: int) -> optax.GradientTransformationExtraArgs:
-    """A trained learned optimizer as a ready optax transformation: ``lopt.make(meta_params, num_steps=…)``.
-
-    Args:
-      path_or_registered_name: a checkpoint directory, or a registered model reference (see
-        :func:`resolve`).
-      num_steps: length of the run the optimizer will be used for.
-
-    Raises:
-      FileNotFoundError: if the checkpoint (or one of its files) cannot be found.
-      ValueError: if the files are corrupted or the weights do not match the architecture.
-    """
-    lopt, meta_params, _ = load_meta_params(resolve(path_or_registered_name))
-    return lopt.make(meta_params, num_steps=num_steps)
+    return TrainedOptimizer(lopt, jax.tree.unflatten(treedef, leaves), config)

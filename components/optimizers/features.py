@@ -42,6 +42,10 @@ import numpy as np
 
 __all__ = [
     "FRACTION_SHIFTS",
+    "pair_decays",
+    "Accumulators",
+    "init_accumulators",
+    "update_accumulators",
     "GRAD_CLIP",
     "TANH_TIMESCALES",
     "LossBufferState",
@@ -357,3 +361,56 @@ def update_factored(
         row_factor, col_factor = factored_preconditioner(v_row, v_col, dims)
         fac_g.append(g * row_factor * col_factor)
     return FactoredAccumulator(v_row=tuple(rows), v_col=tuple(cols), v_full=()), tuple(fac_g)
+
+
+class Accumulators(NamedTuple):
+    """The accumulators of one tensor of the Adafactor-feature optimizers (small_fc_lopt, STAR, Celo, VeLO).
+
+    Attributes:
+      momentum: tuple of momentum accumulators, one per momentum decay.
+      rms: tuple of second-moment accumulators, one per RMS decay.
+      factored: the :class:`FactoredAccumulator` of the Adafactor decays.
+    """
+
+    momentum: tuple
+    rms: tuple
+    factored: FactoredAccumulator
+
+
+def init_accumulators(param: jax.Array, num_momentum: int, num_rms: int, num_adafactor: int) -> Accumulators:
+    """Fresh :class:`Accumulators` of ``param`` for the given numbers of decays."""
+    return Accumulators(
+        momentum=init_momentum(param, num_momentum),
+        rms=init_rms(param, num_rms),
+        factored=init_factored(param, num_adafactor),
+    )
+
+
+def update_accumulators(
+    acc: Accumulators, grad: jax.Array, momentum_decays: jax.Array, rms_decays: jax.Array, adafactor_decays: jax.Array
+) -> tuple[Accumulators, tuple[jax.Array, ...]]:
+    """``(accumulators, fac_g)``: every accumulator updated with ``grad``, and the preconditioned gradients."""
+    momentum = update_momentum(acc.momentum, grad, momentum_decays)
+    rms = update_rms(acc.rms, grad, rms_decays)
+    factored, fac_g = update_factored(acc.factored, grad, adafactor_decays)
+    return Accumulators(momentum, rms, factored), fac_g
+
+
+def pair_decays(a: Sequence, b: Sequence, what: str) -> list[tuple]:
+    """Pairs two per-decay tuples like NumPy broadcasting of their trailing decay axes.
+
+    Equal lengths pair entry by entry; a length of 1 pairs with every entry of the other.
+
+    Raises:
+      ValueError: for other lengths; ``what`` names the two tuples in the message.
+    """
+    if len(a) == len(b):
+        return list(zip(a, b, strict=True))
+    if len(b) == 1:
+        return [(x, b[0]) for x in a]
+    if len(a) == 1:
+        return [(a[0], y) for y in b]
+    raise ValueError(
+        f"The learned optimizer's features combine {what}; their numbers of decays must be equal or one of "
+        f"them 1, got {len(a)} and {len(b)}. Change the initial_*_decays so that they are compatible."
+    )

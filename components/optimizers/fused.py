@@ -36,7 +36,7 @@ step. This module evaluates that MLP in three ways that compute the same functio
     form is not faster there (see ``benchmarks/results/optimizer_step_cpu.txt``).
 
 :func:`resolve_impl` maps ``"auto"`` to the implementation measured fastest on the current backend
-(:data:`AUTO_IMPL`); every learned optimizer takes an ``impl`` field (params files:
+(:data:`AUTO_IMPL`, or an optimizer's own departures); every learned optimizer takes an ``impl`` field (params files:
 ``meta_train.lopt_hyperparams: {impl: ...}``) to override it.
 
 Caveat of ``"single_pass"``: when the features' scale jumps between two steps (a huge first step of
@@ -49,7 +49,7 @@ XLA on a GPU in the session that built this (no device was lent), and the issue 
 where it beats XLA.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -103,12 +103,18 @@ def check_impl(owner: str, impl: str) -> str:
     return impl
 
 
-def resolve_impl(impl: str, backend: str | None = None) -> str:
-    """``impl`` with ``"auto"`` replaced by :data:`AUTO_IMPL` for ``backend`` (default: JAX's)."""
+def resolve_impl(impl: str, backend: str | None = None, overrides: Mapping[str, str] | None = None) -> str:
+    """``impl`` with ``"auto"`` replaced for ``backend`` (default: JAX's).
+
+    ``"auto"`` means ``overrides[backend]`` where an optimizer departs from the default for that
+    backend (``PerParameterLOpt.auto_impl``; e.g. ``mlp_lopt`` on CPU), else :data:`AUTO_IMPL`.
+    """
     check_impl("resolve_impl", impl)
     if impl != "auto":
         return impl
     backend = backend or jax.default_backend()
+    if overrides and backend in overrides:
+        return overrides[backend]
     return AUTO_IMPL.get(backend, "fused")
 
 

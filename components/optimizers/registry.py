@@ -1,5 +1,18 @@
 """Every optimizer by name: ``create(name, **hyperparams)`` and the spec format used in params files.
 
+Two public ways to build, one per thing built:
+
+* ``create(name, **hyperparams)`` — an optax transformation, for every kind of name (what a training
+  loop, the evaluation and a params file's spec need);
+* ``create_learned(name, **hyperparams)`` — the learned optimizer *object* (``init_meta_params``,
+  ``make``, ``config``), which meta-training needs because it draws, perturbs and differentiates θ and
+  calls ``make`` itself. It is a separate, clearly named function rather than a mode of ``create``
+  (e.g. "no ``num_steps`` → the object"), so that a call's return type never depends on which
+  keywords it got, and a forgotten ``num_steps`` stays an error instead of silently returning an
+  object a training loop cannot use.
+
+A trained learned optimizer is loaded with :func:`.checkpoint.load` (``components.optimizers.load``).
+
 Three kinds of names (``available()`` lists them):
 
 * **baselines** — hand-designed optax optimizers (``adam``, ``lion``, …):
@@ -8,7 +21,7 @@ Three kinds of names (``available()`` lists them):
   ``key`` (default ``jax.random.key(0)``) or from given ``meta_params``; ``num_steps`` (the length of
   the run, used by the loss-buffer and progress features) is required; every other keyword is an
   architecture hyperparameter: ``create("celo", num_steps=1000, key=jax.random.key(1))``.
-  ``learned_optimizer(name, **hyperparams)`` returns the learned optimizer object itself (with
+  ``create_learned(name, **hyperparams)`` returns the learned optimizer object itself (with
   ``init_meta_params`` / ``make``), which is what meta-training needs.
 * **wrappers** — hybrids and safeguards around inner optimizers (``hub``, ``lgl2o``, ``gl2o``). Their
   inner optimizers may be optax transformations, names, or *specs*: a dict ``{"name": ..., **hyperparams}``
@@ -45,9 +58,8 @@ __all__ = [
     "WRAPPERS",
     "available",
     "create",
+    "create_learned",
     "kind_of",
-    "learned_class",
-    "learned_optimizer",
     "spec_hyperparameters",
 ]
 
@@ -57,11 +69,14 @@ LEARNED: dict[str, tuple[str, str]] = {
     "small_fc_lopt": ("components.optimizers.small_fc_lopt", "SmallFcLOpt"),
     "star": ("components.optimizers.star", "STAR"),
     "celo": ("components.optimizers.celo", "Celo"),
-    "celo_adam": ("components.optimizers.celo", "CeloAdam"),
+    "celo_adam": ("components.optimizers.celo_adam", "CeloAdam"),
     "velo": ("components.optimizers.velo", "VeLO"),
     "l3rs": ("components.optimizers.l3rs", "L3RS"),
 }
-"""Learned optimizers: name -> (module, class). ``adafac_mlp_lopt`` and ``small_fc_lopt`` are one class."""
+"""Learned optimizers: name -> (module, class). ``adafac_mlp_lopt`` and ``small_fc_lopt`` are one class.
+
+Adding a learned optimizer = its module (a :class:`.per_parameter.PerParameterLOpt` subclass for a
+per-parameter one) + one line here; checkpoints record the name and rebuild through this table."""
 
 WRAPPERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "hub": ("components.optimizers.hub", "hub", ("learned", "hand")),
@@ -104,7 +119,7 @@ def kind_of(name: str) -> str:
     )
 
 
-def learned_class(name: str) -> type:
+def _learned_class(name: str) -> type:
     """The class of the learned optimizer ``name``."""
     if kind_of(name) != "learned":
         raise ValueError(f"{name!r} is a {kind_of(name)}, not a learned optimizer; learned ones: {sorted(LEARNED)}.")
@@ -117,13 +132,17 @@ def _accepted(cls) -> list[str]:
     return [p for p in inspect.signature(cls).parameters if p != "self"]
 
 
-def learned_optimizer(name: str, **hyperparams) -> Any:
+def create_learned(name: str, **hyperparams) -> Any:
     """The learned optimizer object ``name`` built with ``hyperparams`` (architecture settings).
+
+    This is what meta-training needs (``init_meta_params``, ``make``; see the module docstring for
+    why it is not a mode of :func:`create`). ``create_learned(name, **hp).make(theta, num_steps=T)``
+    equals ``create(name, meta_params=theta, num_steps=T, **hp)``.
 
     Raises:
       ValueError: for an unknown name or a hyperparameter the architecture does not have.
     """
-    cls = learned_class(name)
+    cls = _learned_class(name)
     unknown = sorted(set(hyperparams) - set(_accepted(cls)))
     if unknown:
         raise ValueError(
@@ -138,7 +157,7 @@ def spec_hyperparameters(name: str) -> list[str]:
     if kind == "baseline":
         return sorted([*baselines.baseline_hyperparameters(name), "learning_rate"])
     if kind == "learned":
-        return sorted([*_accepted(learned_class(name)), "num_steps", "key", "meta_params"])
+        return sorted([*_accepted(_learned_class(name)), "num_steps", "key", "meta_params"])
     module, factory, inner = WRAPPERS[name]
     params = inspect.signature(_import(module, factory)).parameters
     return sorted({*params, *inner, "num_steps", "key"})
@@ -196,7 +215,15 @@ def create(name: str, **hyperparams) -> optax.GradientTransformationExtraArgs:
                 f"other hyperparameters: {sorted(baselines.baseline_hyperparameters(name))}."
             )
         hp = dict(hyperparams)
-        return baselines.make_baseline(name, hp.pop("learning_rate"), **hp)
+        learning_rate = hp.pop("learning_rate")
+        accepted = baselines.baseline_hyperparameters(name)
+        unknown = sorted(set(hp) - set(accepted))
+        if unknown:
+            raise ValueError(
+                f"Baseline optimizer {name!r} has no hyperparameter(s) {unknown}; accepted: "
+                f"{sorted(accepted)} (plus learning_rate)."
+            )
+        return baselines.BASELINES[name](learning_rate, **hp)
     if kind == "learned":
         hp = dict(hyperparams)
         num_steps = hp.pop("num_steps", None)
@@ -209,7 +236,7 @@ def create(name: str, **hyperparams) -> optax.GradientTransformationExtraArgs:
         meta_params = hp.pop("meta_params", None)
         if key is not None and meta_params is not None:
             raise ValueError(f"create({name!r}): pass either key= (fresh meta-params) or meta_params=, not both.")
-        lopt = learned_optimizer(name, **hp)
+        lopt = create_learned(name, **hp)
         if meta_params is None:
             meta_params = lopt.init_meta_params(jax.random.key(0) if key is None else key)
         return lopt.make(meta_params, num_steps=num_steps)

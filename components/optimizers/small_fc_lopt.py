@@ -35,7 +35,7 @@ Performance: the MLP is evaluated by :mod:`.fused`, in the form the ``impl`` fie
   one elementwise pass after the per-channel norms (DESIGN.md, "Performance model"). Exact (equal to
   ``"reference"`` up to float rounding);
 * ``"single_pass"`` is ``"fused"`` with one-step-stale norms kept in the state
-  (:attr:`SmallFcLOptState.norms`), so the MLP need not wait for a reduction over the tensor. This
+  (:attr:`.per_parameter.PerParameterState.norms`), so the MLP need not wait for a reduction over the tensor. This
   changes the numerics slightly (the first step estimates the norms on a subsample, later steps use
   the previous step's exact norms), so it is opt-in;
 * ``"auto"`` (default) picks per backend (:data:`.fused.AUTO_IMPL`): ``"fused"`` on every backend
@@ -80,44 +80,28 @@ Example:
 """
 
 import dataclasses
-import functools
-import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
 from components.optimizers import features as F
-from components.optimizers import fused
+from components.optimizers.per_parameter import (
+    PerParameterLOpt,
+    check_decays,
+    check_float,
+    check_int,
+    check_mlp_shapes,
+    exp_magnitude_step,
+    fold_step_features,
+    init_mlp,
+)
 
-__all__ = ["SmallFcLOpt", "SmallFcLOptState", "small_fc_features"]
-
-
-def _pairs(a: Sequence[jax.Array], b: Sequence[jax.Array], what: str) -> list[tuple]:
-    """Pairs two per-decay tuples like NumPy broadcasting of their (trailing) decay axes."""
-    if len(a) == len(b):
-        return list(zip(a, b, strict=True))
-    if len(b) == 1:
-        return [(x, b[0]) for x in a]
-    if len(a) == 1:
-        return [(a[0], y) for y in b]
-    raise ValueError(
-        f"small_fc_lopt combines {what}; their numbers of decays must be equal or one of them 1, "
-        f"got {len(a)} and {len(b)}. Change the initial_*_decays so that they are compatible."
-    )
+__all__ = ["AdafacFeatures", "AdafacHyper", "SmallFcLOpt", "small_fc_features"]
 
 
-def small_fc_features(
-    param: jax.Array,
-    grad: jax.Array,
-    momentum: Sequence[jax.Array],
-    rms: Sequence[jax.Array],
-    fac_g: Sequence[jax.Array],
-    factored: F.FactoredAccumulator,
-) -> list[jax.Array]:
+def small_fc_features(param, grad, momentum, rms, fac_g, factored: F.FactoredAccumulator) -> list[jax.Array]:
     """The un-normalised feature channels of one tensor, in the reference's order.
 
     Args:
@@ -138,7 +122,7 @@ def small_fc_features(
     p = param.astype(dtype)
     feats = [g, p, *momentum, *rms]
     rsqrt_rms = [jax.lax.rsqrt(v + 1e-6) for v in rms]
-    feats += [m * r for m, r in _pairs(momentum, rsqrt_rms, "momentum and RMS accumulators")]
+    feats += [m * r for m, r in F.pair_decays(momentum, rsqrt_rms, "momentum and RMS accumulators")]
     feats += rsqrt_rms
     feats += list(fac_g)
 
@@ -148,7 +132,7 @@ def small_fc_features(
         feats += v + v
         inv = [jax.lax.rsqrt(x + 1e-8) for x in v]
         feats += inv + inv
-        pairs = _pairs(momentum, v, "momentum and Adafactor accumulators")
+        pairs = F.pair_decays(momentum, v, "momentum and Adafactor accumulators")
         feats += [m * (x + 1e-6) ** -0.5 for m, x in pairs]
         return feats
 
@@ -159,43 +143,117 @@ def small_fc_features(
     feats += [jax.lax.rsqrt(r + 1e-8) for r in rows]
     feats += [jax.lax.rsqrt(c + 1e-8) for c in cols]
     factors = [F.factored_preconditioner(r, c, dims) for r, c in zip(factored.v_row, factored.v_col, strict=True)]
-    pairs = _pairs(momentum, factors, "momentum and Adafactor accumulators")
+    pairs = F.pair_decays(momentum, factors, "momentum and Adafactor accumulators")
     feats += [m * rf * cf for m, (rf, cf) in pairs]
     return feats
 
 
-class SmallFcLOptState(NamedTuple):
-    """State of a ``small_fc_lopt`` transformation.
+class AdafacHyper(NamedTuple):
+    """What :meth:`AdafacFeatures.prepare` derives from θ: the MLP and the three decay vectors."""
 
-    Attributes:
-      iteration: int32 step counter ``t`` (0 before the first update).
-      momentum: params-shaped tree; each leaf is a tuple of momentum accumulators, one per decay.
-      rms: params-shaped tree; each leaf is a tuple of second-moment accumulators.
-      factored: params-shaped tree; each leaf is a :class:`~.features.FactoredAccumulator`.
-      norms: ``impl="single_pass"`` only: params-shaped tree of float32 ``[num_features]`` arrays,
-        the inverse RMS of each feature channel at the previous step (:func:`.fused.init_norms`
-        before the first update, which does not use them); ``None`` for the other forms.
+    nn: Any
+    momentum_decays: jax.Array
+    rms_decays: jax.Array
+    adafactor_decays: jax.Array
+
+
+_DECAY_FIELDS = ("initial_momentum_decays", "initial_rms_decays", "initial_adafactor_decays")
+
+
+class AdafacFeatures(PerParameterLOpt):
+    """The features and network of ``small_fc_lopt``, shared by :class:`SmallFcLOpt` and STAR.
+
+    Accumulators with meta-learned decay offsets, :func:`small_fc_features`, and an MLP of
+    ``hidden_layers`` × ``hidden_size`` ReLU units with :attr:`num_outputs` outputs on the channels
+    plus the tanh step features. A subclass adds its output rule (and its own fields).
     """
 
-    iteration: jax.Array
-    momentum: Any
-    rms: Any
-    factored: Any
-    norms: Any = None
+    num_outputs: ClassVar[int] = 2
+    first_bias_precision: ClassVar[Any] = None
+    """Precision of the step features' matmul into the first bias (STAR: ``HIGHEST``)."""
 
+    def _check_fields(self) -> None:
+        owner = type(self).__name__
+        object.__setattr__(self, "hidden_size", check_int(owner, "hidden_size", self.hidden_size, 1))
+        object.__setattr__(self, "hidden_layers", check_int(owner, "hidden_layers", self.hidden_layers, 0))
+        object.__setattr__(self, "step_mult", check_float(owner, "step_mult", self.step_mult))
+        for field in _DECAY_FIELDS:
+            object.__setattr__(self, field, check_decays(owner, field, getattr(self, field)))
+        self.resolved_impl  # noqa: B018 - validates impl
+        _ = self.num_features  # validates that the decay counts can be combined
 
-def _as_decays(values, name: str) -> tuple[float, ...]:
-    try:
-        decays = tuple(float(v) for v in values)
-    except TypeError as err:
-        raise TypeError(f"{name} must be a sequence of floats, got {values!r}.") from err
-    if not decays or not all(0.0 <= d < 1.0 for d in decays):
-        raise ValueError(f"{name} must be a non-empty sequence of decays in [0, 1), got {values!r}.")
-    return decays
+    @property
+    def num_inputs(self) -> int:
+        """MLP input width: feature channels plus the step-embedding features (39 by default)."""
+        return self.num_features + len(F.TANH_TIMESCALES)
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        """Widths from input to output, e.g. ``(39, 4, 4, 2)``."""
+        return (self.num_inputs, *[self.hidden_size] * self.hidden_layers, self.num_outputs)
+
+    def fresh_channels(self, param: jax.Array) -> list[jax.Array]:
+        acc = self.init_accumulators(param)
+        grad = jnp.zeros_like(param)
+        fac_g = tuple(grad for _ in self.initial_adafactor_decays)
+        return small_fc_features(param, grad, acc.momentum, acc.rms, fac_g, acc.factored)
+
+    def init_meta_params(self, key: jax.Array) -> dict:
+        """Initial meta-parameters θ.
+
+        Returns:
+          ``{"nn": {"w0", "b0", …}, "momentum_decays", "rms_decays", "adafactor_decays"}``;
+          ``w{l}`` has shape ``[fan_in, fan_out]`` and is drawn as
+          ``TruncNormal(−2, 2) / sqrt(fan_in)``; biases and decay offsets are zero.
+        """
+        return {
+            "nn": init_mlp(key, self.layer_sizes),
+            "momentum_decays": jnp.zeros((len(self.initial_momentum_decays),), jnp.float32),
+            "rms_decays": jnp.zeros((len(self.initial_rms_decays),), jnp.float32),
+            "adafactor_decays": jnp.zeros((len(self.initial_adafactor_decays),), jnp.float32),
+        }
+
+    def prepare(self, meta_params: Any, num_steps) -> AdafacHyper:
+        owner = type(self).__name__
+        keys = set(meta_params) if isinstance(meta_params, Mapping) else set()
+        missing = {"nn", "momentum_decays", "rms_decays", "adafactor_decays"} - keys
+        if missing:
+            raise ValueError(
+                f"{owner}.make: meta_params lacks {sorted(missing)}; build them with "
+                "lopt.init_meta_params(key) (or load a checkpoint)."
+            )
+        check_mlp_shapes(owner, meta_params["nn"], self.layer_sizes)
+
+        def decays(initial, offset):
+            return F.param_to_decay(F.decay_to_param(jnp.asarray(initial)) + offset)
+
+        return AdafacHyper(
+            nn=meta_params["nn"],
+            momentum_decays=decays(self.initial_momentum_decays, meta_params["momentum_decays"]),
+            rms_decays=decays(self.initial_rms_decays, meta_params["rms_decays"]),
+            adafactor_decays=decays(self.initial_adafactor_decays, meta_params["adafactor_decays"]),
+        )
+
+    def init_accumulators(self, param: jax.Array) -> F.Accumulators:
+        counts = (len(self.initial_momentum_decays), len(self.initial_rms_decays), len(self.initial_adafactor_decays))
+        return F.init_accumulators(param, *counts)
+
+    def features(self, hyper: AdafacHyper, param, grad, acc):
+        acc, fac_g = F.update_accumulators(acc, grad, *hyper[1:])
+        return grad, acc, small_fc_features(param, grad, acc.momentum, acc.rms, fac_g, acc.factored)
+
+    def step_context(self, hyper: AdafacHyper, state, leaves, accumulators, extra_args):
+        del leaves, accumulators, extra_args  # the loss is accepted for the common contract, not used
+        step_features = F.tanh_step_embedding(state.iteration)
+        layers = fold_step_features(hyper.nn, self.num_features, step_features, precision=self.first_bias_precision)
+        return layers, state.context
+
+    def network(self, hyper, step, index):
+        return step
 
 
 @dataclasses.dataclass(frozen=True)
-class SmallFcLOpt:
+class SmallFcLOpt(AdafacFeatures):
     """Per-parameter MLP learned optimizer with Adafactor-style features (``AdafacMLPLOpt``).
 
     See the module docstring for the update's maths and the reference.
@@ -210,9 +268,8 @@ class SmallFcLOpt:
       initial_adafactor_decays: decays of the Adafactor statistics at θ = 0.
       impl: how the per-parameter MLP is evaluated (:mod:`.fused`): ``"reference"`` (stacked
         matmul), ``"fused"`` (exact, elementwise), ``"single_pass"`` (fused with one-step-stale
-        norms; slightly different numerics, state gains :attr:`SmallFcLOptState.norms`) or
-        ``"auto"`` (default: ``"fused"`` on every backend today). Params files:
-        ``meta_train.lopt_hyperparams: {impl: ...}``.
+        norms; slightly different numerics, the state gains ``norms``) or ``"auto"`` (default:
+        ``"fused"`` on every backend today). Params files: ``meta_train.lopt_hyperparams: {impl: ...}``.
     """
 
     hidden_size: int = 4
@@ -227,194 +284,9 @@ class SmallFcLOpt:
     name: ClassVar[str] = "small_fc_lopt"
 
     def __post_init__(self):
-        for field in ("hidden_size", "hidden_layers"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise TypeError(f"SmallFcLOpt.{field} must be an int, got {value!r}.")
-        if self.hidden_size < 1 or self.hidden_layers < 0:
-            raise ValueError(
-                "SmallFcLOpt needs hidden_size >= 1 and hidden_layers >= 0, got "
-                f"hidden_size={self.hidden_size}, hidden_layers={self.hidden_layers}."
-            )
-        object.__setattr__(self, "hidden_size", int(self.hidden_size))
-        object.__setattr__(self, "hidden_layers", int(self.hidden_layers))
-        object.__setattr__(self, "exp_mult", float(self.exp_mult))
-        object.__setattr__(self, "step_mult", float(self.step_mult))
-        for field in ("initial_momentum_decays", "initial_rms_decays", "initial_adafactor_decays"):
-            object.__setattr__(self, field, _as_decays(getattr(self, field), field))
-        fused.check_impl("SmallFcLOpt", self.impl)
-        _ = self.num_features  # validates that the decay counts can be combined
+        object.__setattr__(self, "exp_mult", check_float("SmallFcLOpt", "exp_mult", self.exp_mult))
+        self._check_fields()
 
-    # ------------------------------------------------------------------ sizes
-
-    @functools.cached_property
-    def num_features(self) -> int:
-        """Number of normalised per-parameter feature channels (28 by default).
-
-        Counted by tracing :func:`small_fc_features` abstractly on a 2-D tensor.
-        """
-        param = jax.ShapeDtypeStruct((3, 2), jnp.float32)
-        return len(jax.eval_shape(self._features_of_fresh_state, param))
-
-    @property
-    def num_inputs(self) -> int:
-        """MLP input width: feature channels plus the step-embedding features (39 by default)."""
-        return self.num_features + len(F.TANH_TIMESCALES)
-
-    @property
-    def layer_sizes(self) -> tuple[int, ...]:
-        """Widths from input to output, e.g. ``(39, 4, 4, 2)``."""
-        return (self.num_inputs, *[self.hidden_size] * self.hidden_layers, 2)
-
-    def _features_of_fresh_state(self, param: jax.Array) -> list[jax.Array]:
-        grad = jnp.zeros_like(param)
-        momentum = F.init_momentum(param, len(self.initial_momentum_decays))
-        rms = F.init_rms(param, len(self.initial_rms_decays))
-        factored = F.init_factored(param, len(self.initial_adafactor_decays))
-        fac_g = tuple(grad for _ in self.initial_adafactor_decays)
-        return small_fc_features(param, grad, momentum, rms, fac_g, factored)
-
-    # ------------------------------------------------------------------ contract
-
-    def config(self) -> dict:
-        """JSON-serialisable hyperparameters; ``SmallFcLOpt(**lopt.config())`` rebuilds it."""
-        return {
-            "hidden_size": self.hidden_size,
-            "hidden_layers": self.hidden_layers,
-            "exp_mult": self.exp_mult,
-            "step_mult": self.step_mult,
-            "initial_momentum_decays": list(self.initial_momentum_decays),
-            "initial_rms_decays": list(self.initial_rms_decays),
-            "initial_adafactor_decays": list(self.initial_adafactor_decays),
-            "impl": self.impl,
-        }
-
-    def init_meta_params(self, key: jax.Array) -> dict:
-        """Initial meta-parameters θ.
-
-        Returns:
-          ``{"nn": {"w0", "b0", …}, "momentum_decays", "rms_decays", "adafactor_decays"}``;
-          ``w{l}`` has shape ``[fan_in, fan_out]`` and is drawn as
-          ``TruncNormal(−2, 2) / sqrt(fan_in)``; biases and decay offsets are zero.
-        """
-        sizes = self.layer_sizes
-        keys = jax.random.split(key, len(sizes) - 1)
-        nn = {}
-        for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
-            w = jax.random.truncated_normal(keys[layer], -2.0, 2.0, (fan_in, fan_out), jnp.float32)
-            nn[f"w{layer}"] = w / np.sqrt(fan_in).astype(np.float32)
-            nn[f"b{layer}"] = jnp.zeros((fan_out,), jnp.float32)
-        return {
-            "nn": nn,
-            "momentum_decays": jnp.zeros((len(self.initial_momentum_decays),), jnp.float32),
-            "rms_decays": jnp.zeros((len(self.initial_rms_decays),), jnp.float32),
-            "adafactor_decays": jnp.zeros((len(self.initial_adafactor_decays),), jnp.float32),
-        }
-
-    def make(self, meta_params: Any, *, num_steps: int) -> optax.GradientTransformationExtraArgs:
-        """Builds the inner optimizer for meta-parameters θ (which may be traced).
-
-        Args:
-          meta_params: θ as returned by :meth:`init_meta_params` (possibly perturbed or batched
-            under ``jax.vmap``).
-          num_steps: length of the inner run. Required by the common contract; unused here.
-
-        Returns:
-          An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params`` and accepts
-          (and ignores) any keyword extra args such as ``loss`` or ``loss_fn``.
-
-        Raises:
-          ValueError: if ``num_steps`` is a non-positive integer or ``meta_params`` lacks a key.
-        """
-        if num_steps is None:
-            raise ValueError("SmallFcLOpt.make needs num_steps, e.g. make(meta_params, num_steps=1000).")
-        if isinstance(num_steps, int | np.integer) and num_steps < 1:
-            raise ValueError(f"SmallFcLOpt.make: num_steps must be >= 1, got {num_steps}.")
-        missing = {"nn", "momentum_decays", "rms_decays", "adafactor_decays"} - set(meta_params)
-        if missing:
-            raise ValueError(
-                f"SmallFcLOpt.make: meta_params lacks {sorted(missing)}; build them with "
-                "lopt.init_meta_params(key) (or load a checkpoint)."
-            )
-
-        def decays(initial, offset):
-            return F.param_to_decay(F.decay_to_param(jnp.asarray(initial)) + offset)
-
-        nn = meta_params["nn"]
-        mom_decays = decays(self.initial_momentum_decays, meta_params["momentum_decays"])
-        rms_decays = decays(self.initial_rms_decays, meta_params["rms_decays"])
-        fac_decays = decays(self.initial_adafactor_decays, meta_params["adafactor_decays"])
-        n_mom = len(self.initial_momentum_decays)
-        n_rms = len(self.initial_rms_decays)
-        n_fac = len(self.initial_adafactor_decays)
-        exp_mult, step_mult = self.exp_mult, self.step_mult
-        num_layers = self.hidden_layers + 1
-        num_features = self.num_features
-        impl = fused.resolve_impl(self.impl)
-        single_pass = impl == "single_pass"
-
-        def init_fn(params):
-            return SmallFcLOptState(
-                iteration=jnp.zeros([], jnp.int32),
-                momentum=jax.tree.map(lambda p: F.init_momentum(p, n_mom), params),
-                rms=jax.tree.map(lambda p: F.init_rms(p, n_rms), params),
-                factored=jax.tree.map(lambda p: F.init_factored(p, n_fac), params),
-                norms=jax.tree.map(lambda p: fused.init_norms(num_features), params) if single_pass else None,
-            )
-
-        def leaf_update(param, grad, momentum, rms, factored, norms, layers, first_step):
-            momentum = F.update_momentum(momentum, grad, mom_decays)
-            rms = F.update_rms(rms, grad, rms_decays)
-            factored, fac_g = F.update_factored(factored, grad, fac_decays)
-            feats = small_fc_features(param, grad, momentum, rms, fac_g, factored)
-            (direction, magnitude), norms = fused.normalized_mlp(
-                impl, feats, layers, stale_norms=norms, first_step=first_step
-            )
-            step = direction * jnp.exp(exp_mult * magnitude) * step_mult
-            update = jnp.broadcast_to(-step, param.shape).astype(param.dtype)
-            return update, momentum, rms, factored, norms
-
-        def update_fn(updates, state, params=None, **extra_args):
-            del extra_args  # loss / loss_fn are accepted for the common contract, not used
-            if params is None:
-                raise ValueError(
-                    "small_fc_lopt uses the parameters as a feature: call opt.update(grads, state, params, loss=loss)."
-                )
-            step_features = F.tanh_step_embedding(state.iteration)
-            layers = _mlp_layers(nn, num_features, step_features, num_layers)
-            first_step = state.iteration == 0
-            grads, treedef = jax.tree.flatten(updates)
-            norms = fused.stale_norm_leaves("small_fc_lopt", impl, state.norms, treedef)
-            results = [
-                leaf_update(*args, layers, first_step)
-                for args in zip(
-                    treedef.flatten_up_to(params),
-                    grads,
-                    treedef.flatten_up_to(state.momentum),
-                    treedef.flatten_up_to(state.rms),
-                    treedef.flatten_up_to(state.factored),
-                    norms,
-                    strict=True,
-                )
-            ]
-            new_updates, momentum, rms, factored = (treedef.unflatten([r[i] for r in results]) for i in range(4))
-            new_state = SmallFcLOptState(
-                iteration=state.iteration + jnp.ones([], jnp.int32),
-                momentum=momentum,
-                rms=rms,
-                factored=factored,
-                norms=treedef.unflatten([r[4] for r in results]) if single_pass else None,
-            )
-            return new_updates, new_state
-
-        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _mlp_layers(nn, num_feats: int, step_features: jax.Array, num_layers: int) -> list[tuple[jax.Array, jax.Array]]:
-    """``[(w0 [F, H], b0'), (w1, b1), …]`` for :func:`.fused.normalized_mlp`.
-
-    The (global) step features are folded into the first bias: ``b0' = b0 + t @ w0[F:]``.
-    """
-    w0 = nn["w0"]
-    first_bias = nn["b0"] + step_features @ w0[num_feats:]
-    return [(w0[:num_feats], first_bias)] + [(nn[f"w{layer}"], nn[f"b{layer}"]) for layer in range(1, num_layers)]
+    def output(self, hyper, step, index, param, grad, acc, outputs):
+        """``Δp = −d · exp(exp_mult·s) · step_mult``."""
+        return exp_magnitude_step(outputs, self.exp_mult, self.step_mult)

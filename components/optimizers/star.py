@@ -84,48 +84,34 @@ multiplied; the ground truth of the tests), ``"fused"`` (normalisers folded into
 per-channel elementwise sums with 4-wide hidden layers, row/column statistics mixed in their own
 shape, so XLA fuses features, network and update into elementwise code; exact up to float rounding)
 or ``"single_pass"`` (``"fused"`` with one-step-stale per-tensor norms kept in
-:attr:`STARState.norms`, so the MLP need not wait for a reduction; this changes the numerics
+the state's ``norms``, so the MLP need not wait for a reduction; this changes the numerics
 slightly and is opt-in). ``"auto"`` (default) picks per backend (:data:`.fused.AUTO_IMPL`):
 ``"fused"`` on every backend today. Params files select it as
 ``meta_train.lopt_hyperparams: {impl: single_pass}``.
 
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> lopt = STAR()
-  >>> meta_params = lopt.init_meta_params(jax.random.key(0))
-  >>> opt = lopt.make(meta_params, num_steps=100)
-  >>> params = {"w": jnp.ones((3, 2))}
-  >>> state = opt.init(params)
-  >>> grads = {"w": jnp.full((3, 2), 0.5)}
-  >>> updates, state = opt.update(grads, state, params, loss=jnp.float32(1.0))
-  >>> updates["w"].shape
-  (3, 2)
-  >>> penalty = lopt.meta_penalty(meta_params)  # add to the meta-objective
+Example (meta-training adds ``meta_penalty`` to its objective):
+  >>> lopt = STAR(nominal_estimator="Adam")
+  >>> theta = lopt.init_meta_params(jax.random.key(0))
+  >>> float(lopt.meta_penalty(theta)) > 0.0
+  True
 """
 
 import dataclasses
-import functools
-import itertools
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from components.optimizers import features as F
-from components.optimizers import fused
-from components.optimizers.mlp_lopt import _check_decays, _check_float, _check_int
-from components.optimizers.small_fc_lopt import _pairs, small_fc_features
+from components.optimizers.per_parameter import check_bool, check_float
+from components.optimizers.small_fc_lopt import AdafacFeatures
 
-__all__ = ["NOMINAL_ESTIMATORS", "STAR", "STARState", "Theorem1Check", "theorem1_conditions"]
+__all__ = ["NOMINAL_ESTIMATORS", "STAR", "Theorem1Check", "theorem1_conditions"]
 
 NOMINAL_ESTIMATORS: tuple[str, ...] = ("SGD", "SGDM", "AggMo", "Adam", "AdamAggMo")
 """Allowed values of :attr:`STAR.nominal_estimator` (the nominal direction ``ĝ``)."""
-
-_NUM_OUTPUTS = 4  # direction, magnitude, nominal magnitude, regularisation magnitude
-
 
 # --------------------------------------------------------------------------- Theorem 1
 
@@ -186,31 +172,23 @@ def theorem1_conditions(p_eigs, alpha, h_eigs, *, tol: float = 0.0) -> Theorem1C
 # --------------------------------------------------------------------------- optimizer
 
 
-class STARState(NamedTuple):
-    """State of a ``star`` transformation (the accumulators of small_fc_lopt).
-
-    Attributes:
-      iteration: int32 step counter ``t`` (0 before the first update).
-      momentum: params-shaped tree; each leaf is a tuple of momentum accumulators, one per decay.
-      rms: params-shaped tree; each leaf is a tuple of second-moment accumulators.
-      factored: params-shaped tree; each leaf is a :class:`~.features.FactoredAccumulator`.
-      norms: ``impl="single_pass"`` only: params-shaped tree of float32 ``[num_features]`` arrays,
-        the inverse RMS of each feature channel at the previous step (:func:`.fused.init_norms`
-        before the first update, which does not use them); ``None`` for the other forms.
-    """
-
-    iteration: jax.Array
-    momentum: Any
-    rms: Any
-    factored: Any
-    norms: Any = None
+_BOOL_FIELDS = (
+    "nominal_controller",
+    "regularization_controller",
+    "normalize_blackbox",
+    "aggregate_magnitude",
+    "aggregate_nominal_magnitude",
+    "aggregate_regularization_magnitude",
+)
 
 
 @dataclasses.dataclass(frozen=True)
-class STAR:
+class STAR(AdafacFeatures):
     """STAR: small_fc_lopt plus a nominal term, magnitude heads, output preconditioning and weight decay.
 
-    See the module docstring for the update's maths, the reference and the defaults.
+    The features and network are small_fc_lopt's (:class:`~.small_fc_lopt.AdafacFeatures`, with 4
+    outputs); this class adds the output rule (:meth:`output`) and the meta-level penalty. See the
+    module docstring for the update's maths, the reference and the defaults.
 
     Attributes:
       hidden_size: width of the hidden layers (4).
@@ -233,7 +211,7 @@ class STAR:
       initial_adafactor_decays: decays of the Adafactor statistics at θ = 0.
       impl: how the per-parameter MLP is evaluated (:mod:`.fused`): ``"reference"`` (stacked
         matmul), ``"fused"`` (exact, elementwise), ``"single_pass"`` (fused with one-step-stale
-        norms; slightly different numerics, state gains :attr:`STARState.norms`) or ``"auto"``
+        norms; slightly different numerics, the state gains ``norms``) or ``"auto"``
         (default: ``"fused"`` on every backend today). Params files:
         ``meta_train.lopt_hyperparams: {impl: ...}``.
     """
@@ -258,13 +236,10 @@ class STAR:
     impl: str = "auto"
 
     name: ClassVar[str] = "star"
+    num_outputs: ClassVar[int] = 4  # direction, magnitude, nominal magnitude, regularisation magnitude
+    first_bias_precision: ClassVar[Any] = jax.lax.Precision.HIGHEST
 
     def __post_init__(self):
-        def put(field, value):
-            object.__setattr__(self, field, value)
-
-        put("hidden_size", _check_int("STAR", "hidden_size", self.hidden_size, 1))
-        put("hidden_layers", _check_int("STAR", "hidden_layers", self.hidden_layers, 0))
         try:
             exp_mult = tuple(self.exp_mult)
         except TypeError:
@@ -274,91 +249,16 @@ class STAR:
                 "STAR.exp_mult must be 3 floats (magnitude, nominal magnitude, regularisation magnitude), "
                 f"e.g. (0.001, 0.001, 0.001), got {self.exp_mult!r}."
             )
-        put("exp_mult", tuple(_check_float("STAR", "exp_mult", x) for x in exp_mult))
+        object.__setattr__(self, "exp_mult", tuple(check_float("STAR", "exp_mult", x) for x in exp_mult))
         for field in ("step_mult", "nominal_stepsize", "weight_decay", "meta_weight_decay"):
-            put(field, _check_float("STAR", field, getattr(self, field), nonnegative=True))
+            object.__setattr__(self, field, check_float("STAR", field, getattr(self, field), nonnegative=True))
         if self.nominal_estimator not in NOMINAL_ESTIMATORS:
             raise ValueError(
                 f"STAR.nominal_estimator must be one of {list(NOMINAL_ESTIMATORS)}, got {self.nominal_estimator!r}."
             )
-        for field in (
-            "nominal_controller",
-            "regularization_controller",
-            "normalize_blackbox",
-            "aggregate_magnitude",
-            "aggregate_nominal_magnitude",
-            "aggregate_regularization_magnitude",
-        ):
-            if not isinstance(getattr(self, field), bool | np.bool_):
-                raise TypeError(f"STAR.{field} must be a bool, got {getattr(self, field)!r}.")
-            put(field, bool(getattr(self, field)))
-        for field in ("initial_momentum_decays", "initial_rms_decays", "initial_adafactor_decays"):
-            put(field, _check_decays("STAR", field, getattr(self, field)))
-        fused.check_impl("STAR", self.impl)
-        _ = self.num_features  # validates that the decay counts can be combined
-
-    # ------------------------------------------------------------------ sizes
-
-    @functools.cached_property
-    def num_features(self) -> int:
-        """Number of normalised per-parameter feature channels (28 by default).
-
-        Counted by tracing :func:`~.small_fc_lopt.small_fc_features` abstractly on a 2-D tensor.
-        """
-        param = jax.ShapeDtypeStruct((3, 2), jnp.float32)
-        return len(jax.eval_shape(self._features_of_fresh_state, param))
-
-    @property
-    def num_inputs(self) -> int:
-        """MLP input width: feature channels plus the step-embedding features (39 by default)."""
-        return self.num_features + len(F.TANH_TIMESCALES)
-
-    @property
-    def layer_sizes(self) -> tuple[int, ...]:
-        """Widths from input to output, e.g. ``(39, 4, 4, 4)``."""
-        return (self.num_inputs, *[self.hidden_size] * self.hidden_layers, _NUM_OUTPUTS)
-
-    def _features_of_fresh_state(self, param: jax.Array) -> list[jax.Array]:
-        grad = jnp.zeros_like(param)
-        momentum = F.init_momentum(param, len(self.initial_momentum_decays))
-        rms = F.init_rms(param, len(self.initial_rms_decays))
-        factored = F.init_factored(param, len(self.initial_adafactor_decays))
-        fac_g = tuple(grad for _ in self.initial_adafactor_decays)
-        feats = small_fc_features(param, grad, momentum, rms, fac_g, factored)
-        _pairs(momentum, rms, "momentum and RMS accumulators")  # the nominal Adam terms pair them too
-        return feats
-
-    # ------------------------------------------------------------------ contract
-
-    def config(self) -> dict:
-        """JSON-serialisable hyperparameters; ``STAR(**lopt.config())`` rebuilds it."""
-        out = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            out[field.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-    def init_meta_params(self, key: jax.Array) -> dict:
-        """Initial meta-parameters θ.
-
-        Returns:
-          ``{"nn": {"w0", "b0", …}, "momentum_decays", "rms_decays", "adafactor_decays"}``;
-          ``w{l}`` has shape ``[fan_in, fan_out]`` (the last layer has 4 outputs) and is drawn as
-          ``TruncNormal(−2, 2) / sqrt(fan_in)``; biases and decay offsets are zero.
-        """
-        sizes = self.layer_sizes
-        keys = jax.random.split(key, len(sizes) - 1)
-        nn = {}
-        for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
-            w = jax.random.truncated_normal(keys[layer], -2.0, 2.0, (fan_in, fan_out), jnp.float32)
-            nn[f"w{layer}"] = w / np.sqrt(fan_in).astype(np.float32)
-            nn[f"b{layer}"] = jnp.zeros((fan_out,), jnp.float32)
-        return {
-            "nn": nn,
-            "momentum_decays": jnp.zeros((len(self.initial_momentum_decays),), jnp.float32),
-            "rms_decays": jnp.zeros((len(self.initial_rms_decays),), jnp.float32),
-            "adafactor_decays": jnp.zeros((len(self.initial_adafactor_decays),), jnp.float32),
-        }
+        for field in _BOOL_FIELDS:
+            object.__setattr__(self, field, check_bool("STAR", field, getattr(self, field)))
+        self._check_fields()
 
     def meta_penalty(self, meta_params: Any) -> jax.Array:
         """STAR's weight decay on the learned optimizer: ``½ · meta_weight_decay · Σ θ²``.
@@ -373,115 +273,35 @@ class STAR:
         squares = sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(meta_params["nn"]))
         return 0.5 * self.meta_weight_decay * squares
 
-    def _check_meta_params(self, meta_params: Any) -> None:
-        missing = {"nn", "momentum_decays", "rms_decays", "adafactor_decays"} - set(
-            meta_params if isinstance(meta_params, Mapping) else ()
-        )
-        if missing:
-            raise ValueError(
-                f"STAR.make: meta_params lacks {sorted(missing)}; build them with "
-                "lopt.init_meta_params(key) (or load a checkpoint)."
-            )
-        want = {}
-        for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(self.layer_sizes)):
-            want[f"w{layer}"] = (fan_in, fan_out)
-            want[f"b{layer}"] = (fan_out,)
-        got = {k: tuple(jnp.shape(v)) for k, v in meta_params["nn"].items()}
-        if got != want:
-            raise ValueError(
-                f"STAR.make: meta_params['nn'] has shapes {got}, expected {want} for "
-                f"layer_sizes={self.layer_sizes}. Build them with this lopt's init_meta_params(key)."
-            )
+    def output(self, hyper, step, index, param, grad, acc, outputs) -> jax.Array:
+        """``Δp = −wd·exp(β_r s_r)·p − f_b − f_g`` for one tensor (the module docstring's update)."""
+        dtype = F.accumulator_dtype(param.dtype)
+        p = param.astype(dtype)
+        g = grad.astype(dtype)
+        momentum, rms = acc.momentum, acc.rms
+        direction, magnitude, nom_magnitude, reg_magnitude = outputs
+        if not self.nominal_controller:
+            nom_magnitude = jnp.ones_like(direction)
+        if not self.regularization_controller:
+            reg_magnitude = jnp.zeros_like(direction)
+        if self.aggregate_magnitude:
+            magnitude = jnp.mean(magnitude)
+        if self.aggregate_nominal_magnitude:
+            nom_magnitude = jnp.mean(nom_magnitude)
+        if self.aggregate_regularization_magnitude:
+            reg_magnitude = jnp.mean(reg_magnitude)
+        beta_b, beta_g, beta_r = self.exp_mult
 
-    def make(self, meta_params: Any, *, num_steps: int) -> optax.GradientTransformationExtraArgs:
-        """Builds the inner optimizer for meta-parameters θ (which may be traced).
-
-        Args:
-          meta_params: θ as returned by :meth:`init_meta_params` (possibly perturbed or batched
-            under ``jax.vmap``).
-          num_steps: length of the inner run. Required by the common contract; unused here.
-
-        Returns:
-          An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params`` and accepts
-          (and ignores) any keyword extra args such as ``loss`` or ``loss_fn``.
-
-        Raises:
-          ValueError: if ``num_steps`` is missing or a non-positive integer, or ``meta_params`` do
-            not match this architecture.
-        """
-        if num_steps is None:
-            raise ValueError("STAR.make needs num_steps, e.g. make(meta_params, num_steps=1000).")
-        if isinstance(num_steps, int | np.integer) and num_steps < 1:
-            raise ValueError(f"STAR.make: num_steps must be >= 1, got {num_steps}.")
-        self._check_meta_params(meta_params)
-
-        def decays(initial, offset):
-            return F.param_to_decay(F.decay_to_param(jnp.asarray(initial)) + offset)
-
-        nn = meta_params["nn"]
-        mom_decays = decays(self.initial_momentum_decays, meta_params["momentum_decays"])
-        rms_decays = decays(self.initial_rms_decays, meta_params["rms_decays"])
-        fac_decays = decays(self.initial_adafactor_decays, meta_params["adafactor_decays"])
-        n_mom = len(self.initial_momentum_decays)
-        n_rms = len(self.initial_rms_decays)
-        n_fac = len(self.initial_adafactor_decays)
-        num_features = self.num_features
-        num_layers = self.hidden_layers + 1
-        cfg = self
-        impl = fused.resolve_impl(self.impl)
-        single_pass = impl == "single_pass"
-
-        def init_fn(params):
-            return STARState(
-                iteration=jnp.zeros([], jnp.int32),
-                momentum=jax.tree.map(lambda p: F.init_momentum(p, n_mom), params),
-                rms=jax.tree.map(lambda p: F.init_rms(p, n_rms), params),
-                factored=jax.tree.map(lambda p: F.init_factored(p, n_fac), params),
-                norms=jax.tree.map(lambda p: fused.init_norms(num_features), params) if single_pass else None,
-            )
-
-        def leaf_update(param, grad, momentum, rms, factored, norms, layers, first_step):
-            momentum = F.update_momentum(momentum, grad, mom_decays)
-            rms = F.update_rms(rms, grad, rms_decays)
-            factored, fac_g = F.update_factored(factored, grad, fac_decays)
-            feats = small_fc_features(param, grad, momentum, rms, fac_g, factored)
-            outputs, norms = fused.normalized_mlp(impl, feats, layers, stale_norms=norms, first_step=first_step)
-            update = _star_update(cfg, param, grad, momentum, rms, outputs)
-            return update, momentum, rms, factored, norms
-
-        def update_fn(updates, state, params=None, **extra_args):
-            del extra_args  # loss / loss_fn are accepted for the common contract, not used
-            if params is None:
-                raise ValueError(
-                    "star uses the parameters as a feature: call opt.update(grads, state, params, loss=loss)."
-                )
-            layers = _mlp_layers(nn, num_features, F.tanh_step_embedding(state.iteration), num_layers)
-            first_step = state.iteration == 0
-            grads, treedef = jax.tree.flatten(updates)
-            norms = fused.stale_norm_leaves("star", impl, state.norms, treedef)
-            results = [
-                leaf_update(*args, layers, first_step)
-                for args in zip(
-                    treedef.flatten_up_to(params),
-                    grads,
-                    treedef.flatten_up_to(state.momentum),
-                    treedef.flatten_up_to(state.rms),
-                    treedef.flatten_up_to(state.factored),
-                    norms,
-                    strict=True,
-                )
-            ]
-            new_updates, momentum, rms, factored = (treedef.unflatten([r[i] for r in results]) for i in range(4))
-            new_state = STARState(
-                iteration=state.iteration + jnp.ones([], jnp.int32),
-                momentum=momentum,
-                rms=rms,
-                factored=factored,
-                norms=treedef.unflatten([r[4] for r in results]) if single_pass else None,
-            )
-            return new_updates, new_state
-
-        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+        blackbox = self.step_mult * direction * jnp.exp(beta_b * magnitude)
+        if self.normalize_blackbox:
+            blackbox = blackbox * jax.lax.rsqrt(rms[0] + 1e-6)
+        update = -blackbox
+        if self.nominal_stepsize:
+            g_hat = _nominal_direction(self.nominal_estimator, g, momentum, rms)
+            update = update - self.nominal_stepsize * jnp.exp(beta_g * nom_magnitude) * g_hat
+        if self.weight_decay:
+            update = update - self.weight_decay * jnp.exp(beta_r * reg_magnitude) * p
+        return update
 
 
 def _nominal_direction(estimator: str, grad, momentum, rms) -> jax.Array:
@@ -492,50 +312,7 @@ def _nominal_direction(estimator: str, grad, momentum, rms) -> jax.Array:
         return momentum[-1]
     if estimator == "AggMo":
         return sum(momentum) / len(momentum)
-    adam = [m * jax.lax.rsqrt(v + 1e-6) for m, v in _pairs(momentum, rms, "momentum and RMS accumulators")]
+    adam = [m * jax.lax.rsqrt(v + 1e-6) for m, v in F.pair_decays(momentum, rms, "momentum and RMS accumulators")]
     if estimator == "Adam":
         return adam[-1]
     return sum(adam) / len(adam)  # AdamAggMo
-
-
-def _star_update(cfg: STAR, param, grad, momentum, rms, outputs) -> jax.Array:
-    """``Δp = −wd·exp(β_r s_r)·p − f_b − f_g`` for one tensor, cast to the parameter dtype."""
-    dtype = F.accumulator_dtype(param.dtype)
-    p = param.astype(dtype)
-    g = grad.astype(dtype)
-    direction, magnitude, nom_magnitude, reg_magnitude = outputs
-    if not cfg.nominal_controller:
-        nom_magnitude = jnp.ones_like(direction)
-    if not cfg.regularization_controller:
-        reg_magnitude = jnp.zeros_like(direction)
-    if cfg.aggregate_magnitude:
-        magnitude = jnp.mean(magnitude)
-    if cfg.aggregate_nominal_magnitude:
-        nom_magnitude = jnp.mean(nom_magnitude)
-    if cfg.aggregate_regularization_magnitude:
-        reg_magnitude = jnp.mean(reg_magnitude)
-    beta_b, beta_g, beta_r = cfg.exp_mult
-
-    blackbox = cfg.step_mult * direction * jnp.exp(beta_b * magnitude)
-    if cfg.normalize_blackbox:
-        blackbox = blackbox * jax.lax.rsqrt(rms[0] + 1e-6)
-    update = -blackbox
-    if cfg.nominal_stepsize:
-        g_hat = _nominal_direction(cfg.nominal_estimator, g, momentum, rms)
-        update = update - cfg.nominal_stepsize * jnp.exp(beta_g * nom_magnitude) * g_hat
-    if cfg.weight_decay:
-        update = update - cfg.weight_decay * jnp.exp(beta_r * reg_magnitude) * p
-    return jnp.broadcast_to(update, param.shape).astype(param.dtype)
-
-
-# --------------------------------------------------------------------------- the MLP's layers
-
-
-def _mlp_layers(nn, num_feats: int, step_features: jax.Array, num_layers: int) -> list[tuple[jax.Array, jax.Array]]:
-    """``[(w0 [F, H], b0'), (w1, b1), …]`` for :func:`.fused.normalized_mlp` (the last layer has 4 outputs).
-
-    The (global) step features are folded into the first bias: ``b0' = b0 + t @ w0[F:]``.
-    """
-    w0 = nn["w0"]
-    first_bias = nn["b0"] + jnp.matmul(step_features, w0[num_feats:], precision=jax.lax.Precision.HIGHEST)
-    return [(w0[:num_feats], first_bias)] + [(nn[f"w{layer}"], nn[f"b{layer}"]) for layer in range(1, num_layers)]

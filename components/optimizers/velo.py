@@ -95,13 +95,13 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from components.optimizers import features as F
-from components.optimizers import fused, velo_mlp
 from components.optimizers import lstm as L
+from components.optimizers import velo_mlp
+from components.optimizers.per_parameter import PerParameterLOpt, check_bool, check_decays, check_float, check_int
 
-__all__ = ["VeLO", "VeLOState", "mix_ff_params", "tensor_lstm_features"]
+__all__ = ["VeLO", "VeLOContext", "mix_ff_params", "tensor_lstm_features"]
 
 NUM_RANK_CLASSES = 5
 """Classes of the one-hot rank feature (ranks ≥ 5 give all zeros, as ``jax.nn.one_hot``)."""
@@ -142,7 +142,7 @@ def tensor_lstm_features(
     m = [x.astype(jnp.float32) * mult for x in momentum]
     v = [x.astype(jnp.float32) * mult for x in rms]
     mean_m = [jnp.mean(x) for x in m]
-    pairs = velo_mlp.pair_decays(v, mean_m, "RMS accumulators and momentum means (var_rms)")
+    pairs = F.pair_decays(v, mean_m, "RMS accumulators and momentum means (var_rms)")
     rank = int(np.sum(np.asarray(param.shape) > 1))
     inputs = {
         "fraction_left": F.fractional_tanh_embedding(iteration, num_steps),
@@ -177,40 +177,23 @@ def mix_ff_params(ff_mod_stack: dict, controls: jax.Array, ff_mult: float) -> di
     return jax.tree.map(mix, ff_mod_stack)
 
 
-class VeLOState(NamedTuple):
-    """State of a ``velo`` transformation.
+class VeLOContext(NamedTuple):
+    """VeLO's per-run state outside the tensors (``PerParameterState.context``).
 
     Attributes:
-      iteration: int32 step counter ``t``.
       num_steps: int32 run length ``T`` (possibly traced when the state was built).
       loss_buffer: the loss EMAs (:class:`~.features.LossBufferState`).
-      momentum: params-shaped tree; each leaf a tuple of momentum accumulators.
-      rms: params-shaped tree; each leaf a tuple of second-moment accumulators.
-      factored: params-shaped tree of :class:`~.features.FactoredAccumulator`.
       lstm: :class:`~.lstm.LSTMState` with one ``[H]`` row per parameter tensor (leaf order).
-      norms: ``impl="single_pass"`` only: params-shaped tree of ``[C]`` float32 inverse RMS of the
-        previous step's feature channels (:func:`.fused.init_norms` at init, unused at step 0);
-        ``None`` for the other forms.
     """
 
-    iteration: jax.Array
     num_steps: jax.Array
     loss_buffer: F.LossBufferState
-    momentum: Any
-    rms: Any
-    factored: Any
     lstm: L.LSTMState
-    norms: Any = None
 
 
-def _as_decays(values, name: str) -> tuple[float, ...]:
-    try:
-        decays = tuple(float(v) for v in values)
-    except TypeError as err:
-        raise TypeError(f"VeLO.{name} must be a sequence of floats, got {values!r}.") from err
-    if not decays or not all(0.0 <= d < 1.0 for d in decays):
-        raise ValueError(f"VeLO.{name} must be a non-empty sequence of decays in [0, 1), got {values!r}.")
-    return decays
+class _VeLOStep(NamedTuple):
+    ff: dict  # the mixed MLP weights, each leaf [n_tensors, ...]
+    lr_mults: jax.Array  # [n_tensors]
 
 
 _INT_FIELDS = (("lstm_hidden_size", 1), ("param_inits", 1), ("ff_hidden_size", 1), ("ff_hidden_layers", 0))
@@ -218,7 +201,7 @@ _META_KEYS = ("lstm_init_state", "rnn_params", "ff_mod_stack")
 
 
 @dataclasses.dataclass(frozen=True)
-class VeLO:
+class VeLO(PerParameterLOpt):
     """VeLO's per-tensor LSTM hypernetwork over a bank of per-parameter MLPs (``HyperV2``).
 
     See the module docstring for the maths and the reference.
@@ -235,12 +218,8 @@ class VeLO:
       initial_momentum_decays: momentum decays (fixed).
       initial_rms_decays: second-moment decays (fixed).
       initial_adafactor_decays: Adafactor decays (fixed).
-      impl: how the per-parameter MLP is evaluated (:mod:`.fused`): ``"auto"`` (default: the
-        fastest exact form for the backend, :data:`.fused.AUTO_IMPL`; ``"fused"`` on every backend
-        today), ``"reference"`` (stacked channels and matmuls, the ground truth), ``"fused"`` (the
-        same function as elementwise sums) or ``"single_pass"`` (``"fused"`` with one-step-stale
-        per-tensor norms kept in :attr:`VeLOState.norms`; this changes the numerics slightly).
-        Params files set it with ``meta_train.lopt_hyperparams: {impl: single_pass}``.
+      impl: the form of the per-parameter MLPs, one of :data:`.fused.IMPLS` (``"auto"`` by default;
+        :mod:`.fused` describes each).
     """
 
     lstm_hidden_size: int = 64
@@ -260,23 +239,13 @@ class VeLO:
 
     def __post_init__(self):
         for field, low in _INT_FIELDS:
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise TypeError(f"VeLO.{field} must be an int, got {value!r}.")
-            if value < low:
-                raise ValueError(f"VeLO.{field} must be >= {low}, got {value}.")
-            object.__setattr__(self, field, int(value))
+            object.__setattr__(self, field, check_int("VeLO", field, getattr(self, field), low))
         for field in ("ff_mult", "exp_mult", "step_mult"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
-                raise TypeError(f"VeLO.{field} must be a float, got {value!r}.")
-            object.__setattr__(self, field, float(value))
-        if not isinstance(self.param_scale_mult, bool | np.bool_):
-            raise TypeError(f"VeLO.param_scale_mult must be a bool, got {self.param_scale_mult!r}.")
-        object.__setattr__(self, "param_scale_mult", bool(self.param_scale_mult))
+            object.__setattr__(self, field, check_float("VeLO", field, getattr(self, field)))
+        object.__setattr__(self, "param_scale_mult", check_bool("VeLO", "param_scale_mult", self.param_scale_mult))
         for field in ("initial_momentum_decays", "initial_rms_decays", "initial_adafactor_decays"):
-            object.__setattr__(self, field, _as_decays(getattr(self, field), field))
-        fused.check_impl("VeLO", self.impl)
+            object.__setattr__(self, field, check_decays("VeLO", field, getattr(self, field)))
+        self.resolved_impl  # noqa: B018 - validates impl
         _ = self.num_lstm_inputs  # validates that the decay counts can be combined
 
     @classmethod
@@ -310,13 +279,6 @@ class VeLO:
         return int(jax.eval_shape(trace, p).shape[0])
 
     # ------------------------------------------------------------------ contract
-
-    def config(self) -> dict:
-        """JSON-serialisable hyperparameters; ``VeLO(**lopt.config())`` rebuilds it."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for field in ("initial_momentum_decays", "initial_rms_decays", "initial_adafactor_decays"):
-            out[field] = list(out[field])
-        return out
 
     def init_meta_params(self, key: jax.Array) -> dict:
         """Initial meta-parameters θ (structure in the module docstring).
@@ -359,127 +321,79 @@ class VeLO:
             "ff_mod_stack": jax.vmap(init_one)(jax.random.split(k_ff, k)),
         }
 
-    def make(self, meta_params: Any, *, num_steps) -> optax.GradientTransformationExtraArgs:
-        """Builds the inner optimizer for meta-parameters θ (which may be traced).
+    @property
+    def num_features(self) -> int:
+        """Number of normalised per-parameter feature channels (30 by default)."""
+        return sum(self.feature_groups)
 
-        Args:
-          meta_params: θ as returned by :meth:`init_meta_params` (possibly perturbed, batched under
-            ``jax.vmap`` or differentiated).
-          num_steps: length ``T`` of the inner run: a Python int or a traced integer scalar.
+    # ------------------------------------------------------------------ declarations (see PerParameterLOpt)
 
-        Returns:
-          An ``optax.GradientTransformationExtraArgs``. ``update(grads, state, params, loss=loss)``
-          needs ``params`` and the scalar ``loss``, and ignores other keyword extra args.
-
-        Raises:
-          ValueError: if ``num_steps`` is missing or a non-positive int, or ``meta_params`` lacks a
-            key.
-        """
-        if num_steps is None:
-            raise ValueError("VeLO.make needs num_steps, e.g. make(meta_params, num_steps=1000).")
-        if isinstance(num_steps, int | np.integer) and num_steps < 1:
-            raise ValueError(f"VeLO.make: num_steps must be >= 1, got {num_steps}.")
+    def prepare(self, meta_params: Any, num_steps) -> Any:
         missing = set(_META_KEYS) - set(meta_params)
         if missing:
             raise ValueError(
                 f"VeLO.make: meta_params lacks {sorted(missing)}; build them with lopt.init_meta_params(key)."
             )
-        init_state = meta_params["lstm_init_state"]
-        rnn = meta_params["rnn_params"]
-        bank = meta_params["ff_mod_stack"]
-        n_m, n_v, n_a = self._decay_counts
-        mom_decays = jnp.asarray(self.initial_momentum_decays, jnp.float32)
-        rms_decays = jnp.asarray(self.initial_rms_decays, jnp.float32)
-        fac_decays = jnp.asarray(self.initial_adafactor_decays, jnp.float32)
-        groups = self.feature_groups
-        ff_mult, exp_mult, step_mult = self.ff_mult, self.exp_mult, self.step_mult
-        param_scale_mult = self.param_scale_mult
-        impl = fused.resolve_impl(self.impl)
-        single_pass = impl == "single_pass"
-        num_features = sum(groups)
+        return meta_params
 
-        def init_fn(params):
-            n = len(jax.tree.leaves(params))
-            return VeLOState(
-                iteration=jnp.zeros([], jnp.int32),
-                num_steps=jnp.asarray(num_steps).astype(jnp.int32),
-                loss_buffer=F.init_loss_buffer(num_steps),
-                momentum=jax.tree.map(lambda p: F.init_momentum(p, n_m), params),
-                rms=jax.tree.map(lambda p: F.init_rms(p, n_v), params),
-                factored=jax.tree.map(lambda p: F.init_factored(p, n_a), params),
-                lstm=L.LSTMState(
-                    hidden=jnp.tile(init_state["hidden"], (n, 1)),
-                    cell=jnp.tile(init_state["cell"], (n, 1)),
-                ),
-                norms=jax.tree.map(lambda p: fused.init_norms(num_features), params) if single_pass else None,
+    def init_accumulators(self, param: jax.Array) -> F.Accumulators:
+        return F.init_accumulators(param, *self._decay_counts)
+
+    def init_context(self, hyper: Any, params: Any, num_steps) -> VeLOContext:
+        n = len(jax.tree.leaves(params))
+        init_state = hyper["lstm_init_state"]
+        return VeLOContext(
+            num_steps=jnp.asarray(num_steps).astype(jnp.int32),
+            loss_buffer=F.init_loss_buffer(num_steps),
+            lstm=L.LSTMState(hidden=jnp.tile(init_state["hidden"], (n, 1)), cell=jnp.tile(init_state["cell"], (n, 1))),
+        )
+
+    def step_context(self, hyper: Any, state, leaves, accumulators, extra_args):
+        """The loss buffer and the per-tensor LSTM: each tensor's MLP weights and learning-rate multiplier."""
+        loss = extra_args.get("loss")
+        if loss is None:
+            raise TypeError(
+                "velo needs the current loss as a keyword extra arg: call opt.update(grads, state, params, loss=loss)."
             )
+        context = state.context
+        loss_buffer = F.update_loss_buffer(context.loss_buffer, loss)
+        if not leaves:
+            return None, context._replace(loss_buffer=loss_buffer)
+        rnn = hyper["rnn_params"]
+        loss_feats = F.loss_buffer_features(loss_buffer)
+        rows = jnp.stack(
+            [
+                tensor_lstm_features(p, a.momentum, a.rms, state.iteration, context.num_steps, loss_feats)
+                for p, a in zip(leaves, accumulators, strict=True)
+            ]
+        )
+        hidden, lstm_state = L.lstm_step(rnn["lstm"], L.mix_tensors(rnn["mix"], rows), context.lstm)
+        controls = hidden @ rnn["rnn_to_controls"]["w"] + rnn["rnn_to_controls"]["b"]
+        lr_mults = (hidden @ rnn["step_size"]["w"] + rnn["step_size"]["b"])[:, 0]
+        step = _VeLOStep(mix_ff_params(hyper["ff_mod_stack"], controls, self.ff_mult), lr_mults)
+        lstm = L.LSTMState(
+            hidden=lstm_state.hidden.astype(context.lstm.hidden.dtype),
+            cell=lstm_state.cell.astype(context.lstm.cell.dtype),
+        )
+        return step, context._replace(loss_buffer=loss_buffer, lstm=lstm)
 
-        def leaf_update(param, grad, momentum, rms, factored, norms, ff, lr_mult, first_step):
-            momentum = F.update_momentum(momentum, grad, mom_decays)
-            rms = F.update_rms(rms, grad, rms_decays)
-            factored, fac_g = F.update_factored(factored, grad, fac_decays)
-            feats = velo_mlp.hyper_features(param, grad, momentum, rms, fac_g, factored)
-            layers = velo_mlp.ff_layers(ff, groups)
-            outputs, norms = fused.normalized_mlp(impl, feats, layers, stale_norms=norms, first_step=first_step)
-            step = velo_mlp.param_step(
-                outputs[0], outputs[1], param, exp_mult=exp_mult, step_mult=step_mult, param_scale_mult=param_scale_mult
-            )
-            update = jnp.broadcast_to(-lr_mult * step, param.shape).astype(param.dtype)
-            return update, momentum, rms, factored, norms
+    def features(self, hyper: Any, param, grad, acc):
+        grad = F.clip_gradient(grad)
+        decays = (self.initial_momentum_decays, self.initial_rms_decays, self.initial_adafactor_decays)
+        acc, fac_g = F.update_accumulators(acc, grad, *(jnp.asarray(d, jnp.float32) for d in decays))
+        return grad, acc, velo_mlp.hyper_features(param, grad, acc.momentum, acc.rms, fac_g, acc.factored)
 
-        def update_fn(updates, state, params=None, **extra_args):
-            loss = extra_args.get("loss")
-            if loss is None:
-                raise TypeError(
-                    "velo needs the current loss as a keyword extra arg: "
-                    "call opt.update(grads, state, params, loss=loss)."
-                )
-            if params is None:
-                raise ValueError(
-                    "velo uses the parameters as features: call opt.update(grads, state, params, loss=loss)."
-                )
-            loss_buffer = F.update_loss_buffer(state.loss_buffer, loss)
-            grads, treedef = jax.tree.flatten(updates)
-            grads = [F.clip_gradient(g) for g in grads]
-            leaves = treedef.flatten_up_to(params)
-            momenta = treedef.flatten_up_to(state.momentum)
-            rmses = treedef.flatten_up_to(state.rms)
-            factoreds = treedef.flatten_up_to(state.factored)
-            norms = fused.stale_norm_leaves("VeLO", impl, state.norms, treedef)
-            if not grads:
-                return updates, state._replace(iteration=state.iteration + 1, loss_buffer=loss_buffer)
+    def network(self, hyper: Any, step: _VeLOStep, index: int):
+        return velo_mlp.ff_layers({name: w[index] for name, w in step.ff.items()}, self.feature_groups)
 
-            loss_feats = F.loss_buffer_features(loss_buffer)
-            rows = jnp.stack(
-                [
-                    tensor_lstm_features(p, m, v, state.iteration, state.num_steps, loss_feats)
-                    for p, m, v in zip(leaves, momenta, rmses, strict=True)
-                ]
-            )
-            hidden, lstm_state = L.lstm_step(rnn["lstm"], L.mix_tensors(rnn["mix"], rows), state.lstm)
-            controls = hidden @ rnn["rnn_to_controls"]["w"] + rnn["rnn_to_controls"]["b"]
-            lr_mults = (hidden @ rnn["step_size"]["w"] + rnn["step_size"]["b"])[:, 0]
-            mixed = mix_ff_params(bank, controls, ff_mult)
-
-            first_step = state.iteration == 0
-            results = []
-            for i, args in enumerate(zip(leaves, grads, momenta, rmses, factoreds, norms, strict=True)):
-                ff = {name: w[i] for name, w in mixed.items()}
-                results.append(leaf_update(*args, ff, lr_mults[i], first_step))
-            new_updates, momentum, rms, factored = (treedef.unflatten([r[j] for r in results]) for j in range(4))
-            new_state = VeLOState(
-                iteration=state.iteration + jnp.ones([], jnp.int32),
-                num_steps=state.num_steps,
-                loss_buffer=loss_buffer,
-                momentum=momentum,
-                rms=rms,
-                factored=factored,
-                lstm=L.LSTMState(
-                    hidden=lstm_state.hidden.astype(state.lstm.hidden.dtype),
-                    cell=lstm_state.cell.astype(state.lstm.cell.dtype),
-                ),
-                norms=treedef.unflatten([r[4] for r in results]) if single_pass else None,
-            )
-            return new_updates, new_state
-
-        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    def output(self, hyper: Any, step: _VeLOStep, index: int, param, grad, acc, outputs):
+        """``−λ_i·Δ``, ``Δ`` from :func:`.velo_mlp.param_step`."""
+        update = velo_mlp.param_step(
+            outputs[0],
+            outputs[1],
+            param,
+            exp_mult=self.exp_mult,
+            step_mult=self.step_mult,
+            param_scale_mult=self.param_scale_mult,
+        )
+        return -step.lr_mults[index] * update

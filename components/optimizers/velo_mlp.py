@@ -110,30 +110,9 @@ __all__ = [
     "hyper_features",
     "init_ff_params",
     "normalize_channels",
-    "pair_decays",
     "param_step",
     "truncated_normal_blocks",
 ]
-
-
-def pair_decays(a: Sequence, b: Sequence, what: str) -> list[tuple]:
-    """Pairs two per-decay tuples like NumPy broadcasting of their trailing decay axes.
-
-    Equal lengths pair entry by entry; a length of 1 pairs with every entry of the other.
-
-    Raises:
-      ValueError: for other lengths; ``what`` names the two tuples in the message.
-    """
-    if len(a) == len(b):
-        return list(zip(a, b, strict=True))
-    if len(b) == 1:
-        return [(x, b[0]) for x in a]
-    if len(a) == 1:
-        return [(a[0], y) for y in b]
-    raise ValueError(
-        f"The VeLO/Celo features combine {what}; their numbers of decays must be equal or one of them 1, "
-        f"got {len(a)} and {len(b)}. Change the initial_*_decays so that they are compatible."
-    )
 
 
 def hyper_feature_groups(
@@ -171,7 +150,7 @@ def hyper_feature_groups(
         [p],
         list(momentum),
         list(rms),
-        [m * r for m, r in pair_decays(momentum, rsqrt_rms, "momentum and RMS accumulators")],
+        [m * r for m, r in F.pair_decays(momentum, rsqrt_rms, "momentum and RMS accumulators")],
         rsqrt_rms,
         list(fac_g),
         [g * r for r in rsqrt_rms],
@@ -180,14 +159,14 @@ def hyper_feature_groups(
     if dims is None:
         v = list(factored.v_full)
         inv = [jax.lax.rsqrt(x + 1e-8) for x in v]
-        pairs = pair_decays(momentum, v, "momentum and Adafactor accumulators")
+        pairs = F.pair_decays(momentum, v, "momentum and Adafactor accumulators")
         groups += [v, v, inv, inv, [m * x**-0.5 for m, x in pairs]]
         return groups
     d1, d0 = dims
     rows = [jnp.expand_dims(r, d0) for r in factored.v_row]
     cols = [jnp.expand_dims(c, d1) for c in factored.v_col]
     factors = [F.factored_preconditioner(r, c, dims) for r, c in zip(factored.v_row, factored.v_col, strict=True)]
-    pairs = pair_decays(momentum, factors, "momentum and Adafactor accumulators")
+    pairs = F.pair_decays(momentum, factors, "momentum and Adafactor accumulators")
     groups += [
         rows,
         cols,
@@ -198,20 +177,13 @@ def hyper_feature_groups(
     return groups
 
 
-def hyper_features(
-    param: jax.Array,
-    grad: jax.Array,
-    momentum: Sequence[jax.Array],
-    rms: Sequence[jax.Array],
-    fac_g: Sequence[jax.Array],
-    factored: F.FactoredAccumulator,
-) -> list[jax.Array]:
+def hyper_features(*args) -> list[jax.Array]:
     """The un-normalised feature channels of one tensor, flat, in the reference's order.
 
     Same arguments as :func:`hyper_feature_groups`; returns its groups concatenated (30 channels
     with the default decays).
     """
-    return [c for group in hyper_feature_groups(param, grad, momentum, rms, fac_g, factored) for c in group]
+    return [c for group in hyper_feature_groups(*args) for c in group]
 
 
 @functools.lru_cache(maxsize=64)

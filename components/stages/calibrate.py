@@ -25,9 +25,9 @@ from components.evaluation import run_training
 from components.evaluation.experiment import learned_family
 from components.evaluation.protocol import RULES, finite_or_none, tune
 from components.optimizers import (
+    create,
     fallback_fraction,
-    load_meta_params,
-    make_baseline,
+    load,
 )
 from components.stages.common import (
     Logger,
@@ -70,7 +70,7 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
     del map_fn  # tasks x learning rates run as one batched program
     root = Path(root)
     cal = params.calibrate
-    lopt, meta_params, _ = load_meta_params(root / MODEL_DIR)
+    lopt, meta_params, _ = load(root / MODEL_DIR)
     family, data = build_family(params, root)
     lrs = cal.lr_grid.values()
     key = jax.random.fold_in(jax.random.PRNGKey(params.seed), 1)
@@ -84,7 +84,7 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
     run_keys = jax.random.split(k_runs, cal.num_tasks)
     train, val = holdout(data)
 
-    guard_alone = lambda lr: make_baseline(cal.guard, lr)  # noqa: E731
+    guard_alone = lambda lr: create(cal.guard, learning_rate=lr)  # noqa: E731
 
     def one(task, lr, k, train, val):
         k_run, k_val = k, jax.random.fold_in(k, 7)

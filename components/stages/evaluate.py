@@ -63,7 +63,7 @@ from components.evaluation.experiment import (
     learned_family,
 )
 from components.evaluation.protocol import RULES, finite_or_none
-from components.optimizers import load_meta_params
+from components.optimizers import load
 from components.stages.calibrate import SAFEGUARD
 from components.stages.common import (
     Logger,
@@ -164,7 +164,7 @@ class EvalJob:
 def evaluate_job(job: EvalJob) -> dict:
     """Evaluate one task from the files of the project at ``job.root`` (what a runner executes)."""
     root = Path(job.root)
-    lopt, meta_params, _ = load_meta_params(root / MODEL_DIR)
+    lopt, meta_params, _ = load(root / MODEL_DIR)
     safeguard = json.loads((root / SAFEGUARD).read_text())
     relation = task_relations(job.params).get(job.task)
     print(f"evaluate: {job.task}: started", flush=True)  # in the worker's output: progress while tasks run

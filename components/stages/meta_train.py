@@ -17,7 +17,7 @@ import numpy as np
 
 from components.meta import MetaTrainConfig, meta_train
 from components.optimizers import save
-from components.optimizers.registry import learned_optimizer
+from components.optimizers.registry import create_learned
 from components.stages.common import (
     Logger,
     MapFn,
@@ -113,7 +113,7 @@ def build_families(params: PipelineParams, root: Path) -> tuple[list, list]:
 def lopt_from_params(params: PipelineParams, phase=None):
     mt = params.meta_train
     hyper = mt.lopt_hyperparams if phase is None else mt.phase_hyperparams(phase)
-    return learned_optimizer(mt.lopt, **hyper)
+    return create_learned(mt.lopt, **hyper)
 
 
 def _data_hashes(params: PipelineParams, manifest: dict) -> dict[str, str]:

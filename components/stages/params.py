@@ -252,7 +252,7 @@ def _check_optimizer(name: str, hyperparams: dict, kind: str, where: str) -> Non
         raise ValueError(f"{where}: {name!r} is a {actual}, expected a {kind} optimizer: one of {names}")
     if kind == "learned":
         try:
-            registry.learned_optimizer(name, **hyperparams)
+            registry.create_learned(name, **hyperparams)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where}_hyperparams for {name!r}: {err}") from None
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import BIN, make_project_copy, project_env, run_cli
 from mlflow.tracking import MlflowClient
 
-from components.optimizers import guard_with_loss, load, make_baseline
+from components.optimizers import create, guard_with_loss, load
 from flows.params_io import dump_params, load_params
 from tests.browser import open_page
 
@@ -192,7 +192,7 @@ def _quadratic_run(opt, steps=60):
 
 def test_registered_model_loads_as_optax_and_steps_a_quadratic(tiny_run, monkeypatch):
     root, _ = tiny_run
-    from flows.registry import load_optimizer  # noqa: PLC0415
+    from flows.models import resolve_checkpoint  # noqa: PLC0415
 
     client = _client(root)
     versions = client.search_model_versions("name='adafac_mlp_lopt_tiny'")
@@ -204,20 +204,20 @@ def test_registered_model_loads_as_optax_and_steps_a_quadratic(tiny_run, monkeyp
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    registered = load_optimizer("models:/adafac_mlp_lopt_tiny/1", num_steps=60)
-    direct = load(root / "models" / "lopt", num_steps=60)
-    # the library's own load() reaches the registry through the installed checkpoint source
-    by_name = load("adafac_mlp_lopt_tiny", num_steps=60)
+    registered = load(resolve_checkpoint("models:/adafac_mlp_lopt_tiny/1")).make(num_steps=60)
+    direct = load(root / "models" / "lopt").make(num_steps=60)
+    # flows resolve a bare registered name (its latest version) to the directory the library loads
+    by_name = load(resolve_checkpoint("adafac_mlp_lopt_tiny")).make(num_steps=60)
     losses, params, _ = _quadratic_run(registered)
     direct_losses, direct_params, _ = _quadratic_run(direct)
     assert np.all(np.isfinite(losses))
     np.testing.assert_array_equal(losses, direct_losses)  # the registry gives back the same optimizer
     np.testing.assert_array_equal(_quadratic_run(by_name)[0], direct_losses)
     with pytest.raises(FileNotFoundError, match="not a learned-optimizer checkpoint directory"):
-        load("no_such_registered_model", num_steps=60)
+        resolve_checkpoint("no_such_registered_model")
     assert not np.allclose(params["w"], 0.0)  # it moved the parameters
     # guarded by SGD, the registered learned optimizer must descend on the quadratic
-    guarded_losses, _, state = _quadratic_run(guard_with_loss(registered, make_baseline("sgd", 0.1)))
+    guarded_losses, _, state = _quadratic_run(guard_with_loss(registered, create("sgd", learning_rate=0.1)))
     assert guarded_losses[-1] < 0.05 * guarded_losses[0]
     # and the pyfunc flavour answers predict() with one update per parameter
     model = mlflow.pyfunc.load_model("models:/adafac_mlp_lopt_tiny/1")

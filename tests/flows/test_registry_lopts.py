@@ -1,5 +1,6 @@
 """Any learned optimizer's checkpoint goes into the MLflow model registry and comes back through
-``components.optimizers.load`` (a real SQLite tracking store in a temporary directory)."""
+``flows.models.resolve_checkpoint`` + ``components.optimizers.load`` (a real SQLite tracking store
+in a temporary directory); the library's ``load`` itself does not read registered names."""
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ from components.optimizers import load, registry, save
 def test_registered_checkpoint_loads_by_name(name, tmp_path, monkeypatch):
     import mlflow  # noqa: PLC0415
 
-    from flows.registry import log_learned_optimizer  # noqa: PLC0415
+    from flows.models import log_learned_optimizer, resolve_checkpoint  # noqa: PLC0415
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -21,7 +22,7 @@ def test_registered_checkpoint_loads_by_name(name, tmp_path, monkeypatch):
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     hyper = {"celo": {"lstm_hidden_size": 8}, "l3rs": {"num_layers": 2}}[name]
-    lopt = registry.learned_optimizer(name, **hyper)
+    lopt = registry.create_learned(name, **hyper)
     theta = jax.tree.map(lambda x: x + 0.01, lopt.init_meta_params(jax.random.key(3)))
     ckpt = save(tmp_path / "ckpt", lopt, theta, {"git_commit": "test"})
     client = mlflow.MlflowClient()
@@ -32,10 +33,12 @@ def test_registered_checkpoint_loads_by_name(name, tmp_path, monkeypatch):
 
     params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.ones(3)}
     grads = jax.tree.map(lambda x: 0.1 * x - 0.02, params)
-    direct = load(ckpt, num_steps=30)
+    direct = load(ckpt).make(num_steps=30)
     for ref in (f"{name}_test", f"models:/{name}_test/1"):
-        opt = load(ref, num_steps=30)
+        opt = load(resolve_checkpoint(ref)).make(num_steps=30)
         u, _ = opt.update(grads, opt.init(params), params, loss=jnp.float32(0.5))
         d, _ = direct.update(grads, direct.init(params), params, loss=jnp.float32(0.5))
         for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(d), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(FileNotFoundError, match=r"resolve_checkpoint\('models:/"):
+        load(f"models:/{name}_test/1")  # the library reads directories only: flows resolve names first

@@ -11,13 +11,13 @@ from components.evaluation.experiment import (
     evaluate_on_task,
     learned_family,
 )
-from components.optimizers.registry import learned_optimizer
+from components.optimizers.registry import create_learned
 from components.tasks.suite import build_task
 
 
 @pytest.fixture(scope="module")
 def result():
-    lopt = learned_optimizer("small_fc_lopt", hidden_size=4, hidden_layers=2)
+    lopt = create_learned("small_fc_lopt", hidden_size=4, hidden_layers=2)
     theta = lopt.init_meta_params(jax.random.PRNGKey(0))
     config = ProtocolConfig(
         num_steps=20,

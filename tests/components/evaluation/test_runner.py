@@ -4,7 +4,7 @@ import jax
 import numpy as np
 
 from components.evaluation import train_curves
-from components.optimizers import make_baseline
+from components.optimizers import create
 from components.tasks.suite import build_task
 
 
@@ -13,7 +13,7 @@ def _run(tail_steps: int) -> dict:
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     out = train_curves(
         task,
-        lambda lr: make_baseline("adam", lr),
+        lambda lr: create("adam", learning_rate=lr),
         np.asarray([1e-2, 1e-1], np.float32),
         None,
         {},

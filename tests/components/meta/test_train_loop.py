@@ -15,7 +15,7 @@ import pytest
 from components.meta import CheckpointError, MetaTrainConfig, meta_train
 from components.meta.checkpoint import read_header
 from components.meta.train import FAULT_ENV
-from components.optimizers.registry import learned_optimizer
+from components.optimizers.registry import create_learned
 from components.tasks import stack_datasets
 
 REPO = Path(__file__).resolve().parents[3]
@@ -26,7 +26,7 @@ SETUP = textwrap.dedent(
     """
     import numpy as np, jax
     from components.meta import MetaTrainConfig, meta_train
-    from components.optimizers.registry import learned_optimizer
+    from components.optimizers.registry import create_learned
     from components.tasks import ImageMLPFamily, stack_datasets
 
     def problem(**overrides):
@@ -37,7 +37,7 @@ SETUP = textwrap.dedent(
         cfg = dict(num_outer_steps=8, num_tasks=4, trunc_length=4, min_unroll=8, max_unroll=24, sigma=0.05,
                    outer_lr=1e-2, log_every=2, checkpoint_every=2)
         cfg.update(overrides)
-        lopt = learned_optimizer("small_fc_lopt", hidden_size=4)
+        lopt = create_learned("small_fc_lopt", hidden_size=4)
         return lopt, family, stack_datasets([x], [y]), MetaTrainConfig(**cfg)
     """
 )
@@ -126,7 +126,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings_and_a_corrupt_file(tmp_pa
         )
     with pytest.raises(CheckpointError, match="different configuration"):
         meta_train(
-            learned_optimizer("small_fc_lopt", hidden_size=8),
+            create_learned("small_fc_lopt", hidden_size=8),
             fam,
             data,
             cfg,

@@ -13,13 +13,13 @@ import numpy as np
 import optax
 import pytest
 
+from components.optimizers import create
 from components.optimizers.baselines import (
     BASELINES,
     adafactor,
     adam,
     baseline_hyperparameters,
     lion,
-    make_baseline,
     sgd,
     sgdm,
     sign_sgd,
@@ -78,9 +78,9 @@ def test_defaults_follow_celo_then_optax():
 
 def test_unknown_name_lists_the_allowed_names():
     with pytest.raises(
-        ValueError, match=r"Unknown baseline optimizer 'adamx'; expected one of \['adabelief', .*'yogi'\]"
+        ValueError, match=r"Unknown optimizer 'adamx'\. Known names — baselines: \['adabelief', .*'yogi'\]"
     ):
-        make_baseline("adamx", 0.1)
+        create("adamx", learning_rate=0.1)
     with pytest.raises(ValueError, match=r"Unknown baseline optimizer 'adamx'"):
         baseline_hyperparameters("adamx")
 
@@ -90,17 +90,17 @@ def test_unknown_hyperparameter_lists_the_accepted_ones():
         ValueError,
         match=r"'adam' has no hyperparameter\(s\) \['beta1'\]; accepted: \['b1', 'b2', 'eps', 'eps_root'\]",
     ):
-        make_baseline("adam", 0.1, beta1=0.9)
+        create("adam", learning_rate=0.1, beta1=0.9)
 
 
-def test_make_baseline_passes_hyperparameters_and_matches_optax():
+def test_create_passes_hyperparameters_and_matches_optax():
     params = {"w": jnp.asarray([1.0, -2.0])}
     grads = {"w": jnp.asarray([0.5, 0.25])}
     cases = [
-        (make_baseline("adam", 0.1), optax.adam(0.1, eps_root=1e-8)),
-        (make_baseline("adamw", 0.1, weight_decay=0.5), optax.adamw(0.1, weight_decay=0.5)),
-        (make_baseline("rmsprop", 0.1, decay=0.5), optax.rmsprop(0.1, decay=0.5)),
-        (make_baseline("lars", 2.0, momentum=0.5), optax.lars(2.0, momentum=0.5)),
+        (create("adam", learning_rate=0.1), optax.adam(0.1, eps_root=1e-8)),
+        (create("adamw", learning_rate=0.1, weight_decay=0.5), optax.adamw(0.1, weight_decay=0.5)),
+        (create("rmsprop", learning_rate=0.1, decay=0.5), optax.rmsprop(0.1, decay=0.5)),
+        (create("lars", learning_rate=2.0, momentum=0.5), optax.lars(2.0, momentum=0.5)),
     ]
     for opt, reference in cases:
         assert isinstance(opt, optax.GradientTransformationExtraArgs)
@@ -118,7 +118,7 @@ def test_make_baseline_passes_hyperparameters_and_matches_optax():
 def test_bad_learning_rate_is_rejected_by_every_factory(bad):
     for name in NAMES:
         with pytest.raises(ValueError, match=f"{name}: learning_rate must be >= 0 and finite"):
-            make_baseline(name, bad)
+            create(name, learning_rate=bad)
 
 
 def test_learning_rate_must_be_a_scalar_number():
@@ -149,7 +149,7 @@ def test_learning_rate_must_be_a_scalar_number():
 )
 def test_out_of_range_hyperparameters_are_rejected(name, hyperparams, match):
     with pytest.raises(ValueError, match=match):
-        make_baseline(name, 0.1, **hyperparams)
+        create(name, learning_rate=0.1, **hyperparams)
 
 
 def test_wrongly_typed_hyperparameters_are_rejected():
@@ -162,7 +162,7 @@ def test_wrongly_typed_hyperparameters_are_rejected():
 
 
 def test_optimizers_that_need_params_say_so():
-    opt = make_baseline("adamw", 0.1)
+    opt = create("adamw", learning_rate=0.1)
     params = {"w": jnp.ones(2)}
     with pytest.raises(TypeError, match=r"adamw needs the current parameters.*opt.update\(grads, state, params\)"):
         opt.update(params, opt.init(params))
@@ -274,7 +274,7 @@ def test_structure_dtypes_extra_args_traced_learning_rate(name):
     extra_args = {"loss": jnp.float32(1.0), "loss_fn": lambda p: 0.0, "unused": 3}
 
     # A Python-float learning rate, as a training loop builds it.
-    opt = make_baseline(name, 0.01)
+    opt = create(name, learning_rate=0.01)
     step = jax.jit(lambda grads, state, params: opt.update(grads, state, params, **extra_args))
     state0 = opt.init(params)
     updates1, state1 = step(grads, state0, params)
@@ -290,7 +290,7 @@ def test_structure_dtypes_extra_args_traced_learning_rate(name):
 
     # The same two steps with a traced learning rate, vmapped over a grid that contains 0.01.
     def two_steps(learning_rate):
-        opt = make_baseline(name, learning_rate)
+        opt = create(name, learning_rate=learning_rate)
         state = opt.init(params)
         _, state = opt.update(grads, state, params, **extra_args)
         return opt.update(grads, state, params, **extra_args)
@@ -318,7 +318,7 @@ LEARNING_RATES = 10.0 ** np.arange(-4.0, 0.01, 0.5)  # 1e-4, 3e-4, ..., 1: half-
 
 
 def _final_loss(name, learning_rate, loss_fn, init):
-    opt = make_baseline(name, learning_rate)
+    opt = create(name, learning_rate=learning_rate)
     params = {"x": jnp.asarray(init, jnp.float32)}
 
     def body(carry, _):

@@ -14,9 +14,9 @@ import pytest
 
 from components.optimizers import features as F
 from components.optimizers import velo_mlp as V
-from components.optimizers.celo import (
-    Celo,
-    CeloAdam,
+from components.optimizers.celo import Celo
+from components.optimizers.celo_adam import CeloAdam
+from components.optimizers.celo_scheduler import (
     apply_scheduler,
     init_scheduler,
     num_scheduler_features,
@@ -332,9 +332,9 @@ def test_updates_shapes_dtypes_finite_and_state_dtypes_stable():
         assert np.any(np.asarray(updates[k], np.float32) != 0)
     per_step = jax.tree.map(lambda x: (x.shape[2:], x.dtype), states)  # [batch, step, ...]
     assert per_step == jax.tree.map(lambda x: (x.shape[1:], x.dtype), state0)
-    assert states.lstm.hidden.shape == (2, len(LOSSES), 1, 64)  # one shared scheduler row
+    assert states.context.lstm.hidden.shape == (2, len(LOSSES), 1, 64)  # one shared scheduler row
     np.testing.assert_array_equal(states.iteration[0], np.arange(1, len(LOSSES) + 1))
-    np.testing.assert_array_equal(states.num_steps, NUM_STEPS)
+    np.testing.assert_array_equal(states.context.num_steps, NUM_STEPS)
 
 
 def test_phase_one_applies_no_scheduler():
@@ -349,7 +349,7 @@ def test_phase_one_applies_no_scheduler():
         exp = expected[t]["kernel"]
         np.testing.assert_allclose(np.asarray(updates["kernel"][t]), exp, rtol=2e-4, atol=2e-4 * np.max(np.abs(exp)))
     # the scheduler is not evaluated: its LSTM state stays at θ's initial state
-    np.testing.assert_array_equal(states.lstm.hidden[-1], theta["lstm_init_state"]["hidden"])
+    np.testing.assert_array_equal(states.context.lstm.hidden[-1], theta["lstm_init_state"]["hidden"])
 
 
 def test_one_scheduler_row_equals_one_row_per_tensor():

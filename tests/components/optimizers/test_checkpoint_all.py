@@ -1,6 +1,9 @@
 """One checkpoint format for every learned optimizer: exact round trips, and errors that name the file."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from components.optimizers import load, load_meta_params, registry, save
+from components.optimizers import load, registry, save
 
 # a non-default configuration of each (so the config really round-trips), small where it matters
 CONFIGS = {
@@ -29,7 +32,7 @@ def test_every_learned_optimizer_has_a_case():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_round_trip_is_exact(name, tmp_path):
-    lopt = registry.learned_optimizer(name, **CONFIGS[name])
+    lopt = registry.create_learned(name, **CONFIGS[name])
     theta = lopt.init_meta_params(jax.random.key(7))
     # perturb every leaf so nothing can be re-created from the initialiser by accident
     leaves, treedef = jax.tree.flatten(theta)
@@ -38,7 +41,7 @@ def test_round_trip_is_exact(name, tmp_path):
     path = save(tmp_path / name, lopt, theta, {"git_commit": "abc", "params_hash": "123"})
     config = json.loads((path / "config.json").read_text())
     assert config["architecture"] == name and config["git_commit"] == "abc"
-    loaded_lopt, loaded, _ = load_meta_params(path)
+    loaded_lopt, loaded, _ = load(path)
     assert loaded_lopt == lopt
     assert jax.tree.structure(loaded) == jax.tree.structure(theta)
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(theta), strict=True):
@@ -48,7 +51,7 @@ def test_round_trip_is_exact(name, tmp_path):
     params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.ones(3)}
     grads = jax.tree.map(lambda x: 0.1 * x + 0.05, params)
     direct = lopt.make(theta, num_steps=50)
-    from_disk = load(path, num_steps=50)
+    from_disk = load(path).make(num_steps=50)
     u1, _ = direct.update(grads, direct.init(params), params, loss=jnp.float32(1.0))
     u2, _ = from_disk.update(grads, from_disk.init(params), params, loss=jnp.float32(1.0))
     for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2), strict=True):
@@ -57,10 +60,43 @@ def test_round_trip_is_exact(name, tmp_path):
 
 
 def test_weights_of_another_architecture_are_rejected(tmp_path):
-    lopt = registry.learned_optimizer("celo", **CONFIGS["celo"])
+    lopt = registry.create_learned("celo", **CONFIGS["celo"])
     path = save(tmp_path / "celo", lopt, lopt.init_meta_params(jax.random.key(0)), {})
     config = json.loads((path / "config.json").read_text())
     config["hyperparameters"]["lstm_hidden_size"] = 16
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"does not match|has shape"):
-        load_meta_params(path)
+        load(path)
+
+
+_LOAD_WITHOUT_FLOWS = """
+import sys
+sys.modules["flows"] = None  # any import of flows (or a flows.* entry point) now raises ImportError
+import jax, jax.numpy as jnp
+from components.optimizers import load
+trained = load(sys.argv[1])
+opt = trained.make(num_steps=20)
+params = {"w": jnp.ones((2, 3))}
+updates, _ = opt.update(params, opt.init(params), params, loss=jnp.float32(1.0))
+assert updates["w"].shape == (2, 3)
+assert not any(name == "flows" or name.startswith("flows.") for name in sys.modules if sys.modules[name] is not None)
+assert "mlflow" not in sys.modules
+print("loaded", trained.lopt.name)
+"""
+
+
+def test_load_needs_no_orchestration(tmp_path):
+    """The library loads a checkpoint with ``flows`` unimportable: no entry point or import reaches it."""
+    lopt = registry.create_learned("small_fc_lopt")
+    path = save(tmp_path / "ckpt", lopt, lopt.init_meta_params(jax.random.key(0)), {"git_commit": "abc"})
+    repo = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_WITHOUT_FLOWS, str(path)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "loaded small_fc_lopt" in done.stdout

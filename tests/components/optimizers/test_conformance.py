@@ -81,7 +81,7 @@ LEARNED_SETTINGS: dict[str, Callable[[int], dict]] = {
 
 
 def _learned(name: str, num_tensors: int):
-    return registry.learned_optimizer(name, **LEARNED_SETTINGS.get(name, lambda n: {})(num_tensors))
+    return registry.create_learned(name, **LEARNED_SETTINGS.get(name, lambda n: {})(num_tensors))
 
 
 def _unroll_loss(lopt, meta_params, params, loss_fn, num_steps=20):

@@ -19,7 +19,6 @@ import pytest
 
 from components.optimizers import features as F
 from components.optimizers import fused
-from components.optimizers import mlp_lopt as mlp_lopt_module
 from components.optimizers.l3rs import L3RS
 from components.optimizers.mlp_lopt import MLPLOpt, mlp_lopt_features
 
@@ -73,6 +72,11 @@ def run_steps(lopt, meta_seed, num_steps=NUM_STEPS):
     return updates_seen, states_seen
 
 
+def momenta(state):
+    """The params-shaped tree of momentum tuples of an mlp_lopt state."""
+    return {k: a.momentum for k, a in state.accumulators.items()}
+
+
 def assert_trees_close(got, want, rtol, atol_rel, what):
     """Leafwise ``|got − want| ≤ atol_rel·max|want| + rtol·|want|`` (a scale-aware absolute floor)."""
     leaves_got, leaves_want = jax.tree.leaves(got), jax.tree.leaves(want)
@@ -120,7 +124,7 @@ def test_mlp_lopt_forms_match_the_reference(impl):
     updates, states = run_steps(dataclasses.replace(MLP, impl=impl), MLP_SEED)
     for t in range(NUM_STEPS if impl == "fused" else 1):
         assert_trees_close(updates[t], ref_updates[t], 2e-5, 2e-6, f"{impl} updates, step {t}")
-        assert_trees_close(states[t].momentum, ref_states[t].momentum, 1e-6, 1e-7, f"{impl} momentum, step {t}")
+        assert_trees_close(momenta(states[t]), momenta(ref_states[t]), 1e-6, 1e-7, f"{impl} momentum, step {t}")
         assert int(states[t].iteration) == int(ref_states[t].iteration) == t + 1
     assert ref_states[-1].norms is None
     if impl == "fused":
@@ -135,7 +139,7 @@ def test_mlp_lopt_single_pass_keeps_exact_norms_and_uses_them_one_step_later():
     updates, states = run_steps(dataclasses.replace(MLP, impl="single_pass"), MLP_SEED)
     params, grads = random_tree(0), random_tree(100, scale=0.5)
     for name in SHAPES:
-        channels = mlp_lopt_features(params[name], grads[name], states[0].momentum[name])
+        channels = mlp_lopt_features(params[name], grads[name], states[0].accumulators[name].momentum)
         want = [1.0 / np.sqrt(1e-5 + np.mean(np.square(np.asarray(c, np.float64)))) for c in channels]
         assert states[0].norms[name].shape == (MLP.num_features,) and states[0].norms[name].dtype == jnp.float32
         np.testing.assert_allclose(states[0].norms[name], want, rtol=1e-5, err_msg=name)
@@ -153,7 +157,7 @@ def test_mlp_lopt_single_pass_keeps_exact_norms_and_uses_them_one_step_later():
         return out
 
     params, grads = optax.apply_updates(params, updates[0]), random_tree(101, scale=0.25)
-    want = second_step(params, grads, states[1].momentum, states[0].norms)
+    want = second_step(params, grads, momenta(states[1]), states[0].norms)
     assert_trees_close(updates[1], want, 2e-5, 2e-6, "single_pass step 2")
 
 
@@ -220,9 +224,10 @@ def test_mlp_lopt_single_pass_trains_like_fused_and_vmaps():
 
 
 def test_mlp_lopt_auto_impl_state_and_warning():
-    assert mlp_lopt_module.resolve_impl("auto", "cpu") == "reference"  # the fused 32-wide loop does not compile
-    assert mlp_lopt_module.resolve_impl("auto", "gpu") == fused.resolve_impl("auto", "gpu")
-    assert mlp_lopt_module.resolve_impl("single_pass", "cpu") == "single_pass"
+    overrides = MLPLOpt.auto_impl
+    assert fused.resolve_impl("auto", "cpu", overrides) == "reference"  # the fused 32-wide loop does not compile
+    assert fused.resolve_impl("auto", "gpu", overrides) == fused.resolve_impl("auto", "gpu")
+    assert fused.resolve_impl("single_pass", "cpu", overrides) == "single_pass"
     params = {"w": jnp.ones((3, 2)), "b": jnp.ones(())}
     meta_params = perturbed_meta_params(MLP, 0)
     state = dataclasses.replace(MLP, impl="single_pass").make(meta_params, num_steps=5).init(params)

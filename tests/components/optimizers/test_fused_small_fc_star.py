@@ -16,15 +16,15 @@ import optax
 import pytest
 
 from components.optimizers import fused
-from components.optimizers.small_fc_lopt import SmallFcLOpt, SmallFcLOptState
-from components.optimizers.star import STAR, STARState
+from components.optimizers.per_parameter import PerParameterState
+from components.optimizers.small_fc_lopt import SmallFcLOpt
+from components.optimizers.star import STAR
 
 # STAR with every head in use (the regularisation head and inner weight decay are off by default)
 LOPTS = {
     "small_fc_lopt": (SmallFcLOpt, {}),
     "star": (STAR, {"regularization_controller": True, "weight_decay": 0.01}),
 }
-STATES = {"small_fc_lopt": SmallFcLOptState, "star": STARState}
 SHAPES = {"rank0": (), "rank1": (5,), "rank2": (6, 4), "rank3": (3, 4, 5), "rank4": (2, 3, 4, 5)}
 NUM_STEPS = 6
 
@@ -100,7 +100,7 @@ def assert_accumulators_equal(got, want, err_msg):
 def test_fused_matches_reference_on_every_rank(name):
     reference, fused_run = trajectory(name, "reference"), trajectory(name, "fused")
     for step, ((u_ref, s_ref), (u_fused, s_fused)) in enumerate(zip(reference, fused_run, strict=True)):
-        assert type(s_fused) is STATES[name] and s_ref.norms is None and s_fused.norms is None
+        assert type(s_fused) is PerParameterState and s_ref.norms is None and s_fused.norms is None
         assert_updates_close(u_fused, u_ref, f"{name} step {step}")
         assert_accumulators_equal(s_fused, s_ref, f"{name} step {step}")
         assert all(np.all(np.abs(u) > 0) for u in u_ref.values())  # every element gets a step

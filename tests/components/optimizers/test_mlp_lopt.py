@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from components.optimizers import features as F
-from components.optimizers.mlp_lopt import MLPLOpt, MLPLOptState, mlp_lopt_features
+from components.optimizers.mlp_lopt import MLPLOpt, MomentumAccumulators, mlp_lopt_features
+from components.optimizers.per_parameter import PerParameterState
 
 TIMESCALES = np.array([1, 3, 10, 30, 100, 300, 1e3, 3e3, 1e4, 3e4, 1e5])
 LOPT = MLPLOpt()
@@ -181,7 +182,7 @@ def test_single_step_by_hand():
     d = g_hat + 0.5 * p_hat - 2.0 * m_hat + 0.1
     s = 3.0 + 11 * 0.2 * np.tanh(-1.0)
     np.testing.assert_allclose(updates["p"], -d * np.exp(0.001 * s) * 0.001, rtol=1e-5)
-    np.testing.assert_allclose(state.momentum["p"][0], [0.25, 0.75], rtol=1e-6)
+    np.testing.assert_allclose(state.accumulators["p"].momentum[0], [0.25, 0.75], rtol=1e-6)
     assert int(state.iteration) == 1
 
 
@@ -197,7 +198,9 @@ def test_matches_the_stacked_mlp_on_random_states():
     momentum = {
         k: tuple(jnp.asarray(rng.normal(size=p.shape), jnp.float32) for _ in LOPT.decays) for k, p in params.items()
     }
-    state = MLPLOptState(iteration=jnp.asarray(37, jnp.int32), momentum=momentum)
+    state = PerParameterState(
+        iteration=jnp.asarray(37, jnp.int32), accumulators={k: MomentumAccumulators(m) for k, m in momentum.items()}
+    )
     updates, new_state = _one_update(meta_params, grads, state, params)
 
     nn = {k: np.asarray(v) for k, v in meta_params["nn"].items()}
@@ -207,7 +210,7 @@ def test_matches_the_stacked_mlp_on_random_states():
         got = updates[name]
         assert got.shape == p.shape and got.dtype == p.dtype and np.all(np.isfinite(got))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.max(np.abs(want)), err_msg=name)
-        np.testing.assert_allclose(np.stack(new_state.momentum[name], -1), want_m, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(np.stack(new_state.accumulators[name].momentum, -1), want_m, rtol=1e-5, atol=1e-7)
     assert int(new_state.iteration) == 38
 
 
@@ -234,9 +237,11 @@ def test_jit_vmap_dtypes_and_no_recompilation():
     batch = jax.tree.map(lambda b, e: jnp.stack([b + e, b - e]), base, eps)
     params = {**random_tree(4, [(), (5, 3)]), "half": jnp.ones((3, 2), jnp.bfloat16)}
     grads = {**random_tree(5, [(), (5, 3)]), "half": jnp.full((3, 2), 0.5, jnp.bfloat16)}
-    state = MLPLOptState(
+    state = PerParameterState(
         iteration=jnp.asarray(3, jnp.int32),
-        momentum=jax.tree.map(lambda p: tuple(jnp.full(p.shape, 0.1, jnp.float32) for _ in LOPT.decays), params),
+        accumulators=jax.tree.map(
+            lambda p: MomentumAccumulators(tuple(jnp.full(p.shape, 0.1, jnp.float32) for _ in LOPT.decays)), params
+        ),
     )
     traces = []
 

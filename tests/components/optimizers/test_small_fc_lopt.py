@@ -8,16 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from components.optimizers import (
-    LOPTS,  # noqa: F401 - re-exported name stays importable
-    SmallFcLOpt,
-    build_lopt,
-    load,
-    load_meta_params,
-    save,
-)
+from components.optimizers import SmallFcLOpt, TrainedOptimizer, create_learned, load, save
 from components.optimizers import features as F
-from components.optimizers.registry import learned_class
 from components.optimizers.small_fc_lopt import small_fc_features
 
 TIMESCALES = np.array([1, 3, 10, 30, 100, 300, 1e3, 3e3, 1e4, 3e4, 1e5])
@@ -184,8 +176,8 @@ def test_init_follows_the_reference_scheme():
 def test_config_round_trip():
     lopt = SmallFcLOpt(hidden_size=8, hidden_layers=1, exp_mult=0.01)
     config = json.loads(json.dumps(lopt.config()))
-    assert build_lopt("small_fc_lopt", config) == lopt
-    assert learned_class(lopt.name) is SmallFcLOpt and learned_class("adafac_mlp_lopt") is SmallFcLOpt
+    assert create_learned("small_fc_lopt", **config) == lopt
+    assert type(create_learned(lopt.name)) is SmallFcLOpt and type(create_learned("adafac_mlp_lopt")) is SmallFcLOpt
 
 
 def test_invalid_hyperparameters_raise():
@@ -193,7 +185,7 @@ def test_invalid_hyperparameters_raise():
         SmallFcLOpt(initial_momentum_decays=(0.9, 0.99), initial_rms_decays=(0.9, 0.99, 0.999))
     with pytest.raises(ValueError, match=r"decays in \[0, 1\)"):
         SmallFcLOpt(initial_rms_decays=(1.5,))
-    with pytest.raises(ValueError, match="hidden_size >= 1"):
+    with pytest.raises(ValueError, match="hidden_size must be >= 1"):
         SmallFcLOpt(hidden_size=0)
     with pytest.raises(TypeError, match="must be an int"):
         SmallFcLOpt(hidden_layers=2.5)
@@ -344,7 +336,8 @@ def test_low_precision_params_keep_their_dtype():
     opt = LOPT.make(meta_params, num_steps=10)
     params = {"w": jnp.ones((6, 2), jnp.bfloat16)}
     state = opt.init(params)
-    assert {x.dtype for x in jax.tree.leaves(state.momentum)} == {jnp.dtype(jnp.float32)}
+    momenta = [a.momentum for a in state.accumulators.values()]
+    assert {x.dtype for x in jax.tree.leaves(momenta)} == {jnp.dtype(jnp.float32)}
     step = jax.jit(lambda g, s, p: opt.update(g, s, p, loss=jnp.float32(0.0)))
     updates, state1 = step(params, state, params)
     updates, state2 = step(params, state1, params)
@@ -370,7 +363,9 @@ def test_save_load_round_trip(tmp_path):
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "weights.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary leftovers
 
-    lopt, loaded, config = load_meta_params(path)
+    trained = load(path)
+    assert isinstance(trained, TrainedOptimizer)
+    lopt, loaded, config = trained
     assert lopt == LOPT
     assert config["architecture"] == "small_fc_lopt"
     assert config["hyperparameters"] == LOPT.config()
@@ -383,7 +378,7 @@ def test_save_load_round_trip(tmp_path):
     want = _updates_for(meta_params, params, grads)
     np.testing.assert_array_equal(_updates_for(loaded, params, grads)["leaf0"], want["leaf0"])
 
-    opt = load(path, num_steps=10)
+    opt = trained.make(num_steps=10)
     assert isinstance(opt, optax.GradientTransformationExtraArgs)
     got = jax.jit(lambda p, g: opt.update(g, opt.init(p), p, loss=jnp.float32(1.0))[0])(params, grads)
     np.testing.assert_allclose(got["leaf0"], want["leaf0"], rtol=1e-6, atol=1e-12)
@@ -392,7 +387,7 @@ def test_save_load_round_trip(tmp_path):
 def test_save_replaces_an_existing_checkpoint(tmp_path):
     save(tmp_path / "ckpt", LOPT, LOPT.init_meta_params(jax.random.key(0)), {"run": 1})
     save(tmp_path / "ckpt", LOPT, LOPT.init_meta_params(jax.random.key(1)), {"run": 2})
-    assert load_meta_params(tmp_path / "ckpt")[2]["run"] == 2
+    assert load(tmp_path / "ckpt").config["run"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
@@ -412,25 +407,25 @@ def checkpoint(tmp_path):
 
 def test_missing_checkpoint_raises(tmp_path, checkpoint):
     with pytest.raises(FileNotFoundError, match="nowhere.* is not a learned-optimizer checkpoint directory"):
-        load(tmp_path / "nowhere", num_steps=10)
+        load(tmp_path / "nowhere")
     (checkpoint / "weights.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="has no weights.safetensors"):
-        load_meta_params(checkpoint)
+        load(checkpoint)
     (checkpoint / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="has no config.json"):
-        load_meta_params(checkpoint)
+        load(checkpoint)
 
 
 def test_corrupted_weights_raise(checkpoint):
     (checkpoint / "weights.safetensors").write_bytes(b"\x00\x01 not a safetensors file")
     with pytest.raises(ValueError, match=r"ckpt: cannot read weights.safetensors"):
-        load_meta_params(checkpoint)
+        load(checkpoint)
 
 
 def test_corrupted_config_raises(checkpoint):
     (checkpoint / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
-        load_meta_params(checkpoint)
+        load(checkpoint)
 
 
 def _edit_config(path, **changes):
@@ -446,18 +441,26 @@ def _edit_config(path, **changes):
 def test_mismatched_shapes_raise(checkpoint):
     _edit_config(checkpoint, hidden_size=8)
     with pytest.raises(ValueError, match=r"ckpt: weight 'nn/b0' has shape \(4,\), expected \(8,\)"):
-        load_meta_params(checkpoint)
+        load(checkpoint)
 
 
 def test_mismatched_keys_raise(checkpoint):
     _edit_config(checkpoint, hidden_layers=3)
     with pytest.raises(ValueError, match=r"missing keys \['nn/b3', 'nn/w3'\]"):
-        load_meta_params(checkpoint)
+        load(checkpoint)
 
 
 def test_unknown_architecture_raises(checkpoint):
     _edit_config(checkpoint, architecture="no_such_lopt")
     with pytest.raises(ValueError, match=r"Unknown learned optimizer architecture 'no_such_lopt'.*small_fc"):
-        load_meta_params(checkpoint)
+        load(checkpoint)
+    _edit_config(checkpoint, architecture="small_fc_lopt", hidden_sizes=3)
     with pytest.raises(ValueError, match="Invalid hyperparameters"):
-        build_lopt("small_fc_lopt", {"hidden_sizes": 3})
+        load(checkpoint)
+
+
+def test_load_takes_a_file_uri_and_refuses_registered_names(checkpoint):
+    trained = load(checkpoint.as_uri())
+    assert trained.lopt == LOPT and trained.config["architecture"] == "small_fc_lopt"
+    with pytest.raises(FileNotFoundError, match=r"reads local directories .*resolve_checkpoint"):
+        load("models:/small_fc_lopt/1")

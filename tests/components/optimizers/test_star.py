@@ -10,8 +10,9 @@ import optax
 import pytest
 
 from components.optimizers import features as F
+from components.optimizers.per_parameter import PerParameterState
 from components.optimizers.small_fc_lopt import SmallFcLOpt, small_fc_features
-from components.optimizers.star import NOMINAL_ESTIMATORS, STAR, STARState, theorem1_conditions
+from components.optimizers.star import NOMINAL_ESTIMATORS, STAR, theorem1_conditions
 
 TIMESCALES = np.array([1, 3, 10, 30, 100, 300, 1e3, 3e3, 1e4, 3e4, 1e5])
 LOPT = STAR()
@@ -41,12 +42,15 @@ def random_state(lopt, params, seed):
         values = rng.uniform(0.01, 2.0, x.shape) if positive else rng.normal(size=x.shape)
         return jnp.asarray(values, x.dtype)
 
-    return STARState(
-        iteration=jnp.asarray(37, jnp.int32),
-        momentum=jax.tree.map(lambda x: fill(x, False), base.momentum),
-        rms=jax.tree.map(lambda x: fill(x, True), base.rms),
-        factored=jax.tree.map(lambda x: fill(x, True), base.factored),
-    )
+    accumulators = {
+        k: F.Accumulators(
+            momentum=jax.tree.map(lambda x: fill(x, False), a.momentum),
+            rms=jax.tree.map(lambda x: fill(x, True), a.rms),
+            factored=jax.tree.map(lambda x: fill(x, True), a.factored),
+        )
+        for k, a in base.accumulators.items()
+    }
+    return PerParameterState(iteration=jnp.asarray(37, jnp.int32), accumulators=accumulators)
 
 
 # ----------------------------------------------------------------------------- NumPy head / MLP
@@ -274,7 +278,7 @@ def test_single_step_by_hand():
     nominal = 1e-3 * np.exp(0.003) * np.mean([0.1, 0.01, 0.001]) * g * rsqrt_v
     decay = 0.01 * np.exp(-0.001) * p
     np.testing.assert_allclose(updates["p"], -(blackbox + nominal + decay), rtol=2e-5)
-    np.testing.assert_allclose(state.rms["p"][0], 0.001 * g**2, rtol=1e-4)  # 1 − β in float32
+    np.testing.assert_allclose(state.accumulators["p"].rms[0], 0.001 * g**2, rtol=1e-4)  # 1 − β in float32
     assert int(state.iteration) == 1
 
 
@@ -291,13 +295,13 @@ def test_matches_the_stacked_mlp_on_random_states():
     updates, new_state = _one_update(meta_params, grads, state, params)
     nn = {k: np.asarray(v) for k, v in meta_params["nn"].items()}
     for name, p in params.items():
-        leaves = (state.momentum[name], state.rms[name], state.factored[name])
+        leaves = (state.accumulators[name].momentum, state.accumulators[name].rms, state.accumulators[name].factored)
         feats, m, v = star_inputs(LOPT, meta_params, p, grads[name], leaves)
         want = np_star_update(LOPT, nn, feats, np.asarray(p), np.asarray(grads[name]), m, v, step=37)
         got = updates[name]
         assert got.shape == p.shape and got.dtype == p.dtype and np.all(np.isfinite(got))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.max(np.abs(want)), err_msg=name)
-        np.testing.assert_allclose(np.stack(new_state.rms[name], -1), v, rtol=1e-5)
+        np.testing.assert_allclose(np.stack(new_state.accumulators[name].rms, -1), v, rtol=1e-5)
     assert int(new_state.iteration) == 38
 
 
@@ -326,7 +330,7 @@ def test_every_option_matches_the_stacked_mlp(estimator):
     updates, _ = lopt.make(meta_params, num_steps=10).update(grads, state, params)
     nn = {k: np.asarray(v) for k, v in meta_params["nn"].items()}
     for name, p in params.items():
-        leaves = (state.momentum[name], state.rms[name], state.factored[name])
+        leaves = (state.accumulators[name].momentum, state.accumulators[name].rms, state.accumulators[name].factored)
         feats, m, v = star_inputs(lopt, meta_params, p, grads[name], leaves)
         want = np_star_update(lopt, nn, feats, np.asarray(p), np.asarray(grads[name]), m, v, step=37)
         np.testing.assert_allclose(updates[name], want, rtol=1e-4, atol=1e-4 * np.max(np.abs(want)), err_msg=name)

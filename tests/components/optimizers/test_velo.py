@@ -8,7 +8,8 @@ import pytest
 from components.optimizers import features as F
 from components.optimizers import lstm as L
 from components.optimizers import velo_mlp
-from components.optimizers.velo import VeLO, VeLOState, mix_ff_params, tensor_lstm_features
+from components.optimizers.per_parameter import PerParameterState
+from components.optimizers.velo import VeLO, mix_ff_params, tensor_lstm_features
 
 SHIFTS = np.array([0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1])
 SMALL = VeLO(lstm_hidden_size=8, param_inits=4)
@@ -191,10 +192,10 @@ def test_first_update_by_hand(meta_params):
         return updates, state, expected, moms, lstm_state
 
     updates, state, expected, moms, lstm_state = jax.jit(both)(meta_params)
-    np.testing.assert_allclose(state.lstm.hidden, lstm_state.hidden, rtol=1e-6)
+    np.testing.assert_allclose(state.context.lstm.hidden, lstm_state.hidden, rtol=1e-6)
     for name in ("b", "w"):
         np.testing.assert_allclose(updates[name], expected[name], rtol=2e-5, atol=1e-12, err_msg=name)
-        np.testing.assert_allclose(state.momentum[name][0], moms[name], rtol=1e-6)
+        np.testing.assert_allclose(state.accumulators[name].momentum[0], moms[name], rtol=1e-6)
         assert np.any(np.asarray(updates[name]) != 0)
 
 
@@ -211,7 +212,7 @@ def _run(meta_params, num_steps, params, steps=3):
         grads = jax.tree.map(lambda p: (0.3 * p + 0.05 * (t + 1)).astype(p.dtype), params)
         loss = 3.0 - t.astype(jnp.float32)
         updates, state = opt.update(grads, state, params, loss=loss, loss_fn=None, unknown_extra=1)
-        return (optax_apply(params, updates), state, updates), state.lstm.hidden
+        return (optax_apply(params, updates), state, updates), state.context.lstm.hidden
 
     zero_updates = jax.tree.map(jnp.zeros_like, params)
     (params, state, updates), hidden = jax.lax.scan(body, (params, state, zero_updates), jnp.arange(steps))
@@ -233,7 +234,7 @@ PARAMS = {
 def test_shapes_dtypes_jit_traced_num_steps(meta_params):
     run = jax.jit(_run, static_argnames="steps")
     new_params, updates, state, hidden = run(meta_params, jnp.int32(40), PARAMS)
-    assert isinstance(state, VeLOState)
+    assert isinstance(state, PerParameterState)
     for name, p in PARAMS.items():
         assert updates[name].shape == p.shape and updates[name].dtype == p.dtype
         assert new_params[name].dtype == p.dtype
@@ -243,8 +244,8 @@ def test_shapes_dtypes_jit_traced_num_steps(meta_params):
     init_state = SMALL.make(meta_params, num_steps=40).init(PARAMS)
     assert jax.tree.map(lambda x: (x.shape, x.dtype), init_state) == jax.tree.map(lambda x: (x.shape, x.dtype), state)
     # traced T reaches the loss buffer and the state
-    assert int(state.num_steps) == 40 and int(state.iteration) == 3
-    np.testing.assert_allclose(state.loss_buffer.decays, F.init_loss_buffer(40).decays, rtol=1e-6)
+    assert int(state.context.num_steps) == 40 and int(state.iteration) == 3
+    np.testing.assert_allclose(state.context.loss_buffer.decays, F.init_loss_buffer(40).decays, rtol=1e-6)
     # the LSTM state advances and differs per tensor (rows: leaf order k, s, v, w)
     assert hidden.shape == (4, 4, 8)
     assert not np.allclose(hidden[1], hidden[0]) and not np.allclose(hidden[3], hidden[2])

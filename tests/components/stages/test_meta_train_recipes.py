@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from components.optimizers import load
-from components.optimizers.checkpoint import load_meta_params
 from components.stages import meta_train, prepare_data, pretrain
 from components.stages.fetch import MIRROR_ENV
 from components.stages.params import PipelineParams
@@ -38,7 +37,7 @@ def prepared(tmp_path, monkeypatch, mirror):
 
 
 def load_meta(path: Path):
-    return load_meta_params(path)
+    return load(path)
 
 
 def test_celo_phase_2_continues_phase_1_and_changes_only_the_scheduler(prepared):
@@ -136,7 +135,7 @@ def test_single_task_recipes_star_and_l3rs(prepared):
     assert result.metrics["inner_steps_per_second"] > 0
     hashes = json.loads((root / meta_train.MODEL_DIR / "config.json").read_text())["data_hashes"]
     assert set(hashes) == {"digits_8", "mnist_8"}  # the task's data and its pre-training data
-    load(root / meta_train.MODEL_DIR, num_steps=12)
+    load(root / meta_train.MODEL_DIR).make(num_steps=12)
 
 
 def test_tiny_preset_meta_training_of_adafac_mlp_lopt_lowers_the_meta_loss(prepared):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from components.optimizers import save
-from components.optimizers.registry import learned_optimizer
+from components.optimizers.registry import create_learned
 from components.stages import evaluate, prepare_data, pretrain
 from components.stages.calibrate import SAFEGUARD
 from components.stages.common import load_prepared
@@ -53,7 +53,7 @@ def root(tmp_path_factory, mirror):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(MIRROR_ENV, str(mirror))
         prepare_data.run(_params(), root, log=lambda _: None)
-    lopt = learned_optimizer("small_fc_lopt", hidden_size=4, hidden_layers=2)
+    lopt = create_learned("small_fc_lopt", hidden_size=4, hidden_layers=2)
     save(root / MODEL_DIR, lopt, lopt.init_meta_params(jax.random.PRNGKey(0)), {"component": "test"})
     (root / SAFEGUARD).write_text(json.dumps({"guard": "adam", "learning_rate": 1e-3, "loss_batch": "same"}))
     return root

@@ -1,8 +1,15 @@
 """Learned optimizers in the MLflow model registry.
 
 A registered learned optimizer is an MLflow pyfunc model whose artifact is the checkpoint directory.
-:func:`load_optimizer` turns a registered name (``models:/<name>/<version>``, ``models:/<name>@alias``
-or a bare name meaning its latest version) or a checkpoint path into the optax transformation.
+:func:`resolve_checkpoint` turns a registered name (``models:/<name>/<version>``,
+``models:/<name>@alias`` or a bare name meaning its latest version) into that local directory; the
+library's ``components.optimizers.load`` then reads it. The library never reaches this module: the
+pipeline resolves names here before calling it.
+
+Example::
+
+    from components.optimizers import load
+    opt = load(resolve_checkpoint("models:/small_fc_lopt/1")).make(num_steps=1000)
 """
 
 import warnings
@@ -10,7 +17,7 @@ from pathlib import Path
 
 import mlflow.pyfunc
 
-__all__ = ["LearnedOptimizerModel", "log_learned_optimizer", "load_optimizer", "resolve_checkpoint"]
+__all__ = ["LearnedOptimizerModel", "log_learned_optimizer", "resolve_checkpoint"]
 
 
 class LearnedOptimizerModel(mlflow.pyfunc.PythonModel):
@@ -28,7 +35,7 @@ class LearnedOptimizerModel(mlflow.pyfunc.PythonModel):
     def transformation(self, *, num_steps: int):
         from components.optimizers import load  # noqa: PLC0415
 
-        return load(self.checkpoint, num_steps=num_steps)
+        return load(self.checkpoint).make(num_steps=num_steps)
 
     def predict(
         self, context, model_input: list[dict[str, list[float]]], params: dict | None = None
@@ -62,39 +69,32 @@ def log_learned_optimizer(run_id: str, checkpoint: Path, registered_name: str) -
     return info.model_uri
 
 
-def load_optimizer(name_or_path: str, *, num_steps: int):
-    """The optax transformation of a registered learned optimizer or of a checkpoint directory."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        from components.optimizers import load  # noqa: PLC0415
+def resolve_checkpoint(reference: str | Path) -> Path:
+    """The local checkpoint directory of ``reference``, for ``components.optimizers.load``.
 
-        return load(path, num_steps=num_steps)
-    uri = name_or_path if name_or_path.startswith("models:/") else _latest_uri(name_or_path)
+    Args:
+      reference: a checkpoint directory (returned as is), a registered model
+        (``models:/<name>/<version>``, ``models:/<name>@<alias>``) or a bare registered name (its
+        latest version), looked up in the store of ``MLFLOW_TRACKING_URI`` and downloaded.
+
+    Raises:
+      FileNotFoundError: if ``reference`` is neither a directory nor a registered model.
+    """
+    path = Path(reference)
+    if path.is_dir():
+        return path
+    text = str(reference)
+    uri = text if text.startswith("models:/") else None
+    if uri is None and "/" not in text and "\\" not in text:
+        uri = _latest_uri(text)
     if uri is None:
-        raise ValueError(
-            f"{name_or_path!r} is neither a checkpoint directory nor a registered model: run the pipeline"
-            " (`l2o run`) or pass models:/<name>/<version>"
+        raise FileNotFoundError(
+            f"{text!r} is not a learned-optimizer checkpoint directory and not a registered model. Pass the "
+            "directory written by the meta_train stage (e.g. models/lopt) or a registered model name such as "
+            "models:/small_fc_lopt/1 (with MLFLOW_TRACKING_URI pointing at its store; `l2o run` registers them)."
         )
     model = mlflow.pyfunc.load_model(uri)
-    return model.unwrap_python_model().transformation(num_steps=num_steps)
-
-
-def resolve_checkpoint(reference: str) -> str | None:
-    """Checkpoint source for ``components.optimizers.load`` (entry point ``l2o_pipeline.checkpoint_sources``).
-
-    Downloads the checkpoint of a registered model (``models:/<name>/<version>``,
-    ``models:/<name>@<alias>`` or a bare registered name = its latest version) from the tracking
-    store of ``MLFLOW_TRACKING_URI`` and returns its local directory; ``None`` for a name that is not
-    registered there.
-    """
-    if not reference.startswith("models:/"):
-        if "/" in reference or "\\" in reference:
-            return None  # a path that does not exist, not a model name
-        reference = _latest_uri(reference)
-        if reference is None:
-            return None
-    model = mlflow.pyfunc.load_model(reference)
-    return model.unwrap_python_model().checkpoint
+    return Path(model.unwrap_python_model().checkpoint)
 
 
 def _latest_uri(name: str) -> str | None:
