@@ -108,24 +108,18 @@ ours):
   Square roots use a zero-safe form, so meta-gradients stay finite when a gradient entry or a whole
   tensor is exactly zero (the value is unchanged).
 
-Example:
-  >>> import jax, jax.numpy as jnp
-  >>> lopt = L3RS(num_layers=2)
-  >>> meta_params = lopt.init_meta_params(jax.random.key(0))
-  >>> opt = lopt.make(meta_params, num_steps=100)
+Example (``state.coefficients`` holds the per-layer coefficients of the last step):
   >>> params = {"b": jnp.zeros(3), "w": jnp.ones((2, 3))}
-  >>> state = opt.init(params)
-  >>> grads = {"b": jnp.full(3, 0.1), "w": jnp.full((2, 3), 0.5)}
-  >>> updates, state = opt.update(grads, state, params, loss=jnp.float32(1.0))
-  >>> updates["w"].shape, state.coefficients.shape
-  ((2, 3), (2, 4))
+  >>> lopt = L3RS(num_layers=2)
+  >>> opt = lopt.make(lopt.init_meta_params(jax.random.key(0)), num_steps=100)
+  >>> updates, state = opt.update(params, opt.init(params), params, loss=jnp.float32(1.0))
+  >>> state.coefficients.shape
+  (2, 4)
 """
 
 import dataclasses
 import functools
 import itertools
-import math
-from collections.abc import Callable
 from numbers import Real
 from typing import Any, ClassVar, NamedTuple
 
@@ -136,135 +130,30 @@ import optax
 
 from components.optimizers import features as F
 from components.optimizers import fused
+from components.optimizers.l3rs_parts import (
+    BASE_DIRECTIONS,
+    DEFAULT_LEARNING_RATES,
+    DIRECTIONS,
+    check_decay,
+    check_directions,
+    check_hidden_sizes,
+    float_tuple,
+    l3rs_status_features,
+    layer_coefficients,
+    layer_status,
+    loss_arg,
+)
+from components.optimizers.per_parameter import check_int, check_num_steps, dataclass_config
 
-__all__ = [
-    "BASE_DIRECTIONS",
-    "COEFFICIENT_TRANSFORMS",
-    "DEFAULT_LEARNING_RATES",
-    "FRACTION_SHIFTS",
-    "L3RS",
-    "L3RSState",
-    "fractional_tanh_embedding",
-    "l3rs_status_features",
-]
-
-FRACTION_SHIFTS: tuple[float, ...] = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
-"""Shifts ``s`` of the progress features ``tanh(10·(t/T − s))`` (VeLO / Celo)."""
+__all__ = ["COEFFICIENT_TRANSFORMS", "L3RS", "L3RSState"]
 
 COEFFICIENT_TRANSFORMS: tuple[str, ...] = ("exp", "linear")
 """Allowed values of :attr:`L3RS.coefficient_transform`."""
 
-_LOG_FLOOR = 1e-12  # floor of the norms and losses inside the log features
 _OUTPUT_INIT_SCALE = 1e-3  # extra scale of the last MLP layer at initialisation
-_EXP_SOFT_CAP = 10.0  # exp transform: c = c0 · exp(cap · tanh(o / cap))
 _HIGHEST = jax.lax.Precision.HIGHEST
-
-
-# --------------------------------------------------------------------------- base directions
-
-
-def _safe_sqrt(x: jax.Array) -> jax.Array:
-    """``sqrt(x)`` for ``x ≥ 0`` whose derivative is 0 (not inf/NaN) at ``x = 0``."""
-    positive = x > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
-
-
-def _sgd(lopt: "L3RS", g: jax.Array, buffers: tuple, count: jax.Array) -> tuple[jax.Array, tuple]:
-    del lopt, count
-    return g, buffers
-
-
-def _momentum(lopt: "L3RS", g: jax.Array, buffers: tuple, count: jax.Array) -> tuple[jax.Array, tuple]:
-    del count
-    (trace,) = buffers
-    trace = g + lopt.momentum_decay * trace
-    return trace, (trace,)
-
-
-def _adam(lopt: "L3RS", g: jax.Array, buffers: tuple, count: jax.Array) -> tuple[jax.Array, tuple]:
-    mu, nu = buffers
-    b1, b2 = lopt.adam_b1, lopt.adam_b2
-    mu = b1 * mu + (1.0 - b1) * g
-    nu = b2 * nu + (1.0 - b2) * (g * g)
-    t = count.astype(g.dtype)
-    mu_hat = mu / (1.0 - jnp.power(jnp.asarray(b1, g.dtype), t))
-    nu_hat = nu / (1.0 - jnp.power(jnp.asarray(b2, g.dtype), t))
-    return mu_hat / (_safe_sqrt(nu_hat) + lopt.adam_eps), (mu, nu)
-
-
-def _lion(lopt: "L3RS", g: jax.Array, buffers: tuple, count: jax.Array) -> tuple[jax.Array, tuple]:
-    del count
-    (m,) = buffers
-    direction = jnp.sign(lopt.lion_b1 * m + (1.0 - lopt.lion_b1) * g)
-    m = lopt.lion_b2 * m + (1.0 - lopt.lion_b2) * g
-    return direction, (m,)
-
-
-class _Direction(NamedTuple):
-    num_buffers: int  # param-shaped accumulators it keeps
-    step: Callable  # (lopt, g, buffers, count) -> (direction, new buffers); count = t + 1
-
-
-_DIRECTIONS: dict[str, _Direction] = {
-    "sgd": _Direction(0, _sgd),
-    "momentum": _Direction(1, _momentum),
-    "adam": _Direction(2, _adam),
-    "lion": _Direction(1, _lion),
-}
-
-BASE_DIRECTIONS: tuple[str, ...] = tuple(_DIRECTIONS)
-"""Names of the available base directions (see the module docstring for their maths)."""
-
-DEFAULT_LEARNING_RATES: dict[str, float] = {"sgd": 1e-2, "momentum": 1e-2, "adam": 1e-3, "lion": 1e-4}
-"""Initial base learning rate ``η_k`` of each direction (module docstring: why these)."""
-
 _DEFAULT_PRIMARY = "adam"  # the direction with initial coefficient 1 (others: _DEFAULT_SECONDARY)
 _DEFAULT_SECONDARY = 0.01
-
-
-# --------------------------------------------------------------------------- features
-
-
-def fractional_tanh_embedding(fraction: jax.Array) -> jax.Array:
-    """Progress features ``tanh(10·(t/T − s))`` for ``s`` in :data:`FRACTION_SHIFTS`, shape ``[9]``."""
-    fraction = jnp.asarray(fraction, jnp.float32)
-    return jnp.tanh(10.0 * (fraction - jnp.asarray(FRACTION_SHIFTS, jnp.float32)))
-
-
-def _log_floor(x: jax.Array) -> jax.Array:
-    return jnp.log(jnp.maximum(x, _LOG_FLOOR))
-
-
-def l3rs_status_features(
-    fraction: jax.Array, loss_ema: jax.Array, first_loss: jax.Array, grad_rms: jax.Array, weight_rms: jax.Array
-) -> jax.Array:
-    """Training-status features, one row per layer.
-
-    Args:
-      fraction: progress ``t/T`` (scalar).
-      loss_ema: bias-corrected EMA of the loss (scalar).
-      first_loss: the loss at the first update (scalar).
-      grad_rms: bias-corrected EMAs of the per-layer gradient RMS, shape ``[L]``.
-      weight_rms: bias-corrected EMAs of the per-layer weight RMS, shape ``[L]``.
-
-    Returns:
-      ``[L, S]`` float32 rows ``[tanh(10(t/T − s)) (9), log(|L̂|/|ℓ_0|), log Ĝ_l, log Ŵ_l]``.
-    """
-    num_layers = grad_rms.shape[0]
-    time = jnp.broadcast_to(fractional_tanh_embedding(fraction), (num_layers, len(FRACTION_SHIFTS)))
-    loss = _log_floor(jnp.abs(loss_ema)) - _log_floor(jnp.abs(first_loss))
-    columns = [
-        time,
-        jnp.broadcast_to(loss.astype(jnp.float32), (num_layers, 1)),
-        _log_floor(grad_rms)[:, None],
-        _log_floor(weight_rms)[:, None],
-    ]
-    return jnp.concatenate([c.astype(jnp.float32) for c in columns], axis=1)
-
-
-def _rms(x: jax.Array) -> jax.Array:
-    x = x.astype(F.accumulator_dtype(x.dtype))
-    return _safe_sqrt(jnp.mean(x * x)).astype(jnp.float32)
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -292,34 +181,6 @@ class L3RSState(NamedTuple):
     weight_rms_ema: jax.Array
     coefficients: jax.Array
     buffers: dict
-
-
-def _check_int(owner: str, field: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{owner}.{field} must be an int, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{owner}.{field} must be >= {minimum}, got {value}.")
-    return int(value)
-
-
-def _check_decay(field: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value < 1.0:
-        raise ValueError(f"L3RS.{field} must be a decay in [0, 1), got {value!r}.")
-    return float(value)
-
-
-def _float_tuple(field: str, values, length: int, names: tuple[str, ...]) -> tuple[float, ...]:
-    if isinstance(values, str) or not hasattr(values, "__len__"):
-        raise TypeError(f"L3RS.{field} must be a sequence of floats (one per base direction) or None, got {values!r}.")
-    out = tuple(float(v) for v in values)
-    if len(out) != length:
-        raise ValueError(
-            f"L3RS.{field} needs one value per base direction {names}, got {len(out)} values {values!r}. "
-            f"Pass {length} values in the order of base_directions, or None for the defaults."
-        )
-    if not all(math.isfinite(v) for v in out):
-        raise ValueError(f"L3RS.{field} must be finite, got {values!r}.")
-    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,10 +233,10 @@ class L3RS:
 
     def __post_init__(self):
         set_ = functools.partial(object.__setattr__, self)
-        set_("num_layers", _check_int("L3RS", "num_layers", self.num_layers, 1))
-        set_("embedding_dim", _check_int("L3RS", "embedding_dim", self.embedding_dim, 1))
-        set_("hidden_sizes", self._checked_hidden_sizes())
-        names = self._checked_directions()
+        set_("num_layers", check_int("L3RS", "num_layers", self.num_layers, 1))
+        set_("embedding_dim", check_int("L3RS", "embedding_dim", self.embedding_dim, 1))
+        set_("hidden_sizes", check_hidden_sizes(self.hidden_sizes))
+        names = check_directions(self.base_directions)
         set_("base_directions", names)
         if self.coefficient_transform not in COEFFICIENT_TRANSFORMS:
             raise ValueError(
@@ -383,7 +244,7 @@ class L3RS:
                 f"got {self.coefficient_transform!r}."
             )
         for field in ("ema_decay", "momentum_decay", "adam_b1", "adam_b2", "lion_b1", "lion_b2"):
-            set_(field, _check_decay(field, getattr(self, field)))
+            set_(field, check_decay(field, getattr(self, field)))
         if isinstance(self.adam_eps, bool) or not isinstance(self.adam_eps, Real) or not self.adam_eps >= 0:
             raise ValueError(f"L3RS.adam_eps must be a number >= 0, got {self.adam_eps!r}.")
         set_("adam_eps", float(self.adam_eps))
@@ -393,7 +254,7 @@ class L3RS:
         if self.initial_learning_rates is None:
             lrs = tuple(DEFAULT_LEARNING_RATES[n] for n in names)
         else:
-            lrs = _float_tuple("initial_learning_rates", self.initial_learning_rates, k, names)
+            lrs = float_tuple("initial_learning_rates", self.initial_learning_rates, k, names)
         if not all(lr > 0 for lr in lrs):
             raise ValueError(f"L3RS.initial_learning_rates must all be > 0 (they are stored as logs), got {lrs}.")
         set_("initial_learning_rates", lrs)
@@ -401,37 +262,13 @@ class L3RS:
             primary = _DEFAULT_PRIMARY if _DEFAULT_PRIMARY in names else names[0]
             coefs = tuple(1.0 if n == primary else _DEFAULT_SECONDARY for n in names)
         else:
-            coefs = _float_tuple("initial_coefficients", self.initial_coefficients, k, names)
+            coefs = float_tuple("initial_coefficients", self.initial_coefficients, k, names)
         if self.coefficient_transform == "exp" and not all(c > 0 for c in coefs):
             raise ValueError(
                 f"L3RS.initial_coefficients must all be > 0 with coefficient_transform='exp' (it can only "
                 f"rescale them), got {coefs}. Use small positive values, or coefficient_transform='linear'."
             )
         set_("initial_coefficients", coefs)
-
-    def _checked_hidden_sizes(self) -> tuple[int, ...]:
-        sizes = self.hidden_sizes
-        if isinstance(sizes, int | str) or not hasattr(sizes, "__iter__"):
-            raise TypeError(f"L3RS.hidden_sizes must be a sequence of ints, e.g. (32, 32), got {sizes!r}.")
-        return tuple(_check_int("L3RS", "hidden_sizes[]", s, 1) for s in sizes)
-
-    def _checked_directions(self) -> tuple[str, ...]:
-        names = self.base_directions
-        if isinstance(names, str) or not hasattr(names, "__iter__"):
-            raise TypeError(
-                f"L3RS.base_directions must be a sequence of names, e.g. ('sgd', 'adam'), got {names!r}. "
-                f"Allowed names: {BASE_DIRECTIONS}."
-            )
-        names = tuple(names)
-        unknown = [n for n in names if n not in _DIRECTIONS]
-        if unknown or not names:
-            raise ValueError(
-                f"L3RS.base_directions: unknown or missing base directions {unknown or names!r}; "
-                f"expected a non-empty tuple of names from {BASE_DIRECTIONS}."
-            )
-        if len(set(names)) != len(names):
-            raise ValueError(f"L3RS.base_directions must not repeat a name, got {names}.")
-        return names
 
     # ------------------------------------------------------------------ sizes
 
@@ -457,11 +294,11 @@ class L3RS:
 
     def config(self) -> dict:
         """JSON-serialisable hyperparameters; ``L3RS(**lopt.config())`` rebuilds it."""
-        out = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            out[field.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return dataclass_config(self)
+
+    def frozen_keys(self) -> tuple[str, ...]:
+        """Every meta-parameter is trained."""
+        return ()
 
     def init_meta_params(self, key: jax.Array) -> dict:
         """Initial meta-parameters θ.
@@ -534,121 +371,67 @@ class L3RS:
         Raises:
           ValueError: for a non-positive Python ``num_steps`` or meta-params of the wrong layout.
         """
-        if num_steps is None:
-            raise ValueError("L3RS.make needs num_steps, e.g. make(meta_params, num_steps=1000).")
-        if isinstance(num_steps, int | np.integer) and num_steps < 1:
-            raise ValueError(f"L3RS.make: num_steps must be >= 1, got {num_steps}.")
+        check_num_steps("L3RS", num_steps)
         self._check_meta_params(meta_params)
-
-        names = self.base_directions
-        directions = [_DIRECTIONS[n] for n in names]
-        beta = self.ema_decay
-        transform = self.coefficient_transform
         c0 = jnp.asarray(self.initial_coefficients, jnp.float32)
-        embeddings = meta_params["embeddings"]
-        mlp = meta_params["mlp"]
         learning_rates = jnp.exp(meta_params["log_learning_rates"])
-        num_mlp_layers = len(self.layer_sizes) - 1
         horizon = jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
         stacked = fused.resolve_impl(self.impl) == "reference"  # "single_pass" is "fused" here
 
-        def init_fn(params):
-            self._check_num_leaves(jax.tree.leaves(params), "init")
-            zeros = lambda p: jnp.zeros(jnp.shape(p), F.accumulator_dtype(jnp.result_type(p)))
-            buffers = {
-                n: tuple(jax.tree.map(zeros, params) for _ in range(d.num_buffers))
-                for n, d in zip(names, directions, strict=True)
-                if d.num_buffers
-            }
-            return L3RSState(
-                iteration=jnp.zeros([], jnp.int32),
-                first_loss=jnp.zeros([], jnp.float32),
-                loss_ema=jnp.zeros([], jnp.float32),
-                grad_rms_ema=jnp.zeros([self.num_layers], jnp.float32),
-                weight_rms_ema=jnp.zeros([self.num_layers], jnp.float32),
-                coefficients=jnp.broadcast_to(c0, (self.num_layers, len(names))),
-                buffers=buffers,
-            )
-
-        def coefficients_fn(status):
-            x = jnp.concatenate([embeddings.astype(jnp.float32), status], axis=1)
-            for i in range(num_mlp_layers):
-                x = x @ mlp[f"w{i}"] + mlp[f"b{i}"]
-                if i < num_mlp_layers - 1:
-                    x = jax.nn.relu(x)
-            if transform == "exp":
-                return c0 * jnp.exp(_EXP_SOFT_CAP * jnp.tanh(x / _EXP_SOFT_CAP))
-            return c0 + x
-
         def update_fn(updates, state, params=None, **extra_args):
-            if params is None:
-                raise ValueError(
-                    "l3rs uses the weight norms as features: call opt.update(grads, state, params, loss=loss)."
-                )
-            if "loss" not in extra_args:
-                raise TypeError(
-                    "l3rs reads the training loss as a feature, but update() got no loss extra arg "
-                    f"(got {sorted(extra_args)}). Call opt.update(grads, state, params, loss=loss) with the "
-                    "scalar loss at params."
-                )
-            loss = jnp.asarray(extra_args["loss"])
-            if loss.shape != ():
-                raise ValueError(
-                    f"l3rs: loss must be a scalar, got shape {loss.shape}. Pass the mean loss, e.g. loss=jnp.mean(l)."
-                )
-            loss = loss.astype(jnp.float32)
+            loss = loss_arg(params, extra_args)
             grads, treedef = jax.tree.flatten(updates)
             self._check_num_leaves(grads, "update")
             param_leaves = treedef.flatten_up_to(params)
-
-            # per-layer statistics and the shared MLP, once for all layers
-            count = state.iteration + 1
-            correction = 1.0 - jnp.power(jnp.float32(beta), count.astype(jnp.float32))
-            first_loss = jnp.where(state.iteration == 0, loss, state.first_loss)
-            loss_ema = beta * state.loss_ema + (1.0 - beta) * loss
-            grad_rms_ema = beta * state.grad_rms_ema + (1.0 - beta) * jnp.stack([_rms(g) for g in grads])
-            weight_rms_ema = beta * state.weight_rms_ema + (1.0 - beta) * jnp.stack([_rms(p) for p in param_leaves])
-            status = l3rs_status_features(
-                state.iteration.astype(jnp.float32) / horizon,
-                loss_ema / correction,
-                first_loss,
-                grad_rms_ema / correction,
-                weight_rms_ema / correction,
+            stats, status = layer_status(self.ema_decay, state, loss, grads, param_leaves, horizon)
+            coefficients = layer_coefficients(
+                meta_params, status, c0, self.coefficient_transform, len(self.layer_sizes) - 1
             )
-            coefficients = coefficients_fn(status)  # [L, K]
             scales = -coefficients * learning_rates  # step of base optimizer k is −η_k·d_k
-
-            # elementwise per-parameter work
-            buffer_leaves = {n: [treedef.flatten_up_to(tree) for tree in trees] for n, trees in state.buffers.items()}
-            new_updates = []
-            new_buffer_leaves = {n: [[] for _ in trees] for n, trees in state.buffers.items()}
-            for layer, (p, g) in enumerate(zip(param_leaves, grads, strict=True)):
-                g32 = g.astype(F.accumulator_dtype(g.dtype))
-                layer_scales = scales[layer].astype(g32.dtype)  # [K]
-                steps = []
-                for n, d in zip(names, directions, strict=True):
-                    old = tuple(trees[layer] for trees in buffer_leaves.get(n, ()))
-                    direction, new = d.step(self, g32, old, count)
-                    for b, x in enumerate(new):
-                        new_buffer_leaves[n][b].append(x.astype(old[b].dtype))
-                    steps.append(jnp.broadcast_to(direction, g32.shape).astype(g32.dtype))
-                if stacked:  # reference: [*shape, K] directions contracted with the [K] scales
-                    total = jnp.matmul(jnp.stack(steps, axis=-1), layer_scales, precision=_HIGHEST)
-                else:  # fused: a sum of scalar multiples, one elementwise loop with the accumulators
-                    total = layer_scales[0] * steps[0]
-                    for k in range(1, len(steps)):
-                        total = total + layer_scales[k] * steps[k]
-                new_updates.append(total.astype(jnp.result_type(p)))
-
-            new_state = L3RSState(
-                iteration=count,
-                first_loss=first_loss,
-                loss_ema=loss_ema,
-                grad_rms_ema=grad_rms_ema,
-                weight_rms_ema=weight_rms_ema,
-                coefficients=coefficients.astype(jnp.float32),
-                buffers={n: tuple(treedef.unflatten(x) for x in trees) for n, trees in new_buffer_leaves.items()},
-            )
+            new_updates, buffers = self._combine(scales, state.buffers, treedef, param_leaves, grads, stats[0], stacked)
+            new_state = L3RSState(*stats, coefficients=coefficients.astype(jnp.float32), buffers=buffers)
             return treedef.unflatten(new_updates), new_state
 
-        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+        return optax.GradientTransformationExtraArgs(functools.partial(self._init_state, c0), update_fn)
+
+    def _init_state(self, c0: jax.Array, params: Any) -> L3RSState:
+        self._check_num_leaves(jax.tree.leaves(params), "init")
+        zeros = lambda p: jnp.zeros(jnp.shape(p), F.accumulator_dtype(jnp.result_type(p)))  # noqa: E731
+        buffers = {
+            n: tuple(jax.tree.map(zeros, params) for _ in range(DIRECTIONS[n].num_buffers))
+            for n in self.base_directions
+            if DIRECTIONS[n].num_buffers
+        }
+        return L3RSState(
+            iteration=jnp.zeros([], jnp.int32),
+            first_loss=jnp.zeros([], jnp.float32),
+            loss_ema=jnp.zeros([], jnp.float32),
+            grad_rms_ema=jnp.zeros([self.num_layers], jnp.float32),
+            weight_rms_ema=jnp.zeros([self.num_layers], jnp.float32),
+            coefficients=jnp.broadcast_to(c0, (self.num_layers, len(self.base_directions))),
+            buffers=buffers,
+        )
+
+    def _combine(self, scales, buffers, treedef, param_leaves, grads, count, stacked) -> tuple[list, dict]:
+        """Every layer's update ``Σ_k scale_{l,k}·d_k`` and the base directions' new accumulators."""
+        buffer_leaves = {n: [treedef.flatten_up_to(tree) for tree in trees] for n, trees in buffers.items()}
+        new_updates = []
+        new_buffer_leaves = {n: [[] for _ in trees] for n, trees in buffers.items()}
+        for layer, (p, g) in enumerate(zip(param_leaves, grads, strict=True)):
+            g32 = g.astype(F.accumulator_dtype(g.dtype))
+            layer_scales = scales[layer].astype(g32.dtype)  # [K]
+            steps = []
+            for n in self.base_directions:
+                old = tuple(trees[layer] for trees in buffer_leaves.get(n, ()))
+                direction, new = DIRECTIONS[n].step(self, g32, old, count)
+                for b, x in enumerate(new):
+                    new_buffer_leaves[n][b].append(x.astype(old[b].dtype))
+                steps.append(jnp.broadcast_to(direction, g32.shape).astype(g32.dtype))
+            if stacked:  # reference: [*shape, K] directions contracted with the [K] scales
+                total = jnp.matmul(jnp.stack(steps, axis=-1), layer_scales, precision=_HIGHEST)
+            else:  # fused: a sum of scalar multiples, one elementwise loop with the accumulators
+                total = layer_scales[0] * steps[0]
+                for k in range(1, len(steps)):
+                    total = total + layer_scales[k] * steps[k]
+            new_updates.append(total.astype(jnp.result_type(p)))
+        return new_updates, {n: tuple(treedef.unflatten(x) for x in trees) for n, trees in new_buffer_leaves.items()}

@@ -48,6 +48,7 @@ __all__ = [
     "check_int",
     "check_mlp_shapes",
     "check_num_steps",
+    "dataclass_config",
     "exp_magnitude_step",
     "fold_step_features",
     "init_mlp",
@@ -79,6 +80,15 @@ class LearnedOptimizer(Protocol):
 
 
 # --------------------------------------------------------------------------- checks
+
+
+def dataclass_config(lopt: Any) -> dict:
+    """A frozen dataclass's fields as a JSON-serialisable dict (tuples as lists): its ``config()``."""
+    out = {}
+    for field in dataclasses.fields(lopt):
+        value = getattr(lopt, field.name)
+        out[field.name] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def check_int(owner: str, field: str, value, minimum: int) -> int:
@@ -219,12 +229,8 @@ class PerParameterLOpt:
     # ------------------------------------------------------------------ contract
 
     def config(self) -> dict:
-        """JSON-serialisable hyperparameters (the dataclass fields, tuples as lists)."""
-        out = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            out[field.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        """JSON-serialisable hyperparameters (:func:`dataclass_config`)."""
+        return dataclass_config(self)
 
     def frozen_keys(self) -> tuple[str, ...]:
         """Top-level θ keys that get no meta-gradient: none unless the optimizer says otherwise."""

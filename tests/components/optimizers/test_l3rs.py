@@ -8,12 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from components.optimizers.l3rs import (
+from components.optimizers.l3rs import L3RS, L3RSState
+from components.optimizers.l3rs_parts import (
     BASE_DIRECTIONS,
     DEFAULT_LEARNING_RATES,
     FRACTION_SHIFTS,
-    L3RS,
-    L3RSState,
     fractional_tanh_embedding,
 )
 
