@@ -1,0 +1,142 @@
+"""Shared validation and wrapping of the hand-designed baselines (:mod:`.baselines`).
+
+Every factory validates its Python-number hyperparameters here (clear ``ValueError`` / ``TypeError``
+naming the factory and the fix; traced values pass unchecked) and wraps its optax chain with
+:func:`finish` (float32 accumulators for low-precision params, updates cast back, extra args accepted).
+"""
+
+import math
+from numbers import Real
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from components.optimizers.features import accumulator_dtype
+
+__all__ = [
+    "LearningRate",
+    "as_vectors",
+    "check_bools",
+    "check_decays",
+    "check_interval",
+    "check_learning_rate",
+    "check_nonnegative",
+    "concrete_value",
+    "finish",
+    "no_momentum",
+    "promote",
+]
+
+LearningRate = float | jax.Array
+
+# --------------------------------------------------------------------------- validation
+
+
+def concrete_value(factory: str, name: str, value) -> float | None:
+    """The value of a number or concrete scalar array as a float; None for a tracer (not checked)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{factory}: {name} must be a number, got the bool {value!r}.")
+    if isinstance(value, Real):
+        return float(value)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        if jnp.ndim(value) != 0:
+            raise ValueError(
+                f"{factory}: {name} must be a scalar, got an array of shape {jnp.shape(value)}. "
+                "To sweep several values, jax.vmap over the factory call."
+            )
+        return None if isinstance(value, jax.core.Tracer) else float(value)
+    raise TypeError(f"{factory}: {name} must be a number or a scalar array, got {type(value).__name__} {value!r}.")
+
+
+def check_learning_rate(learning_rate, factory: str) -> None:
+    value = concrete_value(factory, "learning_rate", learning_rate)
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ValueError(
+            f"{factory}: learning_rate must be >= 0 and finite, got {learning_rate!r}. "
+            "Pass the step size as a positive number (the update is -learning_rate * direction)."
+        )
+
+
+def check_interval(factory: str, interval: str, hint: str, *, allow_none: bool = False, **values) -> None:
+    """Checks each concrete value against ``interval`` ("[0, 1)", "(0, 1]", ">= 0" or "> 0")."""
+    tests = {
+        "[0, 1)": lambda x: 0 <= x < 1,
+        "(0, 1]": lambda x: 0 < x <= 1,
+        ">= 0": lambda x: x >= 0 and math.isfinite(x),
+        "> 0": lambda x: x > 0 and math.isfinite(x),
+    }
+    for name, value in values.items():
+        if value is None and allow_none:
+            continue
+        concrete = concrete_value(factory, name, value)
+        if concrete is not None and not tests[interval](concrete):
+            where = f"in {interval}" if interval[0] in "[(" else interval
+            raise ValueError(f"{factory}: {name} must be {where}, got {value!r}. {hint}")
+
+
+def check_decays(factory: str, *, allow_none: bool = False, **values) -> None:
+    hint = "It is an exponential-average decay; typical values are 0.9 to 0.999."
+    check_interval(factory, "[0, 1)", hint, allow_none=allow_none, **values)
+
+
+def check_nonnegative(factory: str, *, allow_none: bool = False, **values) -> None:
+    check_interval(factory, ">= 0", "Use 0 to switch the term off.", allow_none=allow_none, **values)
+
+
+def check_bools(factory: str, **values) -> None:
+    for name, value in values.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{factory}: {name} must be True or False, got {type(value).__name__} {value!r}.")
+
+
+# --------------------------------------------------------------------------- common wrapper
+
+
+def promote(tree):
+    return jax.tree.map(lambda x: jnp.asarray(x).astype(accumulator_dtype(jnp.result_type(x))), tree)
+
+
+def as_vectors(tree):
+    return jax.tree.map(lambda x: jnp.reshape(x, (1,)) if jnp.ndim(x) == 0 else x, tree)
+
+
+def finish(
+    factory: str,
+    inner: optax.GradientTransformation,
+    *,
+    needs_params: bool = False,
+    scalars_as_vectors: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """Wraps an optax transformation in the common baseline contract.
+
+    The inner transformation sees gradients and params promoted to ``accumulator_dtype`` (and, with
+    ``scalars_as_vectors``, 0-D leaves reshaped to ``(1,)``); the updates come back in the shape and
+    dtype of the params (or of the gradients when ``params`` is None). Extra args are dropped.
+    """
+    reshape = as_vectors if scalars_as_vectors else (lambda tree: tree)
+
+    def init(params):
+        return inner.init(reshape(promote(params)))
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args  # baselines use only the gradient (and the params)
+        if params is None and needs_params:
+            raise TypeError(
+                f"{factory} needs the current parameters in update (weight decay / trust ratio / parameter "
+                f"scale); call opt.update(grads, state, params), not opt.update(grads, state)."
+            )
+        like = updates if params is None else params
+        wide_params = None if params is None else reshape(promote(params))
+        new_updates, state = inner.update(reshape(promote(updates)), state, wide_params)
+        new_updates = jax.tree.map(
+            lambda u, x: jnp.reshape(u, jnp.shape(x)).astype(jnp.result_type(x)), new_updates, like
+        )
+        return new_updates, state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def no_momentum(momentum) -> bool:
+    """A Python ``None`` or ``0`` momentum: build the buffer-free form."""
+    return momentum is None or (isinstance(momentum, Real) and momentum == 0)
