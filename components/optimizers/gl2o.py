@@ -95,7 +95,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from components.optimizers.guards import _all_finite, _check_transformation
+from components.optimizers.guards import all_finite, check_transformation, select_updates
 
 __all__ = ["MU_SCHEDULES", "GuardWithFixedPointState", "guard_with_fixed_point", "tree_norm"]
 
@@ -179,20 +179,10 @@ def guard_with_fixed_point(
       ValueError: at construction, for a parameter out of range or an unknown ``mu_schedule``; at
         trace time, when ``loss_fn`` returns a non-scalar.
     """
-    learned = _check_transformation(learned, factory="guard_with_fixed_point", arg="learned")
-    fallback = _check_transformation(fallback, factory="guard_with_fixed_point", arg="fallback")
-    alpha = _check_fraction(alpha, "alpha", closed_right=False, hint="Accept iff r(y) <= (1 - alpha) * mu; try 0.01.")
-    if not isinstance(mu_schedule, str) or mu_schedule not in MU_SCHEDULES:
-        raise ValueError(
-            f"guard_with_fixed_point: mu_schedule must be one of {list(MU_SCHEDULES)}, got {mu_schedule!r}."
-        )
-    theta = _check_fraction(ema_theta, "ema_theta", closed_right=True, hint="mu <- theta * r + (1 - theta) * mu.")
-    delta = _check_fraction(geometric_delta, "geometric_delta", closed_right=False, hint="mu <- (1 - delta) * mu.")
-    if isinstance(recent_max_window, bool) or not isinstance(recent_max_window, Integral):
-        raise TypeError(f"guard_with_fixed_point: recent_max_window must be an int, got {recent_max_window!r}.")
-    if recent_max_window < 1:
-        raise ValueError(f"guard_with_fixed_point: recent_max_window must be >= 1, got {recent_max_window}.")
-    window = int(recent_max_window) if mu_schedule == "recent_max" else 1
+    learned = check_transformation(learned, factory="guard_with_fixed_point", arg="learned")
+    fallback = check_transformation(fallback, factory="guard_with_fixed_point", arg="fallback")
+    schedule = _schedule(alpha, mu_schedule, ema_theta, geometric_delta, recent_max_window)
+    alpha, window = schedule.alpha, schedule.window
 
     def init_fn(params):
         return GuardWithFixedPointState(
@@ -205,30 +195,8 @@ def guard_with_fixed_point(
             num_fallbacks=jnp.zeros([], jnp.int32),
         )
 
-    def next_mu(mu, recent, index, r_next):
-        """``μ_{k+1}`` (and the recent-max window) after an accepted step with residual ``r_next``."""
-        if mu_schedule == "ema":
-            return theta * r_next + (1.0 - theta) * mu, recent, index
-        if mu_schedule == "geometric":
-            return (1.0 - delta) * mu, recent, index
-        if mu_schedule == "recent_term":
-            return r_next, recent, index
-        recent = recent.at[index].set(r_next)
-        return jnp.max(recent), recent, (index + 1) % window
-
     def update_fn(updates, state, params=None, **extra_args):
-        loss_fn = extra_args.get("loss_fn")
-        if loss_fn is None or not callable(loss_fn):
-            raise TypeError(
-                "guard_with_fixed_point needs the loss closure to evaluate the fixed-point residual at the "
-                f"learned proposal, got loss_fn={loss_fn!r}. Call opt.update(grads, state, params, "
-                "loss_fn=lambda p: loss(p, batch)) with the batch the gradient came from."
-            )
-        if params is None:
-            raise TypeError(
-                "guard_with_fixed_point forms the proposal params + update, so it needs the current params: "
-                "call opt.update(grads, state, params, loss_fn=...)."
-            )
+        loss_fn = _check_update_args(extra_args.get("loss_fn"), params)
         learned_updates, learned_state = learned.update(updates, state.learned_state, params, **extra_args)
         fallback_updates, fallback_state = fallback.update(updates, state.fallback_state, params, **extra_args)
         residual_x = tree_norm(fallback_updates)  # r(x_k) = ‖x_k − T(x_k)‖
@@ -237,24 +205,12 @@ def guard_with_fixed_point(
         recent = jnp.where(first, jnp.full_like(state.recent_residuals, residual_x), state.recent_residuals)
 
         proposal = optax.apply_updates(params, learned_updates)
-        loss_y, vjp = jax.vjp(loss_fn, proposal)
-        if jnp.shape(loss_y) != ():
-            raise ValueError(
-                f"guard_with_fixed_point: loss_fn must return a scalar, got shape {jnp.shape(loss_y)}. "
-                "Reduce the loss (e.g. jnp.mean) inside the closure."
-            )
-        (grads_y,) = vjp(jnp.ones_like(loss_y))
-        grads_y = jax.tree.map(lambda g, u: g.astype(u.dtype), grads_y, updates)
-        fallback_y, _ = fallback.update(grads_y, state.fallback_state, proposal, **{**extra_args, "loss": loss_y})
+        fallback_y = _fallback_at(fallback, state.fallback_state, proposal, loss_fn, updates, extra_args)
         residual_y = tree_norm(fallback_y)  # r(y) = ‖y − T(y)‖
 
-        accept = _all_finite(learned_updates) & jnp.isfinite(residual_y) & (residual_y <= (1.0 - alpha) * mu)
-        accepted_mu, accepted_recent, accepted_index = next_mu(mu, recent, state.recent_index, residual_y)
-        new_updates = jax.tree.map(
-            lambda u_l, u_f: jnp.where(accept, u_l, u_f.astype(u_l.dtype)),
-            learned_updates,
-            fallback_updates,
-        )
+        accept = all_finite(learned_updates) & jnp.isfinite(residual_y) & (residual_y <= (1.0 - alpha) * mu)
+        accepted_mu, accepted_recent, accepted_index = _next_mu(schedule, mu, recent, state.recent_index, residual_y)
+        new_updates = select_updates(accept, learned_updates, fallback_updates)
         new_state = GuardWithFixedPointState(
             learned_state=learned_state,
             fallback_state=fallback_state,
@@ -267,3 +223,69 @@ def guard_with_fixed_point(
         return new_updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class _Schedule(NamedTuple):
+    alpha: float
+    mu_schedule: str
+    theta: float
+    delta: float
+    window: int  # the recent-max window (1 for the other schedules)
+
+
+def _schedule(alpha, mu_schedule, ema_theta, geometric_delta, recent_max_window) -> _Schedule:
+    """The checked settings of :func:`guard_with_fixed_point`."""
+    alpha = _check_fraction(alpha, "alpha", closed_right=False, hint="Accept iff r(y) <= (1 - alpha) * mu; try 0.01.")
+    if not isinstance(mu_schedule, str) or mu_schedule not in MU_SCHEDULES:
+        raise ValueError(
+            f"guard_with_fixed_point: mu_schedule must be one of {list(MU_SCHEDULES)}, got {mu_schedule!r}."
+        )
+    theta = _check_fraction(ema_theta, "ema_theta", closed_right=True, hint="mu <- theta * r + (1 - theta) * mu.")
+    delta = _check_fraction(geometric_delta, "geometric_delta", closed_right=False, hint="mu <- (1 - delta) * mu.")
+    if isinstance(recent_max_window, bool) or not isinstance(recent_max_window, Integral):
+        raise TypeError(f"guard_with_fixed_point: recent_max_window must be an int, got {recent_max_window!r}.")
+    if recent_max_window < 1:
+        raise ValueError(f"guard_with_fixed_point: recent_max_window must be >= 1, got {recent_max_window}.")
+    window = int(recent_max_window) if mu_schedule == "recent_max" else 1
+    return _Schedule(alpha, mu_schedule, theta, delta, window)
+
+
+def _next_mu(schedule: _Schedule, mu, recent, index, r_next):
+    """``μ_{k+1}`` (and the recent-max window) after an accepted step with residual ``r_next``."""
+    if schedule.mu_schedule == "ema":
+        return schedule.theta * r_next + (1.0 - schedule.theta) * mu, recent, index
+    if schedule.mu_schedule == "geometric":
+        return (1.0 - schedule.delta) * mu, recent, index
+    if schedule.mu_schedule == "recent_term":
+        return r_next, recent, index
+    recent = recent.at[index].set(r_next)
+    return jnp.max(recent), recent, (index + 1) % schedule.window
+
+
+def _check_update_args(loss_fn, params):
+    if loss_fn is None or not callable(loss_fn):
+        raise TypeError(
+            "guard_with_fixed_point needs the loss closure to evaluate the fixed-point residual at the "
+            f"learned proposal, got loss_fn={loss_fn!r}. Call opt.update(grads, state, params, "
+            "loss_fn=lambda p: loss(p, batch)) with the batch the gradient came from."
+        )
+    if params is None:
+        raise TypeError(
+            "guard_with_fixed_point forms the proposal params + update, so it needs the current params: "
+            "call opt.update(grads, state, params, loss_fn=...)."
+        )
+    return loss_fn
+
+
+def _fallback_at(fallback, fallback_state, proposal, loss_fn, updates, extra_args):
+    """The fallback's update at the proposal ``y`` (from the gradient of ``loss_fn`` there): ``y − T(y)``."""
+    loss_y, vjp = jax.vjp(loss_fn, proposal)
+    if jnp.shape(loss_y) != ():
+        raise ValueError(
+            f"guard_with_fixed_point: loss_fn must return a scalar, got shape {jnp.shape(loss_y)}. "
+            "Reduce the loss (e.g. jnp.mean) inside the closure."
+        )
+    (grads_y,) = vjp(jnp.ones_like(loss_y))
+    grads_y = jax.tree.map(lambda g, u: g.astype(u.dtype), grads_y, updates)
+    fallback_y, _ = fallback.update(grads_y, fallback_state, proposal, **{**extra_args, "loss": loss_y})
+    return fallback_y

@@ -58,13 +58,21 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["LOSS_BATCHES", "GuardWithLossState", "fallback_fraction", "guard_with_loss"]
+__all__ = [
+    "LOSS_BATCHES",
+    "GuardWithLossState",
+    "all_finite",
+    "check_transformation",
+    "fallback_fraction",
+    "guard_with_loss",
+    "select_updates",
+]
 
 # loss_batch value -> the keyword extra arg holding the loss closure used to compare candidates
 LOSS_BATCHES: dict[str, str] = {"same": "loss_fn", "fresh": "fresh_loss_fn"}
 
 
-def _check_transformation(tx: Any, *, factory: str, arg: str) -> optax.GradientTransformationExtraArgs:
+def check_transformation(tx: Any, *, factory: str, arg: str) -> optax.GradientTransformationExtraArgs:
     """Validates an inner transformation and gives it extra-args support (shared by the wrappers)."""
     if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
         raise TypeError(
@@ -74,7 +82,14 @@ def _check_transformation(tx: Any, *, factory: str, arg: str) -> optax.GradientT
     return optax.with_extra_args_support(tx)
 
 
-def _all_finite(tree: Any) -> jax.Array:
+def select_updates(take_learned: jax.Array, learned_updates: Any, other_updates: Any) -> Any:
+    """``learned_updates`` where ``take_learned`` (a scalar bool), else ``other_updates`` cast to their dtypes."""
+    return jax.tree.map(
+        lambda u_l, u_o: jnp.where(take_learned, u_l, u_o.astype(u_l.dtype)), learned_updates, other_updates
+    )
+
+
+def all_finite(tree: Any) -> jax.Array:
     """Scalar bool: every entry of every leaf of ``tree`` is finite (True for an empty tree)."""
     leaves = jax.tree.leaves(tree)
     if not leaves:
@@ -136,8 +151,8 @@ def guard_with_loss(
       TypeError: at construction, when ``learned`` or ``guard`` is not a transformation; at trace
         time, when ``update`` is called without the loss closure or without ``params``.
     """
-    learned = _check_transformation(learned, factory="guard_with_loss", arg="learned")
-    guard = _check_transformation(guard, factory="guard_with_loss", arg="guard")
+    learned = check_transformation(learned, factory="guard_with_loss", arg="learned")
+    guard = check_transformation(guard, factory="guard_with_loss", arg="guard")
     if not isinstance(loss_batch, str) or loss_batch not in LOSS_BATCHES:
         raise ValueError(
             f"guard_with_loss: loss_batch must be one of {sorted(LOSS_BATCHES)}, got {loss_batch!r}. "
@@ -173,12 +188,8 @@ def guard_with_loss(
         guard_updates, guard_state = guard.update(updates, state.guard_state, params, **extra_args)
         loss_learned = _finite_or_inf(loss_fn(optax.apply_updates(params, learned_updates)), loss_arg)
         loss_guard = _finite_or_inf(loss_fn(optax.apply_updates(params, guard_updates)), loss_arg)
-        use_learned = _all_finite(learned_updates) & jnp.isfinite(loss_learned) & (loss_learned <= loss_guard)
-        new_updates = jax.tree.map(
-            lambda u_l, u_g: jnp.where(use_learned, u_l, u_g.astype(u_l.dtype)),
-            learned_updates,
-            guard_updates,
-        )
+        use_learned = all_finite(learned_updates) & jnp.isfinite(loss_learned) & (loss_learned <= loss_guard)
+        new_updates = select_updates(use_learned, learned_updates, guard_updates)
         new_state = GuardWithLossState(
             learned_state=learned_state,
             guard_state=guard_state,

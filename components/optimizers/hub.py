@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import optax
 
 from components.optimizers import features as F
-from components.optimizers.guards import _check_transformation
+from components.optimizers.guards import check_transformation
 
 __all__ = ["HubState", "hand_share", "hub", "hub_weights"]
 
@@ -133,8 +133,8 @@ def hub(
       TypeError: if ``learned`` or ``hand`` is not a transformation, or ``inverted`` is not a bool.
       ValueError: for a non-positive (or NaN) Python ``temperature``.
     """
-    learned = _check_transformation(learned, factory="hub", arg="learned")
-    hand = _check_transformation(hand, factory="hub", arg="hand")
+    learned = check_transformation(learned, factory="hub", arg="learned")
+    hand = check_transformation(hand, factory="hub", arg="hand")
     if not isinstance(inverted, bool):
         raise TypeError(f"hub: inverted must be a bool, got {inverted!r}. Use inverted=True for (1−S)⊙u_H + S⊙u_L.")
     if isinstance(temperature, bool) or (isinstance(temperature, Real) and not temperature > 0):
@@ -152,32 +152,15 @@ def hub(
             mean_hand_share=jnp.zeros([], jnp.float32),
         )
 
-    def mix(grad, u_hand, u_learned, like):
-        dtype = F.accumulator_dtype(like.dtype)
-        s = hub_weights(grad, temperature).astype(dtype)
-        w_hand, w_learned = (1.0 - s, s) if inverted else (s, 1.0 - s)
-        u_hand = u_hand.astype(dtype)
-        u_learned = u_learned.astype(dtype)
-        update = (w_hand * u_hand + w_learned * u_learned).astype(like.dtype)
-        hand_mass = jnp.sum(w_hand * jnp.abs(u_hand)).astype(jnp.float32)
-        learned_mass = jnp.sum(w_learned * jnp.abs(u_learned)).astype(jnp.float32)
-        return update, hand_mass, learned_mass
-
     def update_fn(updates, state, params=None, **extra_args):
         learned_updates, learned_state = learned.update(updates, state.learned_state, params, **extra_args)
         hand_updates, hand_state = hand.update(updates, state.hand_state, params, **extra_args)
         grads, treedef = jax.tree.flatten(updates)
         likes = grads if params is None else treedef.flatten_up_to(params)
-        mixed = [
-            mix(*args)
-            for args in zip(
-                grads,
-                treedef.flatten_up_to(hand_updates),
-                treedef.flatten_up_to(learned_updates),
-                likes,
-                strict=True,
-            )
-        ]
+        per_leaf = zip(
+            grads, treedef.flatten_up_to(hand_updates), treedef.flatten_up_to(learned_updates), likes, strict=True
+        )
+        mixed = [_mix(*args, temperature=temperature, inverted=inverted) for args in per_leaf]
         new_updates = treedef.unflatten([m[0] for m in mixed])
         hand_mass = sum((m[1] for m in mixed), jnp.zeros([], jnp.float32))
         total_mass = hand_mass + sum((m[2] for m in mixed), jnp.zeros([], jnp.float32))
@@ -195,6 +178,19 @@ def hub(
         return new_updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _mix(grad, u_hand, u_learned, like, *, temperature, inverted: bool):
+    """One tensor's mixed update and the hand / learned masses ``Σ w·|u|`` (float32)."""
+    dtype = F.accumulator_dtype(like.dtype)
+    s = hub_weights(grad, temperature).astype(dtype)
+    w_hand, w_learned = (1.0 - s, s) if inverted else (s, 1.0 - s)
+    u_hand = u_hand.astype(dtype)
+    u_learned = u_learned.astype(dtype)
+    update = (w_hand * u_hand + w_learned * u_learned).astype(like.dtype)
+    hand_mass = jnp.sum(w_hand * jnp.abs(u_hand)).astype(jnp.float32)
+    learned_mass = jnp.sum(w_learned * jnp.abs(u_learned)).astype(jnp.float32)
+    return update, hand_mass, learned_mass
 
 
 def hand_share(state: HubState) -> jax.Array:
