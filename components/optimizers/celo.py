@@ -309,14 +309,8 @@ class Celo(PerParameterLOpt):
 
     def output(self, hyper: dict, step: _CeloStep, index: int, param, grad, acc, outputs):
         """``−Δ`` (phase 1) or ``−λ_t·Δ`` (phase 2), ``Δ`` from :func:`.velo_mlp.param_step`."""
-        update = V.param_step(
-            outputs[0],
-            outputs[1],
-            param,
-            exp_mult=self.exp_mult,
-            step_mult=self.step_mult,
-            param_scale_mult=self.param_scale_mult,
-        )
+        settings = {"exp_mult": self.exp_mult, "step_mult": self.step_mult, "param_scale_mult": self.param_scale_mult}
+        update = V.param_step(outputs[0], outputs[1], param, **settings)
         if self.train_phase == 2:
             update = step.lr_mult * update
         return -update

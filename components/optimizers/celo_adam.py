@@ -15,17 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from components.optimizers import celo_scheduler as S
 from components.optimizers import features as F
 from components.optimizers import lstm as L
-from components.optimizers.celo_scheduler import (
-    check_structure,
-    init_scheduler,
-    initial_lstm_state,
-    loss_from,
-    num_scheduler_features,
-    scheduler_step,
-    structure_of_init,
-)
 from components.optimizers.per_parameter import check_bool, check_decays, check_int, check_num_steps
 
 __all__ = ["CeloAdam", "CeloAdamState"]
@@ -95,7 +87,7 @@ class CeloAdam:
 
     @functools.cached_property
     def _meta_params_structure(self) -> Any:
-        return structure_of_init(self)
+        return S.structure_of_init(self)
 
     def config(self) -> dict:
         """JSON-serialisable hyperparameters; ``CeloAdam(**lopt.config())`` rebuilds it."""
@@ -113,8 +105,12 @@ class CeloAdam:
                 "hidden": jnp.zeros((1, hidden), jnp.float32),
                 "cell": jnp.zeros((1, hidden), jnp.float32),
             },
-            "rnn_params": init_scheduler(
-                key, input_size=num_scheduler_features(), hidden_size=hidden, num_controls=0, mix_layers=self.mix_layers
+            "rnn_params": S.init_scheduler(
+                key,
+                input_size=S.num_scheduler_features(),
+                hidden_size=hidden,
+                num_controls=0,
+                mix_layers=self.mix_layers,
             ),
         }
 
@@ -134,7 +130,7 @@ class CeloAdam:
           TypeError: at trace time, from ``update``, if ``loss`` is missing or not a scalar.
         """
         check_num_steps("CeloAdam", num_steps)
-        check_structure("CeloAdam", meta_params, self._meta_params_structure)
+        S.check_structure("CeloAdam", meta_params, self._meta_params_structure)
         theta = meta_params
         b1, b2, eps, step_mult = self.b1, self.b2, self.eps, self.step_mult
         bias_correction, param_scale_mult = self.bias_correction, self.param_scale_mult
@@ -145,20 +141,20 @@ class CeloAdam:
                 iteration=jnp.zeros([], jnp.int32),
                 num_steps=jnp.asarray(num_steps, jnp.int32),
                 loss_buffer=F.init_loss_buffer(num_steps),
-                lstm=initial_lstm_state(theta),
+                lstm=S.initial_lstm_state(theta),
                 mu=zeros(params),
                 nu=zeros(params),
             )
 
         def update_fn(updates, state, params=None, **extra_args):
-            loss = loss_from(extra_args, "celo_adam")
+            loss = S.loss_from(extra_args, "celo_adam")
             if param_scale_mult and params is None:
                 raise ValueError(
                     "celo_adam with param_scale_mult=True scales steps by RMS(params): call "
                     "opt.update(grads, state, params, loss=loss)."
                 )
             loss_buffer = F.update_loss_buffer(state.loss_buffer, loss)
-            lr_mult, _, lstm_state = scheduler_step(
+            lr_mult, _, lstm_state = S.scheduler_step(
                 theta["rnn_params"], state.iteration, state.num_steps, loss_buffer, state.lstm
             )
             lr = lr_mult * step_mult

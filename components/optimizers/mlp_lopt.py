@@ -125,15 +125,13 @@ class MomentumAccumulators(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class MLPLOpt(PerParameterLOpt):
-    """Per-parameter MLP learned optimizer LOLv2 (learned_optimization's ``MLPLOpt``).
-
-    See the module docstring for the update's maths and the reference.
+    """Per-parameter MLP learned optimizer LOLv2 (learned_optimization's ``MLPLOpt``); maths in the module docstring.
 
     Attributes:
-      hidden_size: width of the hidden layers (32).
-      hidden_layers: number of hidden layers (2).
-      exp_mult: multiplier of the magnitude output inside the exponential (0.001).
-      step_mult: overall step multiplier (0.001).
+      hidden_size: hidden width (32).
+      hidden_layers: how many hidden ReLU layers (2).
+      exp_mult: the magnitude output's multiplier inside ``exp`` (0.001).
+      step_mult: the step's overall multiplier (0.001).
       decays: the fixed momentum decays (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999).
       impl: how the per-parameter MLP is evaluated, one of :data:`.fused.IMPLS`: ``"auto"``
         (default: ``"reference"`` on CPU (:attr:`auto_impl`), else :data:`.fused.AUTO_IMPL`),

@@ -388,12 +388,9 @@ class VeLO(PerParameterLOpt):
 
     def output(self, hyper: Any, step: _VeLOStep, index: int, param, grad, acc, outputs):
         """``−λ_i·Δ``, ``Δ`` from :func:`.velo_mlp.param_step`."""
+        direction, magnitude = outputs[:2]
+        scale = self.param_scale_mult
         update = velo_mlp.param_step(
-            outputs[0],
-            outputs[1],
-            param,
-            exp_mult=self.exp_mult,
-            step_mult=self.step_mult,
-            param_scale_mult=self.param_scale_mult,
+            direction, magnitude, param, exp_mult=self.exp_mult, step_mult=self.step_mult, param_scale_mult=scale
         )
         return -step.lr_mults[index] * update

@@ -67,7 +67,7 @@ def _one_update(meta_params, grads, state, params):
 
 
 def test_default_sizes_come_from_the_features():
-    assert LOPT.num_features == len(jax.eval_shape(LOPT._features_of_fresh_state, jnp.zeros((4, 2))))
+    assert LOPT.num_features == len(jax.eval_shape(LOPT.fresh_channels, jnp.zeros((4, 2))))
     assert LOPT.num_features == 2 + len(LOPT.decays) == 8  # g, p and one momentum per decay
     assert LOPT.num_inputs == LOPT.num_features + len(F.TANH_TIMESCALES) == 19
     assert LOPT.layer_sizes == (19, 32, 32, 2)

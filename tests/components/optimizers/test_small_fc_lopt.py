@@ -152,7 +152,7 @@ def test_default_sizes_and_197_meta_params():
 @pytest.mark.parametrize("shape", SHAPES)
 def test_feature_count_is_the_same_for_every_rank(shape):
     param = jax.ShapeDtypeStruct(shape, jnp.float32)
-    assert len(jax.eval_shape(LOPT._features_of_fresh_state, param)) == LOPT.num_features
+    assert len(jax.eval_shape(LOPT.fresh_channels, param)) == LOPT.num_features
 
 
 def test_feature_count_follows_the_decays():
