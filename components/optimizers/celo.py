@@ -105,7 +105,7 @@ from components.optimizers.celo_scheduler import (
     scheduler_step,
     structure_of_init,
 )
-from components.optimizers.per_parameter import PerParameterLOpt, check_bool, check_decays, check_int
+from components.optimizers.per_parameter import AccumulatorDecays, PerParameterLOpt, check_bool, check_decays, check_int
 
 __all__ = ["Celo", "CeloContext"]
 
@@ -139,7 +139,7 @@ class _CeloStep(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class Celo(PerParameterLOpt):
+class Celo(AccumulatorDecays, PerParameterLOpt):
     """Celo: per-parameter MLP update rule scaled by a learned LSTM LR scheduler.
 
     See the module docstring for the maths, θ's layout and the reference.
@@ -164,9 +164,6 @@ class Celo(PerParameterLOpt):
     lstm_hidden_size: int = 64
     ff_hidden_size: int = 4
     ff_hidden_layers: int = 2
-    initial_momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
-    initial_rms_decays: tuple[float, ...] = (0.999,)
-    initial_adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
     param_inits: int = 1
     mix_layers: bool = True
     exp_mult: float = 0.001
@@ -270,8 +267,7 @@ class Celo(PerParameterLOpt):
         return _stop_frozen(meta_params, self.frozen_keys())
 
     def init_accumulators(self, param: jax.Array) -> F.Accumulators:
-        counts = (len(self.initial_momentum_decays), len(self.initial_rms_decays), len(self.initial_adafactor_decays))
-        return F.init_accumulators(param, *counts)
+        return F.init_accumulators(param, *self.decay_counts)
 
     def init_context(self, hyper: dict, params: Any, num_steps) -> CeloContext:
         return CeloContext(

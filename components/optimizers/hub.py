@@ -144,13 +144,8 @@ def hub(
         )
 
     def init_fn(params):
-        return HubState(
-            learned_state=learned.init(params),
-            hand_state=hand.init(params),
-            num_steps=jnp.zeros([], jnp.int32),
-            num_measured_steps=jnp.zeros([], jnp.int32),
-            mean_hand_share=jnp.zeros([], jnp.float32),
-        )
+        counters = (jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32))
+        return HubState(learned.init(params), hand.init(params), *counters)
 
     def update_fn(updates, state, params=None, **extra_args):
         learned_updates, learned_state = learned.update(updates, state.learned_state, params, **extra_args)

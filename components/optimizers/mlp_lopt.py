@@ -85,16 +85,7 @@ import jax
 import jax.numpy as jnp
 
 from components.optimizers import features as F
-from components.optimizers.per_parameter import (
-    PerParameterLOpt,
-    check_decays,
-    check_float,
-    check_int,
-    check_mlp_shapes,
-    exp_magnitude_step,
-    fold_step_features,
-    init_mlp,
-)
+from components.optimizers import per_parameter as P
 
 __all__ = ["MLPLOpt", "MomentumAccumulators", "mlp_lopt_features"]
 
@@ -124,7 +115,7 @@ class MomentumAccumulators(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPLOpt(PerParameterLOpt):
+class MLPLOpt(P.PerParameterLOpt):
     """Per-parameter MLP learned optimizer LOLv2 (learned_optimization's ``MLPLOpt``); maths in the module docstring.
 
     Attributes:
@@ -152,11 +143,11 @@ class MLPLOpt(PerParameterLOpt):
     """XLA:CPU cannot compile the fused form of the 32-wide network (module docstring)."""
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden_size", check_int("MLPLOpt", "hidden_size", self.hidden_size, 1))
-        object.__setattr__(self, "hidden_layers", check_int("MLPLOpt", "hidden_layers", self.hidden_layers, 0))
-        object.__setattr__(self, "exp_mult", check_float("MLPLOpt", "exp_mult", self.exp_mult))
-        object.__setattr__(self, "step_mult", check_float("MLPLOpt", "step_mult", self.step_mult))
-        object.__setattr__(self, "decays", check_decays("MLPLOpt", "decays", self.decays))
+        object.__setattr__(self, "hidden_size", P.check_int("MLPLOpt", "hidden_size", self.hidden_size, 1))
+        object.__setattr__(self, "hidden_layers", P.check_int("MLPLOpt", "hidden_layers", self.hidden_layers, 0))
+        object.__setattr__(self, "exp_mult", P.check_float("MLPLOpt", "exp_mult", self.exp_mult))
+        object.__setattr__(self, "step_mult", P.check_float("MLPLOpt", "step_mult", self.step_mult))
+        object.__setattr__(self, "decays", P.check_decays("MLPLOpt", "decays", self.decays))
         self.resolved_impl  # noqa: B018 - validates impl
 
     # ------------------------------------------------------------------ sizes
@@ -183,7 +174,7 @@ class MLPLOpt(PerParameterLOpt):
           ``{"nn": {"w0", "b0", …}}``; ``w{l}`` has shape ``[fan_in, fan_out]`` and is drawn as
           ``TruncNormal(−2, 2) / sqrt(fan_in)`` (haiku's default ``Linear`` init), biases are zero.
         """
-        return {"nn": init_mlp(key, self.layer_sizes)}
+        return {"nn": P.init_mlp(key, self.layer_sizes)}
 
     def prepare(self, meta_params: Any, num_steps) -> Any:
         nn = meta_params.get("nn") if isinstance(meta_params, Mapping) else None
@@ -192,7 +183,7 @@ class MLPLOpt(PerParameterLOpt):
                 "MLPLOpt.make: meta_params must be a dict with an 'nn' entry; build them with "
                 f"lopt.init_meta_params(key) (or load a checkpoint), got {type(meta_params).__name__}."
             )
-        check_mlp_shapes("MLPLOpt", nn, self.layer_sizes)
+        P.check_mlp_shapes("MLPLOpt", nn, self.layer_sizes)
         if (
             self.resolved_impl != "reference"
             and self.hidden_size > _CPU_FUSED_MAX_WIDTH
@@ -216,7 +207,7 @@ class MLPLOpt(PerParameterLOpt):
     def step_context(self, hyper, state, leaves, accumulators, extra_args):
         del leaves, accumulators, extra_args  # the loss is accepted for the common contract, not used
         step_features = F.tanh_step_embedding(state.iteration)
-        layers = fold_step_features(hyper, self.num_features, step_features, precision=jax.lax.Precision.HIGHEST)
+        layers = P.fold_step_features(hyper, self.num_features, step_features, precision=jax.lax.Precision.HIGHEST)
         return layers, state.context
 
     def network(self, hyper, step, index):
@@ -224,4 +215,4 @@ class MLPLOpt(PerParameterLOpt):
 
     def output(self, hyper, step, index, param, grad, acc, outputs):
         """``Δp = −d · exp(exp_mult·s) · step_mult``."""
-        return exp_magnitude_step(outputs, self.exp_mult, self.step_mult)
+        return P.exp_magnitude_step(outputs, self.exp_mult, self.step_mult)

@@ -39,6 +39,7 @@ import optax
 from components.optimizers import fused
 
 __all__ = [
+    "AccumulatorDecays",
     "LearnedOptimizer",
     "PerParameterLOpt",
     "PerParameterState",
@@ -186,6 +187,23 @@ def exp_magnitude_step(outputs: Sequence[jax.Array], exp_mult: float, step_mult:
     direction, magnitude = outputs
     step = direction * jnp.exp(exp_mult * magnitude) * step_mult
     return -step
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AccumulatorDecays:
+    """The decay fields of the optimizers with momentum / RMS / Adafactor accumulators (keyword-only).
+
+    small_fc_lopt and STAR learn offsets from these initial decays; Celo and VeLO keep them fixed.
+    """
+
+    initial_momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+    initial_rms_decays: tuple[float, ...] = (0.999,)
+    initial_adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
+
+    @property
+    def decay_counts(self) -> tuple[int, int, int]:
+        """Numbers of momentum, RMS and Adafactor decays."""
+        return len(self.initial_momentum_decays), len(self.initial_rms_decays), len(self.initial_adafactor_decays)
 
 
 # --------------------------------------------------------------------------- the engine

@@ -88,6 +88,7 @@ import jax.numpy as jnp
 
 from components.optimizers import features as F
 from components.optimizers.per_parameter import (
+    AccumulatorDecays,
     PerParameterLOpt,
     check_decays,
     check_float,
@@ -160,7 +161,7 @@ class AdafacHyper(NamedTuple):
 _DECAY_FIELDS = ("initial_momentum_decays", "initial_rms_decays", "initial_adafactor_decays")
 
 
-class AdafacFeatures(PerParameterLOpt):
+class AdafacFeatures(AccumulatorDecays, PerParameterLOpt):
     """The features and network of ``small_fc_lopt``, shared by :class:`SmallFcLOpt` and STAR.
 
     Accumulators with meta-learned decay offsets, :func:`small_fc_features`, and an MLP of
@@ -235,8 +236,7 @@ class AdafacFeatures(PerParameterLOpt):
         )
 
     def init_accumulators(self, param: jax.Array) -> F.Accumulators:
-        counts = (len(self.initial_momentum_decays), len(self.initial_rms_decays), len(self.initial_adafactor_decays))
-        return F.init_accumulators(param, *counts)
+        return F.init_accumulators(param, *self.decay_counts)
 
     def features(self, hyper: AdafacHyper, param, grad, acc):
         acc, fac_g = F.update_accumulators(acc, grad, *hyper[1:])
@@ -276,9 +276,6 @@ class SmallFcLOpt(AdafacFeatures):
     hidden_layers: int = 2
     exp_mult: float = 0.001
     step_mult: float = 0.001
-    initial_momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
-    initial_rms_decays: tuple[float, ...] = (0.999,)
-    initial_adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
     impl: str = "auto"
 
     name: ClassVar[str] = "small_fc_lopt"

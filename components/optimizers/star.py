@@ -230,9 +230,6 @@ class STAR(AdafacFeatures):
     aggregate_nominal_magnitude: bool = False
     aggregate_regularization_magnitude: bool = False
     meta_weight_decay: float = 0.1
-    initial_momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
-    initial_rms_decays: tuple[float, ...] = (0.999,)
-    initial_adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
     impl: str = "auto"
 
     name: ClassVar[str] = "star"

@@ -99,7 +99,14 @@ import numpy as np
 from components.optimizers import features as F
 from components.optimizers import lstm as L
 from components.optimizers import velo_mlp
-from components.optimizers.per_parameter import PerParameterLOpt, check_bool, check_decays, check_float, check_int
+from components.optimizers.per_parameter import (
+    AccumulatorDecays,
+    PerParameterLOpt,
+    check_bool,
+    check_decays,
+    check_float,
+    check_int,
+)
 
 __all__ = ["VeLO", "VeLOContext", "mix_ff_params", "tensor_lstm_features"]
 
@@ -201,7 +208,7 @@ _META_KEYS = ("lstm_init_state", "rnn_params", "ff_mod_stack")
 
 
 @dataclasses.dataclass(frozen=True)
-class VeLO(PerParameterLOpt):
+class VeLO(AccumulatorDecays, PerParameterLOpt):
     """VeLO's per-tensor LSTM hypernetwork over a bank of per-parameter MLPs (``HyperV2``).
 
     See the module docstring for the maths and the reference.
@@ -230,9 +237,6 @@ class VeLO(PerParameterLOpt):
     exp_mult: float = 0.001
     step_mult: float = 0.001
     param_scale_mult: bool = True
-    initial_momentum_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
-    initial_rms_decays: tuple[float, ...] = (0.999,)
-    initial_adafactor_decays: tuple[float, ...] = (0.9, 0.99, 0.999)
     impl: str = "auto"
 
     name: ClassVar[str] = "velo"
@@ -256,18 +260,14 @@ class VeLO(PerParameterLOpt):
     # ------------------------------------------------------------------ sizes
 
     @property
-    def _decay_counts(self) -> tuple[int, int, int]:
-        return len(self.initial_momentum_decays), len(self.initial_rms_decays), len(self.initial_adafactor_decays)
-
-    @property
     def feature_groups(self) -> tuple[int, ...]:
         """First-layer group widths of the per-parameter MLP (:func:`.velo_mlp.feature_groups`)."""
-        return velo_mlp.feature_groups(*self._decay_counts)
+        return velo_mlp.feature_groups(*self.decay_counts)
 
     @functools.cached_property
     def num_lstm_inputs(self) -> int:
         """Width of the per-tensor LSTM input (30 by default), traced from :func:`tensor_lstm_features`."""
-        n_m, n_v, _ = self._decay_counts
+        n_m, n_v, _ = self.decay_counts
         p = jnp.zeros((3, 2), jnp.float32)
 
         def trace(p):
@@ -337,7 +337,7 @@ class VeLO(PerParameterLOpt):
         return meta_params
 
     def init_accumulators(self, param: jax.Array) -> F.Accumulators:
-        return F.init_accumulators(param, *self._decay_counts)
+        return F.init_accumulators(param, *self.decay_counts)
 
     def init_context(self, hyper: Any, params: Any, num_steps) -> VeLOContext:
         n = len(jax.tree.leaves(params))
