@@ -235,9 +235,9 @@ class PerParameterLOpt:
 
     Subclasses set :attr:`name`, have an ``impl`` field (:data:`.fused.IMPLS`) and define
     :meth:`init_meta_params`, :meth:`prepare`, :meth:`init_accumulators`, :meth:`features`,
-    :meth:`network` and :meth:`output`; :meth:`init_context` / :meth:`step_context` only when the
-    step has per-run state or inputs (a loss, an LSTM), :meth:`fresh_channels` (for
-    :attr:`num_features`) unless they override it.
+    :meth:`step_context`, :meth:`network` and :meth:`output`; :meth:`init_context` only when the step
+    has per-run state (a loss buffer, an LSTM), :meth:`fresh_channels` (for :attr:`num_features`)
+    unless they override that.
     """
 
     name: ClassVar[str]
@@ -286,12 +286,10 @@ class PerParameterLOpt:
     def step_context(self, hyper: Any, state: PerParameterState, leaves: list, accumulators: list, extra_args: dict):
         """``(step, context)``: this step's shared inputs of :meth:`network` / :meth:`output` and the new context.
 
-        Default: the step features ``tanh(t/τ − 1)``, no context.
+        Called once per update with the leaves of the params and of the accumulators (before this
+        step's update) and the update's keyword extra args (``loss`` …).
         """
-        del hyper, leaves, accumulators, extra_args
-        from components.optimizers import features as F  # noqa: PLC0415 - only the default needs it
-
-        return F.tanh_step_embedding(state.iteration), state.context
+        raise NotImplementedError
 
     def features(self, hyper: Any, param: jax.Array, grad: jax.Array, acc: Any) -> tuple[jax.Array, Any, list]:
         """``(grad, acc, channels)``: the gradient as the output rule sees it, new accumulators, channels."""
