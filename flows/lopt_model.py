@@ -1,7 +1,7 @@
-"""MLflow "models from code" entry point of a registered learned optimizer (see flows.models)."""
+"""MLflow "models from code" entry point of a registered learned optimizer (see flows.mlflow_models)."""
 
 import mlflow.models
 
-from flows.models import LearnedOptimizerModel
+from flows.mlflow_models import LearnedOptimizerModel
 
 mlflow.models.set_model(LearnedOptimizerModel())

@@ -116,7 +116,7 @@ def execute_stage(
     for path in result.artifacts:
         tracker.log_artifact(run_id, root / path, artifact_path=None if (root / path).is_file() else Path(path).name)
     if result.model_dir is not None:
-        from flows.models import log_learned_optimizer  # noqa: PLC0415
+        from flows.mlflow_models import log_learned_optimizer  # noqa: PLC0415
 
         uri = log_learned_optimizer(run_id, root / result.model_dir, result.tags["registered_name"])
         tracker.set_tags(run_id, {"l2o.model_uri": uri})

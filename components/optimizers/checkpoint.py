@@ -15,7 +15,7 @@ meta-parameters and the config) whose ``make(num_steps=…)`` is the ready optax
 
 ``load`` reads a local directory (or a ``file:`` URI) and nothing else: the library never reaches
 the pipeline's MLflow registry. The pipeline resolves a registered model name
-(``models:/<name>/<version>``) to its directory first (``flows.models.resolve_checkpoint``).
+(``models:/<name>/<version>``) to its directory first (``flows.mlflow_models.resolve_checkpoint``).
 
 Example:
   >>> import jax, tempfile, os
@@ -190,7 +190,7 @@ def _directory(path_or_uri: str | os.PathLike) -> Path:
         raise FileNotFoundError(
             f"{text!r} is not a learned-optimizer checkpoint directory: components.optimizers.load reads local "
             "directories (or file: URIs) only. Resolve a registered model to its directory first, e.g. "
-            "flows.models.resolve_checkpoint('models:/small_fc_lopt/1'), or pass the directory written by the "
+            "flows.mlflow_models.resolve_checkpoint('models:/small_fc_lopt/1'), or pass the directory written by the "
             "meta_train stage (e.g. models/lopt)."
         )
     return Path(text)
@@ -217,7 +217,7 @@ def load(path_or_uri: str | os.PathLike) -> TrainedOptimizer:
         raise FileNotFoundError(
             f"{str(path_or_uri)!r} is not a learned-optimizer checkpoint directory. Pass the directory written by "
             "the meta_train stage (e.g. models/lopt); the pipeline resolves registered model names such as "
-            "models:/small_fc_lopt/1 to their directory (flows.models.resolve_checkpoint)."
+            "models:/small_fc_lopt/1 to their directory (flows.mlflow_models.resolve_checkpoint)."
         )
     config = _read_config(path)
     try:

@@ -192,7 +192,7 @@ def _quadratic_run(opt, steps=60):
 
 def test_registered_model_loads_as_optax_and_steps_a_quadratic(tiny_run, monkeypatch):
     root, _ = tiny_run
-    from flows.models import resolve_checkpoint  # noqa: PLC0415
+    from flows.mlflow_models import resolve_checkpoint  # noqa: PLC0415
 
     client = _client(root)
     versions = client.search_model_versions("name='adafac_mlp_lopt_tiny'")

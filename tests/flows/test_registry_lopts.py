@@ -1,5 +1,5 @@
 """Any learned optimizer's checkpoint goes into the MLflow model registry and comes back through
-``flows.models.resolve_checkpoint`` + ``components.optimizers.load`` (a real SQLite tracking store
+``flows.mlflow_models.resolve_checkpoint`` + ``components.optimizers.load`` (a real SQLite tracking store
 in a temporary directory); the library's ``load`` itself does not read registered names."""
 
 import jax
@@ -14,7 +14,7 @@ from components.optimizers import load, registry, save
 def test_registered_checkpoint_loads_by_name(name, tmp_path, monkeypatch):
     import mlflow  # noqa: PLC0415
 
-    from flows.models import log_learned_optimizer, resolve_checkpoint  # noqa: PLC0415
+    from flows.mlflow_models import log_learned_optimizer, resolve_checkpoint  # noqa: PLC0415
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
