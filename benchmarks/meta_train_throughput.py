@@ -16,12 +16,13 @@ then the PES estimate and an Adam step on the meta-params.
   Python for every task, branch and step; the PES estimate from the collected losses; then the
   outer update. Warmed up (compiled) before timing.
 
-``--recipe celo`` instead measures Celo's full meta-training recipe (params/celo_gpu.yaml, mirrored
-in :data:`CELO_RECIPE` and checked against it by the tests): 4 families (one per 8x8 dataset) × 8
-tasks × 2 antithetic branches × truncation 50, horizons 100..2000, both phases (phase 1 trains the
-MLP, phase 2 the LSTM scheduler), each timed over ``--outer-steps`` outer steps after its compiling
-first call; it reports outer and inner steps/s per phase and the projected wall time of the full
-recipe (100k outer steps per phase).
+``--recipe celo`` instead measures Celo's full meta-training recipe as ``params/celo_gpu.yaml`` sets
+it (read with :func:`components.meta.load_preset`, no pydantic needed on a bare GPU worker): 4
+families (one per 8x8 dataset) × 8 tasks × 2 antithetic branches × truncation 50, horizons
+100..2000, both phases (phase 1 trains the MLP, phase 2 the LSTM scheduler), each with the preset's
+settings but timed over ``--outer-steps`` outer steps after its compiling first call; it reports
+outer and inner steps/s per phase and the projected wall time of the full recipe (each phase's
+``num_outer_steps``, 100k).
 
 Inner steps per second = tasks × 2 × trunc_length × outer steps / seconds. The data are random
 arrays of the real shapes (two datasets of 8x8x1 images, 10 classes): throughput does not depend on
@@ -30,6 +31,7 @@ No assertions: these are measurements (the issue asks the engine to be ≥ 10× 
 """
 
 import argparse
+import dataclasses
 import math
 import re
 import sys
@@ -44,24 +46,21 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.results_io import write_results  # noqa: E402
-from components.meta import MetaTrainConfig, meta_train  # noqa: E402
-from components.meta.pes import sample_length  # noqa: E402
+from components.meta import (  # noqa: E402
+    MetaTrainConfig,
+    MetaTrainPreset,
+    draw_batches,
+    inner_step,
+    load_preset,
+    meta_train,
+    sample_length,
+)
 from components.optimizers.registry import create_learned  # noqa: E402
 from components.tasks import ImageMLPFamily, stack_datasets  # noqa: E402
 
 MIN_UNROLL, MAX_UNROLL, SIGMA = 50, 1000, 0.01
-
-CELO_RECIPE = {
-    "lopt": "celo",
-    "num_tasks": 8,
-    "trunc_length": 50,
-    "min_unroll": 100,
-    "max_unroll": 2000,
-    "sigma": 0.01,
-    "steps_per_call": 10,
-    "phases": {"phase1": 100000, "phase2": 100000},
-}
-"""Celo's meta-training recipe as params/celo_gpu.yaml sets it (tests/benchmarks keep them equal)."""
+CELO_PRESET = Path(__file__).resolve().parents[1] / "params" / "celo_gpu.yaml"
+"""The params file whose meta_train section is Celo's recipe."""
 
 
 def make_problem(lopt_name: str, num_examples: int = 10000):
@@ -86,6 +85,7 @@ def engine_rate(
         min_unroll=MIN_UNROLL,
         max_unroll=MAX_UNROLL,
         sigma=SIGMA,
+        outer_lr_schedule="constant",
         log_every=outer_steps + steps_per_call,
     )
     lines: list[str] = []
@@ -100,11 +100,10 @@ def loop_rate(lopt, family, data, num_tasks: int, trunc: int, outer_steps: int) 
     """Inner steps/s of the per-step Python loop (after a warm-up outer step that compiles it)."""
 
     @jax.jit
-    def inner_step(theta, params, opt_state, length, task, data, key):
-        batch = task.batch(data, key)
-        loss, grads = jax.value_and_grad(task.loss)(params, batch)
-        updates, opt_state = lopt.make(theta, num_steps=length).update(grads, opt_state, params, loss=loss)
-        return task.normalized_loss(loss), optax.apply_updates(params, updates), opt_state
+    def loop_step(theta, params, opt_state, length, task, data, key):
+        opt = lopt.make(theta, num_steps=length)
+        loss, params, opt_state = inner_step(opt, task, params, opt_state, *draw_batches(task, data, key))
+        return task.normalized_loss(loss), params, opt_state
 
     @jax.jit
     def fresh(theta, key):
@@ -149,7 +148,7 @@ def loop_rate(lopt, family, data, num_tasks: int, trunc: int, outer_steps: int) 
                 k_step = jax.random.fold_in(k_task, 10 + k)
                 for b in range(2):
                     params, opt_state = prob["branches"][b]
-                    loss, params, opt_state = inner_step(
+                    loss, params, opt_state = loop_step(
                         thetas[b], params, opt_state, prob["length"], prob["task"], data, k_step
                     )
                     losses[b].append(float(loss))
@@ -176,7 +175,7 @@ def loop_rate(lopt, family, data, num_tasks: int, trunc: int, outer_steps: int) 
         updates, outer_state = outer.update(grad, outer_state, theta)
         return optax.apply_updates(theta, updates), outer_state
 
-    theta, outer_state = one_outer_step(theta, outer_state, 0)  # warm-up: compiles inner_step and fresh
+    theta, outer_state = one_outer_step(theta, outer_state, 0)  # warm-up: compiles loop_step and fresh
     jax.block_until_ready(theta)
     t0 = time.perf_counter()
     for i in range(1, outer_steps + 1):
@@ -185,11 +184,35 @@ def loop_rate(lopt, family, data, num_tasks: int, trunc: int, outer_steps: int) 
     return outer_steps * num_tasks * 2 * trunc / (time.perf_counter() - t0)
 
 
-def celo_recipe_rates(outer_steps: int, log) -> list[dict]:
+def celo_recipe(path: Path = CELO_PRESET) -> MetaTrainPreset:
+    """The preset at ``path``, checked to be Celo's recipe (the families below are built for it)."""
+    preset = load_preset(path)
+    family = preset.task_family
+    if family.get("preset") != "celo" or not family.get("estimator_per_dataset"):
+        raise ValueError(
+            f"{path}: --recipe celo needs meta_train.task_family {{preset: celo, estimator_per_dataset: true}},"
+            f" got {family}"
+        )
+    return preset
+
+
+def recipe_summary(preset: MetaTrainPreset) -> dict:
+    """What the JSON records of the recipe: the learned optimizer, the first phase's population and
+    unroll settings, and every phase's outer steps."""
+    cfg = preset.phases[0].config
+    keys = ("num_tasks", "trunc_length", "min_unroll", "max_unroll", "sigma", "steps_per_call")
+    return {
+        "params": str(CELO_PRESET.relative_to(CELO_PRESET.parents[1])),
+        "lopt": preset.lopt,
+        **{k: getattr(cfg, k) for k in keys},
+        "phases": {p.name: p.config.num_outer_steps for p in preset.phases},
+    }
+
+
+def celo_recipe_rates(preset: MetaTrainPreset, outer_steps: int, log) -> list[dict]:
     """Per phase: outer / inner steps per second of the Celo recipe and its projected wall time."""
     from components.tasks.families import CELO_DATASETS, CELO_IMAGE_SHAPE, celo_families  # noqa: PLC0415
 
-    r = CELO_RECIPE
     rng = np.random.default_rng(0)
     families = list(celo_families(CELO_DATASETS).values())
     datas = [
@@ -198,30 +221,24 @@ def celo_recipe_rates(outer_steps: int, log) -> list[dict]:
         )
         for _ in families
     ]
-    spc = r["steps_per_call"]
-    timed = max(spc, outer_steps // spc * spc)
     rows = []
-    for phase, (name, full_steps) in enumerate(r["phases"].items(), start=1):
-        lopt = create_learned(r["lopt"], train_phase=phase)
-        cfg = MetaTrainConfig(
-            num_outer_steps=timed + spc,
-            steps_per_call=spc,
-            num_tasks=r["num_tasks"],
-            trunc_length=r["trunc_length"],
-            min_unroll=r["min_unroll"],
-            max_unroll=r["max_unroll"],
-            sigma=r["sigma"],
-            log_every=timed + spc,
-        )
+    for index, phase in enumerate(preset.phases, start=1):
+        spc = phase.config.steps_per_call
+        timed = max(spc, outer_steps // spc * spc)
+        lopt = create_learned(preset.lopt, **phase.lopt_hyperparams)
+        # the phase's settings, run for the timed steps plus the compiling first call, one curve point
+        steps = timed + spc
+        cfg = dataclasses.replace(phase.config, num_outer_steps=steps, log_every=steps, checkpoint_every=None)
         lines: list[str] = []
-        res = meta_train(lopt, families, datas, cfg, key=jax.random.PRNGKey(phase), log=lines.append)
+        res = meta_train(lopt, families, datas, cfg, key=jax.random.PRNGKey(index), log=lines.append)
         match = next(m for line in lines if (m := re.search(r"compiled the outer step in ([0-9.]+)s", line)))
         first = float(match.group(1))
         outer_rate = timed / (res.seconds - first)
-        inner_per_outer = len(families) * r["num_tasks"] * 2 * r["trunc_length"]
+        inner_per_outer = len(families) * cfg.num_tasks * 2 * cfg.trunc_length
+        full_steps = phase.config.num_outer_steps
         rows.append(
             {
-                "phase": name,
+                "phase": phase.name,
                 "timed_outer_steps": timed,
                 "compile_seconds": first,
                 "outer_steps_per_s": outer_rate,
@@ -230,19 +247,20 @@ def celo_recipe_rates(outer_steps: int, log) -> list[dict]:
                 "projected_hours": (full_steps / outer_rate + first) / 3600,
             }
         )
-        log(f"  {name}: {outer_rate:.2f} outer steps/s over {timed} steps (compiled in {first:.0f}s)")
+        log(f"  {phase.name}: {outer_rate:.2f} outer steps/s over {timed} steps (compiled in {first:.0f}s)")
     return rows
 
 
 def main_recipe(args) -> int:
     device = jax.devices()[0]
     outer = args.outer_steps if args.outer_steps is not None else (2000 if jax.default_backend() == "gpu" else 20)
-    rows = celo_recipe_rates(outer, lambda m: print(m, flush=True))
-    r = CELO_RECIPE
+    preset = celo_recipe()
+    rows = celo_recipe_rates(preset, outer, lambda m: print(m, flush=True))
+    r = recipe_summary(preset)
     print(
-        f"Celo recipe meta-training: 4 families x {r['num_tasks']} tasks x 2 x truncation {r['trunc_length']}, "
-        f"{r['steps_per_call']} outer steps per call, {jax.default_backend()} ({device.device_kind}),"
-        f" jax {jax.__version__}"
+        f"Celo recipe meta-training ({r['params']}): 4 families x {r['num_tasks']} tasks x 2 x truncation"
+        f" {r['trunc_length']}, {r['steps_per_call']} outer steps per call, {jax.default_backend()}"
+        f" ({device.device_kind}), jax {jax.__version__}"
     )
     print(f"{'phase':<8} {'timed steps':>11} {'outer steps/s':>14} {'inner steps/s':>14} {'projected h':>12}")
     for row in rows:
@@ -251,8 +269,8 @@ def main_recipe(args) -> int:
             f" {row['inner_steps_per_s']:>14.0f} {row['projected_hours']:>12.2f}"
         )
     total = sum(row["projected_hours"] for row in rows)
-    print(f"projected full recipe (both phases, {sum(r['phases'].values())} outer steps): {total:.2f} h")
-    doc = {"recipe": CELO_RECIPE, "args": vars(args), "rows": rows, "projected_hours_total": total}
+    print(f"projected full recipe (all phases, {sum(r['phases'].values())} outer steps): {total:.2f} h")
+    doc = {"recipe": r, "args": vars(args), "rows": rows, "projected_hours_total": total}
     print(f"wrote {write_results('meta_train_celo_recipe', doc, args.out)}")
     return 0 if all(math.isfinite(row["outer_steps_per_s"]) for row in rows) else 1
 

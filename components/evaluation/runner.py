@@ -1,9 +1,11 @@
 """Train a task with an optax optimizer: one compiled program, ``vmap`` over seeds (and
 hyperparameters), ``lax.scan`` over steps, evaluation at fixed intervals.
 
-Every optimizer goes through this one path (baseline, learned, guarded): the update receives the
-keyword extra args ``loss`` (the minibatch loss) and ``loss_fn`` (a closure giving the loss of any
-parameters on the *same* minibatch, used by the LGL2O guard to compare candidates).
+Every optimizer goes through this one path (baseline, learned, guarded), and each step is
+:func:`components.meta.inner_step`, the step meta-training uses: the update receives the keyword
+extra args ``loss`` (the minibatch loss), ``loss_fn`` (a closure giving the loss of any parameters on
+the *same* minibatch, used by the LGL2O guard to compare candidates) and ``fresh_loss_fn`` (the same
+on an independent minibatch), and is applied with ``optax.apply_updates``.
 """
 
 from collections.abc import Callable
@@ -13,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from components.meta.inner import draw_batches, inner_step
 from components.tasks.protocol import TaskProtocol as Task
 
 __all__ = ["train_curves", "run_training", "OptFactory"]
@@ -48,18 +51,10 @@ def run_training(
 
     def step(carry, k):
         params, opt_state = carry
-        k_batch, k_fresh = jax.random.split(k)
-        batch = task.batch(train, k_batch)
-        loss, grads = jax.value_and_grad(task.loss)(params, batch)
-        loss_fn = lambda p: task.loss(p, batch)  # noqa: E731
-        # an independent batch for safeguards that estimate losses on fresh data (LGL2O
+        # the independent batch is for safeguards that estimate losses on fresh data (LGL2O
         # loss_batch="fresh"); XLA drops the sampling when no optimizer uses it
-        fresh_batch = task.batch(train, k_fresh)
-        fresh_loss_fn = lambda p: task.loss(p, fresh_batch)  # noqa: E731
-        updates, opt_state = opt.update(
-            grads, opt_state, params, loss=loss, loss_fn=loss_fn, fresh_loss_fn=fresh_loss_fn
-        )
-        params = optax.apply_updates(params, updates)
+        batch, fresh_batch = draw_batches(task, train, *jax.random.split(k))
+        loss, params, opt_state = inner_step(opt, task, params, opt_state, batch, fresh_batch)
         return (params, opt_state), loss
 
     def segment(carry, chunk_keys, every):

@@ -39,11 +39,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from components.meta.config import MetaTrainConfig
 from components.meta.frozen import trainable_mask
-from components.meta.pes import sample_length
+from components.meta.inner import draw_batches, inner_step, sample_length
 from components.meta.sharding import shard_tasks
 
-__all__ = ["FullES", "LOSS_TYPES", "sample_perturbations", "antithetic_gradient"]
+__all__ = ["FullES", "LOSS_TYPES", "sample_perturbations", "perturb", "antithetic_gradient"]
 
 LOSS_TYPES = ("avg", "min", "last", "last_recompute")
 
@@ -58,6 +59,14 @@ def sample_perturbations(lopt, meta_params: Any, sigma: float, num_tasks: int, k
         for k, p, t in zip(keys, leaves, keep)
     ]
     return jax.tree_util.tree_unflatten(treedef, eps)
+
+
+def perturb(lopt, meta_params: Any, sigma: float, num_tasks: int, key: jax.Array, mesh=None) -> tuple[Any, Any]:
+    """``(ε, θ±ε)``: :func:`sample_perturbations` and the antithetic pair stacked on an axis of size 2
+    (leaves ``[num_tasks, 2, ...]``), both split over ``mesh``'s devices along the task axis."""
+    eps = shard_tasks(sample_perturbations(lopt, meta_params, sigma, num_tasks, key), mesh)
+    theta_pair = jax.tree_util.tree_map(lambda t, e: jnp.stack([t[None] + e, t[None] - e], axis=1), meta_params, eps)
+    return eps, shard_tasks(theta_pair, mesh)
 
 
 def antithetic_gradient(
@@ -96,10 +105,10 @@ class FullES:
     num_tasks: int
     min_unroll: int
     max_unroll: int
-    sigma: float = 0.01
-    loss_type: str = "avg"
-    recompute_samples: int = 50
-    sign_delta_loss: float | None = None
+    sigma: float = MetaTrainConfig.sigma
+    loss_type: str = MetaTrainConfig.es_loss_type
+    recompute_samples: int = MetaTrainConfig.es_recompute_samples
+    sign_delta_loss: float | None = MetaTrainConfig.sign_delta_loss
     mesh: Any = None
 
     def __post_init__(self):
@@ -123,12 +132,8 @@ class FullES:
         """One ES estimate: ``(grad, state, aux)`` (pure, jittable; ``state`` is ``()``)."""
         k_len, k_eps, k_tasks, k_rec = jax.random.split(key, 4)
         length = sample_length(k_len, self.min_unroll, self.max_unroll)
-        eps = shard_tasks(sample_perturbations(lopt, meta_params, self.sigma, self.num_tasks, k_eps), self.mesh)
         # θ+ε and θ−ε on an antithetic axis of size 2: [num_tasks, 2, ...]
-        theta_pair = jax.tree_util.tree_map(
-            lambda t, e: jnp.stack([t[None] + e, t[None] - e], axis=1), meta_params, eps
-        )
-        theta_pair = shard_tasks(theta_pair, self.mesh)
+        eps, theta_pair = perturb(lopt, meta_params, self.sigma, self.num_tasks, k_eps, self.mesh)
         task_keys = shard_tasks(jax.random.split(k_tasks, self.num_tasks), self.mesh)
         rec_keys = shard_tasks(jax.random.split(k_rec, self.num_tasks), self.mesh)
         loss_type = self.loss_type
@@ -140,19 +145,15 @@ class FullES:
             params2 = jax.tree_util.tree_map(lambda p: jnp.stack([p, p]), params)
             opt_state2 = jax.vmap(lambda th: lopt.make(th, num_steps=length).init(params))(theta2)
 
-            def branch_step(theta, params, opt_state, batch):
-                loss, grads = jax.value_and_grad(task.loss)(params, batch)
-                opt = lopt.make(theta, num_steps=length)
-                updates, opt_state = opt.update(grads, opt_state, params, loss=loss)
-                params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
-                return loss, params, opt_state
+            def branch_step(theta, params, opt_state, batch, fresh_batch):
+                return inner_step(lopt.make(theta, num_steps=length), task, params, opt_state, batch, fresh_batch)
 
-            pair_step = jax.vmap(branch_step, in_axes=(0, 0, 0, None))
+            pair_step = jax.vmap(branch_step, in_axes=(0, 0, 0, None, None))
 
             def body(i, carry):
                 params2, opt_state2, norm_sum, norm_min, norm_last, raw_sum = carry
-                batch = task.batch(data, jax.random.fold_in(k_steps, i))  # shared by both branches
-                losses, params2, opt_state2 = pair_step(theta2, params2, opt_state2, batch)
+                batches = draw_batches(task, data, jax.random.fold_in(k_steps, i))  # shared by both branches
+                losses, params2, opt_state2 = pair_step(theta2, params2, opt_state2, *batches)
                 norm = task.normalized_loss(losses).astype(jnp.float32)
                 losses = losses.astype(jnp.float32)
                 return params2, opt_state2, norm_sum + norm, jnp.minimum(norm_min, norm), norm, raw_sum + losses

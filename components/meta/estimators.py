@@ -14,83 +14,43 @@ optimizer, ``research/algorithms.md`` §0.3). Every estimator is a frozen datacl
 
 Implementations:
 
-* :class:`PES`: truncated Persistent Evolution Strategies (:mod:`components.meta.pes`);
+* :class:`~components.meta.pes.PES`: truncated Persistent Evolution Strategies;
 * :class:`~components.meta.es.FullES`: antithetic ES over whole unrolls (loss types avg / min / last /
   last_recompute, optional sign-ΔL);
 * :class:`~components.meta.tbptt.TruncatedBackprop`: backpropagation through each truncation of
   persistent inner problems.
 
-:func:`build_estimator` makes one from the names used in params.
+:func:`build_estimator` makes the one a :class:`~components.meta.config.MetaTrainConfig` names.
 """
 
-import dataclasses
 from typing import Any
 
-import jax
+from components.meta.config import MetaTrainConfig
+from components.meta.es import FullES
+from components.meta.pes import PES
+from components.meta.tbptt import TruncatedBackprop
 
-from components.meta.pes import PESConfig, PESState, init_pes_state, pes_gradient
-
-__all__ = ["PES", "ESTIMATORS", "build_estimator"]
+__all__ = ["ESTIMATORS", "build_estimator"]
 
 ESTIMATORS = ("pes", "es", "tbptt")
 
 
-@dataclasses.dataclass(frozen=True)
-class PES:
-    """Truncated PES (antithetic, persistent accumulators, resets inside the window)."""
-
-    num_tasks: int
-    trunc_length: int
-    min_unroll: int
-    max_unroll: int
-    sigma: float = 0.01
-    random_offset: bool = True
-    mesh: Any = None
-
-    @property
-    def config(self) -> PESConfig:
-        return PESConfig(
-            self.num_tasks, self.trunc_length, self.min_unroll, self.max_unroll, self.sigma, self.random_offset
-        )
-
-    def init_state(self, lopt, meta_params, family, key: jax.Array) -> PESState:
-        return init_pes_state(lopt, meta_params, family, self.config, key)
-
-    def gradient(self, lopt, meta_params, family, state: PESState, data, key: jax.Array):
-        return pes_gradient(lopt, meta_params, family, self.config, state, data, key, mesh=self.mesh)
-
-
-def build_estimator(
-    name: str,
-    *,
-    num_tasks: int,
-    trunc_length: int,
-    min_unroll: int,
-    max_unroll: int,
-    sigma: float = 0.01,
-    es_loss_type: str = "avg",
-    es_recompute_samples: int = 50,
-    sign_delta_loss: float | None = None,
-    mesh: Any = None,
-):
-    """The estimator ``name`` (one of :data:`ESTIMATORS`) with the settings that apply to it."""
-    if name == "pes":
-        return PES(num_tasks, trunc_length, min_unroll, max_unroll, sigma, mesh=mesh)
-    if name == "es":
-        from components.meta.es import FullES  # noqa: PLC0415
-
+def build_estimator(cfg: MetaTrainConfig, mesh: Any = None):
+    """The estimator ``cfg.estimator`` (one of :data:`ESTIMATORS`) with the settings of ``cfg`` that
+    apply to it; ``mesh`` splits its task axis over devices."""
+    if cfg.estimator == "pes":
+        return PES(cfg.num_tasks, cfg.trunc_length, cfg.min_unroll, cfg.max_unroll, cfg.sigma, mesh=mesh)
+    if cfg.estimator == "es":
         return FullES(
-            num_tasks,
-            min_unroll,
-            max_unroll,
-            sigma,
-            loss_type=es_loss_type,
-            recompute_samples=es_recompute_samples,
-            sign_delta_loss=sign_delta_loss,
+            cfg.num_tasks,
+            cfg.min_unroll,
+            cfg.max_unroll,
+            cfg.sigma,
+            loss_type=cfg.es_loss_type,
+            recompute_samples=cfg.es_recompute_samples,
+            sign_delta_loss=cfg.sign_delta_loss,
             mesh=mesh,
         )
-    if name == "tbptt":
-        from components.meta.tbptt import TruncatedBackprop  # noqa: PLC0415
-
-        return TruncatedBackprop(num_tasks, trunc_length, min_unroll, max_unroll, mesh=mesh)
-    raise ValueError(f"unknown meta-gradient estimator {name!r}: use one of {list(ESTIMATORS)}")
+    if cfg.estimator == "tbptt":
+        return TruncatedBackprop(cfg.num_tasks, cfg.trunc_length, cfg.min_unroll, cfg.max_unroll, mesh=mesh)
+    raise ValueError(f"unknown meta-gradient estimator {cfg.estimator!r}: use one of {list(ESTIMATORS)}")

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from components.meta.frozen import trainable_mask
-from components.meta.pes import InnerState, PESConfig, _fresh_inner, _inner_step, _loss_and_grad
+from components.meta.inner import InnerState, advance_inner, draw_batches, fresh_inner, init_inner
 from components.meta.sharding import shard_tasks
 
 __all__ = ["TruncatedBackprop"]
@@ -45,10 +45,10 @@ class TruncatedBackprop:
     """Truncated BPTT over persistent inner problems (see the module docstring).
 
     Attributes:
-      num_tasks: persistent inner problems.
+      num_tasks: persistent inner problems (one per task, no antithetic pair).
       trunc_length: inner steps per call (the backpropagation window).
-      min_unroll, max_unroll: bounds of the log-uniform inner horizon, drawn at every reset.
-      random_offset: start each inner problem at a random step of its first horizon.
+      min_unroll, max_unroll: bounds of the log-uniform inner horizon, drawn at every reset; with
+        random_offset, each inner problem starts at a random step of its first horizon.
       mesh: optional :func:`~components.meta.sharding.task_mesh` splitting the task axis.
     """
 
@@ -71,22 +71,12 @@ class TruncatedBackprop:
                 f" and {self.trunc_length}"
             )
 
-    @property
-    def _cfg(self) -> PESConfig:  # what pes._fresh_inner reads (sigma is unused)
-        return PESConfig(self.num_tasks, self.trunc_length, self.min_unroll, self.max_unroll, 0.0, self.random_offset)
-
     def init_state(self, lopt, meta_params, family, key: jax.Array) -> InnerState:
         """Fresh inner problems (leading task axis), at random offsets into their horizons."""
-        k_inner, k_off = jax.random.split(key)
-        keys = jax.random.split(k_inner, self.num_tasks)
-        inner = jax.vmap(lambda k: _fresh_inner(lopt, meta_params, family, self._cfg, k))(keys)
-        offsets = jax.random.uniform(k_off, (self.num_tasks,)) * float(self.random_offset)
-        step = jnp.floor(offsets * inner.length.astype(jnp.float32)).astype(jnp.int32)
-        return inner._replace(step=step)
+        return init_inner(lopt, meta_params, family, key, self)
 
     def gradient(self, lopt, meta_params, family, state: InnerState, data, key: jax.Array):
         """One window: ``(grad, new_state, aux)`` (pure, jittable)."""
-        cfg = self._cfg
         start = shard_tasks(jax.tree_util.tree_map(jax.lax.stop_gradient, state), self.mesh)
         task_keys = shard_tasks(jax.random.split(key, self.num_tasks), self.mesh)
 
@@ -97,10 +87,9 @@ class TruncatedBackprop:
                 def body(inner, k):
                     k_batch, k_reset = jax.random.split(k)
                     task = inner.task
-                    batch = task.batch(data, k_batch)
-                    loss, inner = _inner_step(lopt, theta, inner, batch, _loss_and_grad)
+                    loss, inner = advance_inner(lopt, theta, inner, *draw_batches(task, data, k_batch))
                     done = inner.step >= inner.length
-                    fresh = _fresh_inner(lopt, theta_const, family, cfg, k_reset)
+                    fresh = fresh_inner(lopt, theta_const, family, k_reset, self)
                     inner = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), fresh, inner)
                     return inner, (task.normalized_loss(loss), loss, done)
 

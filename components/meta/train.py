@@ -11,11 +11,13 @@ one, so an interrupted and resumed run ends with the same meta-params as an unin
 Several task families (Celo: one per dataset) each get their own estimator and persistent state; their
 meta-gradients are averaged. Non-finite meta-gradient entries are zeroed and counted (curve
 ``nonfinite``) before clipping by value and AdamW.
+
+``on_outer_step`` (a hook called after every compiled call, once its checkpoint is written) lets the
+caller watch progress or inject faults: the pipeline's tests kill the process from it to check
+that a resumed run ends where an uninterrupted one does.
 """
 
 import dataclasses
-import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,44 +29,14 @@ import numpy as np
 import optax
 
 from components.meta.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from components.meta.config import MetaTrainConfig
 from components.meta.estimators import build_estimator
 from components.meta.frozen import penalty_gradient, trainable_mask
 from components.meta.sharding import describe, place_tasks, task_mesh
 
-__all__ = ["MetaTrainConfig", "MetaTrainResult", "outer_optimizer", "meta_train", "progress_line", "FAULT_ENV"]
-
-FAULT_ENV = "L2O_FAULT_KILL_AT_OUTER_STEP"
-"""Fault injection for tests: the process SIGKILLs itself once this many outer steps are done."""
+__all__ = ["MetaTrainResult", "outer_optimizer", "meta_train", "progress_line"]
 
 CURVES = ("meta_loss", "train_loss", "grad_norm", "nonfinite")
-
-
-@dataclasses.dataclass(frozen=True)
-class MetaTrainConfig:
-    num_outer_steps: int
-    num_tasks: int = 8  # per family (estimator)
-    trunc_length: int = 20
-    min_unroll: int = 200
-    max_unroll: int = 1000
-    sigma: float = 0.01
-    outer_lr: float = 1e-3
-    outer_lr_schedule: str = "constant"  # or "cosine": decays to 10% of outer_lr at the last step
-    outer_weight_decay: float = 0.0
-    grad_clip: float = 3.0
-    log_every: int = 50
-    estimator: str = "pes"  # "pes" | "es" | "tbptt" (components.meta.estimators)
-    es_loss_type: str = "avg"
-    es_recompute_samples: int = 50
-    sign_delta_loss: float | None = None
-    steps_per_call: int = 1  # outer steps per compiled call (lax.scan); divides log_every / checkpoint_every
-    checkpoint_every: int | None = None
-    shard: bool = True  # split the population over all local devices when there are several
-
-    def __post_init__(self):
-        for name in ("log_every", "checkpoint_every"):
-            every = getattr(self, name)
-            if every is not None and every % self.steps_per_call:
-                raise ValueError(f"{name} ({every}) must be a multiple of steps_per_call ({self.steps_per_call})")
 
 
 @dataclasses.dataclass
@@ -115,68 +87,14 @@ def _as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def meta_train(
-    lopt,
-    family,
-    data,
-    cfg: MetaTrainConfig,
-    *,
-    key: jax.Array,
-    log: Callable[[str], None] = print,
-    init_meta_params: Any = None,
-    checkpoint_path: Path | None = None,
-    fingerprint: str = "",
-    resume: bool = False,
-) -> MetaTrainResult:
-    """Meta-train ``lopt`` on ``family`` (or several families) with the configured estimator.
+def _init_states(lopt, meta_params, families: list, estimator, key: jax.Array) -> tuple:
+    """The estimator's persistent state for every family (one key each)."""
+    keys = jax.random.split(key, len(families))
+    return tuple(estimator.init_state(lopt, meta_params, fam, k) for fam, k in zip(families, keys, strict=True))
 
-    Args:
-      lopt: a learned optimizer (``init_meta_params(key)``, ``make(meta_params, *, num_steps)``).
-      family: a task family with ``sample(key) -> Task``, or a sequence of them (one estimator each,
-        ``cfg.num_tasks`` tasks per family, meta-gradients averaged).
-      data: the data the family's tasks index into (a sequence matching ``family``'s).
-      cfg: loop and estimator settings.
-      key: the only source of randomness.
-      log: where progress lines go.
-      init_meta_params: start from these meta-params instead of ``lopt.init_meta_params`` (e.g.
-        Celo's phase 2 from the phase-1 result).
-      checkpoint_path: where to write the loop state every ``cfg.checkpoint_every`` outer steps and at
-        the end (atomically).
-      fingerprint: identifies the run's settings; a checkpoint with another fingerprint is refused.
-      resume: continue from ``checkpoint_path`` if it exists (a fresh run otherwise).
 
-    Frozen meta-params declared by ``lopt.frozen_keys()`` are neither perturbed nor updated, and the
-    gradient of ``lopt.meta_penalty`` (if declared) is added to the estimate
-    (:mod:`components.meta.frozen`).
-
-    Returns:
-      The trained meta-parameters and curves ``meta_loss``, ``train_loss``, ``grad_norm`` and
-      ``nonfinite`` (meta-gradient entries zeroed) sampled every ``cfg.log_every`` outer steps
-      (averaged over the steps since the previous point).
-    """
-    families, datas = _as_list(family), _as_list(data)
-    if len(families) != len(datas):
-        raise ValueError(f"{len(families)} task families but {len(datas)} datasets: pass one data per family")
-    mesh = task_mesh(cfg.num_tasks) if cfg.shard else None
-    estimator = build_estimator(
-        cfg.estimator,
-        num_tasks=cfg.num_tasks,
-        trunc_length=cfg.trunc_length,
-        min_unroll=cfg.min_unroll,
-        max_unroll=cfg.max_unroll,
-        sigma=cfg.sigma,
-        es_loss_type=cfg.es_loss_type,
-        es_recompute_samples=cfg.es_recompute_samples,
-        sign_delta_loss=cfg.sign_delta_loss,
-        mesh=mesh,
-    )
-    k_init, k_state, k_loop = jax.random.split(key, 3)
-    meta_params = lopt.init_meta_params(k_init) if init_meta_params is None else init_meta_params
-    opt = outer_optimizer(cfg, trainable_mask(lopt, meta_params))
-    opt_state = opt.init(meta_params)
-    state_keys = jax.random.split(k_state, len(families))
-    states = tuple(estimator.init_state(lopt, meta_params, fam, k) for fam, k in zip(families, state_keys, strict=True))
-    datas = tuple(datas)
+def _outer_call(lopt, families: list, estimator, opt: optax.GradientTransformation) -> Callable:
+    """The compiled call: ``lax.scan`` of outer steps over ``step_keys``, one estimate per family."""
 
     def one_outer_step(carry, step_key, datas):
         meta_params, opt_state, states = carry
@@ -211,82 +129,168 @@ def meta_train(
         carry, outs = jax.lax.scan(body, (meta_params, opt_state, states), step_keys)
         return (*carry, outs)
 
-    # --- restore --------------------------------------------------------------------------------
-    start_step, curves, window, inner_total = 0, {k: [] for k in CURVES}, {k: [] for k in CURVES}, 0
-    if checkpoint_path is not None and resume and Path(checkpoint_path).exists():
-        (meta_params, opt_state, states), header = load_checkpoint(checkpoint_path, (meta_params, opt_state, states))
-        if header.get("fingerprint") != fingerprint:
-            raise CheckpointError(
-                f"checkpoint {checkpoint_path} was written by a run with other settings"
-                f" (fingerprint {header.get('fingerprint')!r}, this run {fingerprint!r}): delete it or run without"
-                " --resume to start over"
-            )
-        start_step = int(header["step"])
-        curves = {k: [tuple(p) for p in header["curves"].get(k, [])] for k in CURVES}
-        window = {k: [np.float32(v) for v in header["window"].get(k, [])] for k in CURVES}
-        inner_total = int(header["inner_steps"])
-        log(f"meta_train: resumed from {checkpoint_path} at outer step {start_step}/{cfg.num_outer_steps}")
-    elif resume:
-        log(f"meta_train: --resume: no checkpoint at {checkpoint_path}, starting from outer step 0")
-    states = place_tasks(states, mesh)
+    return outer_call
+
+
+@dataclasses.dataclass
+class _Progress:
+    """The loop's bookkeeping: curves so far, the values since the last curve point, inner steps, and
+    the rates (which exclude the first, compiling call). Saved in, and restored from, checkpoints."""
+
+    total: int
+    curves: dict = dataclasses.field(default_factory=lambda: {k: [] for k in CURVES})
+    window: dict = dataclasses.field(default_factory=lambda: {k: [] for k in CURVES})
+    inner_total: int = 0
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    compiled_at: float | None = None
+    steps_timed: int = 0
+    inner_timed: int = 0
+
+    @classmethod
+    def from_header(cls, total: int, header: dict) -> "_Progress":
+        return cls(
+            total,
+            curves={k: [tuple(p) for p in header["curves"].get(k, [])] for k in CURVES},
+            window={k: [np.float32(v) for v in header["window"].get(k, [])] for k in CURVES},
+            inner_total=int(header["inner_steps"]),
+        )
+
+    def header(self, step: int, fingerprint: str) -> dict:
+        return {
+            "step": step,
+            "fingerprint": fingerprint,
+            "curves": self.curves,
+            "window": {k: [float(v) for v in vs] for k, vs in self.window.items()},
+            "inner_steps": self.inner_total,
+        }
+
+    def record(self, outs: dict, n: int, log: Callable[[str], None]) -> None:
+        """Adds the ``n`` outer steps of one compiled call."""
+        for k in CURVES:
+            self.window[k].extend(np.asarray(outs[k], np.float32).tolist())
+        inner_now = int(np.sum(outs["inner_steps"]))
+        self.inner_total += inner_now
+        if self.compiled_at is None:
+            self.compiled_at = time.perf_counter()
+            log(f"meta_train: compiled the outer step in {self.compiled_at - self.started:.1f}s")
+        else:
+            self.steps_timed += n
+            self.inner_timed += inner_now
+
+    def point(self, step: int, log: Callable[[str], None]) -> None:
+        """A curve point (the mean of the window) and a progress line."""
+        for k in CURVES:
+            if self.window[k]:
+                self.curves[k].append((step, float(np.mean(np.asarray(self.window[k], np.float32)))))
+            self.window[k] = []
+        curves = self.curves
+        extra = f"meta_loss={curves['meta_loss'][-1][1]:.4f} grad_norm={curves['grad_norm'][-1][1]:.3g}"
+        if curves["nonfinite"][-1][1] > 0:
+            extra += f" nonfinite={curves['nonfinite'][-1][1]:.0f}"
+        elapsed = time.perf_counter() - self.compiled_at
+        ok = elapsed > 0 and self.steps_timed > 0
+        outer_rate = self.steps_timed / elapsed if ok else float("nan")
+        inner_rate = self.inner_timed / elapsed if ok else float("nan")
+        log(f"meta_train: {progress_line(step, self.total, outer_rate, inner_rate, extra)}")
+
+
+def _restore(
+    path: Path | None, resume: bool, like: Any, fingerprint: str, total: int, log: Callable[[str], None]
+) -> tuple[Any, int, "_Progress"]:
+    """``(loop state, outer step, progress)``: saved at ``path`` by a run with ``fingerprint`` when
+    resuming from an existing checkpoint, else ``like`` at step 0."""
+    if path is None or not resume or not Path(path).exists():
+        if resume:
+            log(f"meta_train: --resume: no checkpoint at {path}, starting from outer step 0")
+        return like, 0, _Progress(total)
+    state, header = load_checkpoint(path, like)
+    if header.get("fingerprint") != fingerprint:
+        raise CheckpointError(
+            f"checkpoint {path} was written by a run with other settings"
+            f" (fingerprint {header.get('fingerprint')!r}, this run {fingerprint!r}): delete it or run without"
+            " --resume to start over"
+        )
+    step = int(header["step"])
+    log(f"meta_train: resumed from {path} at outer step {step}/{total}")
+    return state, step, _Progress.from_header(total, header)
+
+
+def meta_train(
+    lopt,
+    family,
+    data,
+    cfg: MetaTrainConfig,
+    *,
+    key: jax.Array,
+    log: Callable[[str], None] = print,
+    init_meta_params: Any = None,
+    checkpoint_path: Path | None = None,
+    fingerprint: str = "",
+    resume: bool = False,
+    on_outer_step: Callable[[int, int], None] | None = None,
+) -> MetaTrainResult:
+    """Meta-train ``lopt`` on ``family`` (or several families) with the configured estimator.
+
+    Args:
+      lopt: a learned optimizer (``init_meta_params(key)``, ``make(meta_params, *, num_steps)``).
+      family: a task family with ``sample(key) -> Task``, or a sequence of them (one estimator each,
+        ``cfg.num_tasks`` tasks per family, meta-gradients averaged).
+      data: the data the family's tasks index into (a sequence matching ``family``'s).
+      cfg: loop and estimator settings.
+      key: the only source of randomness.
+      log: where progress lines go.
+      init_meta_params: start from these meta-params instead of ``lopt.init_meta_params`` (e.g.
+        Celo's phase 2 from the phase-1 result).
+      checkpoint_path: where to write the loop state every ``cfg.checkpoint_every`` outer steps and at
+        the end (atomically).
+      fingerprint: identifies the run's settings; a checkpoint with another fingerprint is refused.
+      resume: continue from ``checkpoint_path`` if it exists (a fresh run otherwise).
+      on_outer_step: called as ``on_outer_step(done, total)`` after every compiled call (and after
+        its checkpoint is written) with the outer steps done so far and ``cfg.num_outer_steps``.
+
+    Frozen meta-params declared by ``lopt.frozen_keys()`` are neither perturbed nor updated, and the
+    gradient of ``lopt.meta_penalty`` (if declared) is added to the estimate
+    (:mod:`components.meta.frozen`).
+
+    Returns:
+      The trained meta-parameters and curves ``meta_loss``, ``train_loss``, ``grad_norm`` and
+      ``nonfinite`` (meta-gradient entries zeroed) sampled every ``cfg.log_every`` outer steps
+      (averaged over the steps since the previous point).
+    """
+    families, datas = _as_list(family), tuple(_as_list(data))
+    if len(families) != len(datas):
+        raise ValueError(f"{len(families)} task families but {len(datas)} datasets: pass one data per family")
+    mesh = task_mesh(cfg.num_tasks) if cfg.shard_population else None
+    estimator = build_estimator(cfg, mesh)
+    k_init, k_state, k_loop = jax.random.split(key, 3)
+    meta_params = lopt.init_meta_params(k_init) if init_meta_params is None else init_meta_params
+    opt = outer_optimizer(cfg, trainable_mask(lopt, meta_params))
+    opt_state, states = opt.init(meta_params), _init_states(lopt, meta_params, families, estimator, k_state)
+    outer_call = _outer_call(lopt, families, estimator, opt)
+
+    total = cfg.num_outer_steps
+    (meta_params, opt_state, states), step, progress = _restore(
+        checkpoint_path, resume, (meta_params, opt_state, states), fingerprint, total, log
+    )
+    start_step, states = step, place_tasks(states, mesh)
     log(
         f"meta_train: {cfg.estimator} x {len(families)} famil{'y' if len(families) == 1 else 'ies'},"
         f" {cfg.num_tasks} tasks each, {cfg.steps_per_call} outer step(s) per compiled call, {describe(mesh)}"
     )
-
-    def save(step: int) -> None:
-        if checkpoint_path is None:
-            return
-        header = {
-            "step": step,
-            "fingerprint": fingerprint,
-            "curves": curves,
-            "window": {k: [float(v) for v in vs] for k, vs in window.items()},
-            "inner_steps": inner_total,
-        }
-        save_checkpoint(checkpoint_path, (meta_params, opt_state, states), header)
-
-    start = time.perf_counter()
-    compiled_at = None
-    fault_at = int(os.environ.get(FAULT_ENV, "0") or 0)
-    step = start_step
-    steps_done_timed, inner_timed = 0, 0
-    while step < cfg.num_outer_steps:
-        n = min(cfg.steps_per_call, cfg.num_outer_steps - step)
+    progress.started = time.perf_counter()
+    while step < total:
+        n = min(cfg.steps_per_call, total - step)
         keys = jnp.stack([jax.random.fold_in(k_loop, i) for i in range(step, step + n)])
         meta_params, opt_state, states, outs = outer_call(meta_params, opt_state, states, datas, keys)
-        outs = jax.device_get(outs)
-        for k in CURVES:
-            window[k].extend(np.asarray(outs[k], np.float32).tolist())
-        inner_now = int(np.sum(outs["inner_steps"]))
-        inner_total += inner_now
+        progress.record(jax.device_get(outs), n, log)
         step += n
-        if compiled_at is None:
-            compiled_at = time.perf_counter()
-            log(f"meta_train: compiled the outer step in {compiled_at - start:.1f}s")
-        else:
-            steps_done_timed += n
-            inner_timed += inner_now
-        last = step == cfg.num_outer_steps
+        last = step == total
         if step % cfg.log_every == 0 or last:
-            for k in CURVES:
-                if window[k]:
-                    curves[k].append((step, float(np.mean(np.asarray(window[k], np.float32)))))
-                window[k] = []
-            extra = f"meta_loss={curves['meta_loss'][-1][1]:.4f} grad_norm={curves['grad_norm'][-1][1]:.3g}"
-            if curves["nonfinite"][-1][1] > 0:
-                extra += f" nonfinite={curves['nonfinite'][-1][1]:.0f}"
-            # rates exclude the first (compiling) call
-            elapsed = time.perf_counter() - compiled_at
-            ok = elapsed > 0 and steps_done_timed > 0
-            outer_rate = steps_done_timed / elapsed if ok else float("nan")
-            inner_rate = inner_timed / elapsed if ok else float("nan")
-            log(f"meta_train: {progress_line(step, cfg.num_outer_steps, outer_rate, inner_rate, extra)}")
-        if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or last):
-            save(step)
-        if fault_at and step >= fault_at and not last:
-            log(f"meta_train: {FAULT_ENV}={fault_at}: killing this process at outer step {step}")
-            os.kill(os.getpid(), signal.SIGKILL)
+            progress.point(step, log)
+        if checkpoint_path is not None and cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or last):
+            save_checkpoint(checkpoint_path, (meta_params, opt_state, states), progress.header(step, fingerprint))
+        if on_outer_step is not None:
+            on_outer_step(step, total)
     jax.block_until_ready(meta_params)
-    seconds = time.perf_counter() - start
-    return MetaTrainResult(meta_params, curves, seconds, inner_total, resumed_from=start_step)
+    seconds = time.perf_counter() - progress.started
+    return MetaTrainResult(meta_params, progress.curves, seconds, progress.inner_total, resumed_from=start_step)

@@ -129,27 +129,8 @@ def _data_hashes(params: PipelineParams, manifest: dict) -> dict[str, str]:
 
 
 def _config(params: PipelineParams, num_outer_steps: int) -> MetaTrainConfig:
-    mt = params.meta_train
-    return MetaTrainConfig(
-        num_outer_steps=num_outer_steps,
-        num_tasks=mt.num_tasks,
-        trunc_length=mt.trunc_length,
-        min_unroll=mt.min_unroll,
-        max_unroll=mt.max_unroll,
-        sigma=mt.sigma,
-        outer_lr=mt.outer_lr,
-        outer_lr_schedule=mt.outer_lr_schedule,
-        outer_weight_decay=mt.outer_weight_decay,
-        grad_clip=mt.grad_clip,
-        log_every=mt.log_every,
-        estimator=mt.estimator,
-        es_loss_type=mt.es_loss_type,
-        es_recompute_samples=mt.es_recompute_samples,
-        sign_delta_loss=mt.sign_delta_loss,
-        steps_per_call=mt.steps_per_call,
-        checkpoint_every=mt.checkpoint_every,
-        shard=mt.shard_population,
-    )
+    """The library config of the ``meta_train`` settings, for a phase of ``num_outer_steps``."""
+    return params.meta_train.config(num_outer_steps)
 
 
 def _fingerprint(params: PipelineParams, data_hashes: dict, phase_index: int) -> str:

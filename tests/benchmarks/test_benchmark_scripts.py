@@ -4,21 +4,33 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from benchmarks import meta_train_throughput, optimizer_step
+from components.stages import meta_train as stage_meta_train
 from flows.params_io import load_params
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_celo_recipe_constants_match_the_gpu_preset():
-    """The throughput benchmark runs without pydantic on a GPU worker, so it mirrors the preset."""
-    mt = load_params(REPO / "params" / "celo_gpu.yaml").meta_train
-    recipe = meta_train_throughput.CELO_RECIPE
-    assert recipe["lopt"] == mt.lopt
-    for key in ("num_tasks", "trunc_length", "min_unroll", "max_unroll", "sigma", "steps_per_call"):
-        assert recipe[key] == getattr(mt, key), key
-    assert recipe["phases"] == {p.name: p.num_outer_steps for p in mt.phases}
-    assert mt.estimator == "pes" and mt.task_family.preset == "celo" and mt.task_family.estimator_per_dataset
+def test_the_celo_recipe_is_read_from_the_gpu_preset():
+    """The throughput benchmark reads params/celo_gpu.yaml itself (no copy to keep in sync): the
+    configs it times are those the pipeline would run."""
+    params = load_params(REPO / "params" / "celo_gpu.yaml")
+    mt = params.meta_train
+    preset = meta_train_throughput.celo_recipe()
+    assert preset.lopt == mt.lopt == "celo"
+    for phase, want in zip(preset.phases, mt.phase_list(), strict=True):
+        assert phase.config == stage_meta_train._config(params, mt.phase_steps(want))
+        assert phase.lopt_hyperparams == mt.phase_hyperparams(want)
+    summary = meta_train_throughput.recipe_summary(preset)
+    assert summary["phases"] == {p.name: p.num_outer_steps for p in mt.phases}
+    assert (summary["num_tasks"], summary["trunc_length"], summary["steps_per_call"]) == (8, 50, 10)
+
+
+def test_the_celo_recipe_refuses_another_preset():
+    with pytest.raises(ValueError, match="needs meta_train.task_family"):
+        meta_train_throughput.celo_recipe(REPO / "params" / "tiny.yaml")
 
 
 def test_optimizer_step_times_every_impl_against_adam(tmp_path, capsys):

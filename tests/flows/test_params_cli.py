@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.stages.params import PipelineParams
+from components.stages.params import PipelineParams, params_hash
 from flows.cli import main
-from flows.params_io import ParamsError, apply_overrides, load_params
+from flows.params_io import ParamsError, apply_overrides, dump_params, load_params
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,6 +22,47 @@ def test_every_params_file_validates(path):
 def test_resolved_params_yaml_matches_default():
     # params.yaml (what DVC reads) is the resolved default experiment
     assert load_params(REPO / "params.yaml") == load_params(REPO / "params" / "default.yaml")
+
+
+def test_the_resolved_params_yaml_is_byte_identical_to_the_dump_of_default():
+    """Field names, order and defaults of the models are what params.yaml (and DVC) hold."""
+    written = dump_params(load_params(REPO / "params" / "default.yaml"), "params/default.yaml")
+    assert written == (REPO / "params.yaml").read_text()
+
+
+def test_dvc_lock_records_the_params_the_models_give():
+    resolved = load_params(REPO / "params.yaml").model_dump(mode="json")
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())
+    checked = 0
+    for stage, entry in lock["stages"].items():
+        for dotted, value in entry.get("params", {}).get("params.yaml", {}).items():
+            node = resolved
+            for part in dotted.split("."):
+                node = node[part]
+            assert node == value, f"{stage}: {dotted}"
+            checked += 1
+    assert checked >= 10
+
+
+# params_hash of every params file: the models' model_dump(mode="json") of each, canonical. A change
+# here re-runs every DVC stage and splits MLflow's runs by params hash: update a pin only when you
+# meant to change that experiment (or the models' fields / defaults).
+PARAMS_HASHES = {
+    "celo_cpu.yaml": "32f89bf8c539ed37",
+    "celo_gpu.yaml": "7e37cdae5671853f",
+    "default.yaml": "25049edb91ffb07f",
+    "l3rs_cpu.yaml": "f518f1ea3f42f1c9",
+    "l3rs_gpu.yaml": "35be03ac5bb74175",
+    "star_cpu.yaml": "c539cd48cb1cd7fd",
+    "star_gpu.yaml": "4e99f83cb087489a",
+    "tiny.yaml": "352ed208b544d57b",
+}
+
+
+def test_params_hashes_are_pinned():
+    got = {p.name: params_hash(load_params(p)) for p in sorted((REPO / "params").glob("*.yaml"))}
+    assert got == PARAMS_HASHES
+    assert params_hash(PipelineParams()) == "c901ced51165b7f7"
 
 
 def test_any_learned_optimizer_and_baseline_guard_are_selectable():

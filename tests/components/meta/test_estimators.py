@@ -29,8 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from components.meta.config import MetaTrainConfig
 from components.meta.es import FullES, antithetic_gradient, sample_perturbations
-from components.meta.estimators import PES, build_estimator
+from components.meta.estimators import build_estimator
+from components.meta.pes import PES
 from components.meta.tbptt import TruncatedBackprop
 from tests.components.meta.test_pes import LearnableSGD, QuadraticFamily, _true_meta_gradient
 
@@ -306,9 +308,11 @@ def test_frozen_meta_parameters_get_no_gradient():
 
 def test_build_estimator_makes_every_kind():
     kw = dict(num_tasks=4, trunc_length=5, min_unroll=10, max_unroll=20, sigma=0.02)
-    es = build_estimator("es", es_loss_type="last_recompute", es_recompute_samples=7, sign_delta_loss=0.1, **kw)
-    assert es == FullES(4, 10, 20, 0.02, "last_recompute", 7, 0.1)
-    assert build_estimator("tbptt", **kw) == TruncatedBackprop(4, 5, 10, 20)
-    assert build_estimator("pes", **kw) == PES(4, 5, 10, 20, 0.02)
-    with pytest.raises(ValueError, match="loss_type"):
-        build_estimator("es", es_loss_type="es_loss_bad", **kw)
+    es_cfg = MetaTrainConfig(
+        estimator="es", es_loss_type="last_recompute", es_recompute_samples=7, sign_delta_loss=0.1, **kw
+    )
+    assert build_estimator(es_cfg) == FullES(4, 10, 20, 0.02, "last_recompute", 7, 0.1)
+    assert build_estimator(MetaTrainConfig(estimator="tbptt", **kw)) == TruncatedBackprop(4, 5, 10, 20)
+    assert build_estimator(MetaTrainConfig(estimator="pes", **kw)) == PES(4, 5, 10, 20, 0.02)
+    with pytest.raises(ValueError, match="es_loss_type must be one of"):
+        MetaTrainConfig(estimator="es", es_loss_type="es_loss_bad", **kw)

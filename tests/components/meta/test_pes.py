@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from components.meta import MetaTrainConfig, PESConfig, init_pes_state, meta_train, pes_gradient
+from components.meta import PES, MetaTrainConfig, meta_train
 from components.tasks import ImageMLPFamily, stack_datasets
 
 
@@ -88,11 +88,11 @@ def test_pes_matches_the_true_meta_gradient(windows):
     lopt = LearnableSGD(np.log(0.05))
     theta = lopt.init_meta_params(None)
     k, tasks, sigma = 5, 2048, 0.01
-    cfg = PESConfig(num_tasks=tasks, trunc_length=k, min_unroll=k * windows, max_unroll=k * windows, sigma=sigma)
+    cfg = PES(num_tasks=tasks, trunc_length=k, min_unroll=k * windows, max_unroll=k * windows, sigma=sigma)
     family = QuadraticFamily()
-    state = init_pes_state(lopt, theta, family, cfg, jax.random.PRNGKey(0))
+    state = cfg.init_state(lopt, theta, family, jax.random.PRNGKey(0))
     state = state._replace(inner=state.inner._replace(step=jnp.zeros_like(state.inner.step)))  # no offsets
-    step = jax.jit(lambda st, key: pes_gradient(lopt, theta, family, cfg, st, jnp.zeros(()), key))
+    step = jax.jit(lambda st, key: cfg.gradient(lopt, theta, family, st, jnp.zeros(()), key))
     grads = []
     for w in range(windows):  # the unroll is cut into `windows` truncations; PES sums their estimates
         g, state, aux = step(state, jax.random.PRNGKey(w + 1))
@@ -157,11 +157,11 @@ def test_meta_training_is_deterministic_given_the_key():
 def test_inner_problems_are_reset_inside_a_truncation_however_short_their_horizons(min_unroll, max_unroll):
     """Replacement problems are built once per truncation when a horizon cannot end twice in one
     (min_unroll >= trunc_length), at every step otherwise; both count every reset."""
-    cfg = PESConfig(num_tasks=3, trunc_length=6, min_unroll=min_unroll, max_unroll=max_unroll, sigma=0.01)
+    cfg = PES(num_tasks=3, trunc_length=6, min_unroll=min_unroll, max_unroll=max_unroll, sigma=0.01)
     lopt, family = LearnableSGD(), QuadraticFamily()
     theta = lopt.init_meta_params(None)
-    state = init_pes_state(lopt, theta, family, cfg, jax.random.PRNGKey(0))
-    step = jax.jit(lambda s, k: pes_gradient(lopt, theta, family, cfg, s, jnp.zeros(()), k))
+    state = cfg.init_state(lopt, theta, family, jax.random.PRNGKey(0))
+    step = jax.jit(lambda s, k: cfg.gradient(lopt, theta, family, s, jnp.zeros(()), k))
     resets = []
     for i in range(4):
         grad, state, aux = step(state, jax.random.PRNGKey(10 + i))

@@ -14,7 +14,6 @@ import pytest
 
 from components.meta import CheckpointError, MetaTrainConfig, meta_train
 from components.meta.checkpoint import read_header
-from components.meta.train import FAULT_ENV
 from components.optimizers.registry import create_learned
 from components.tasks import stack_datasets
 
@@ -68,13 +67,22 @@ def _leaves(tree):
 
 def test_a_killed_run_resumes_to_the_same_meta_params(tmp_path):
     ckpt = tmp_path / "ckpt.npz"
-    # 1. killed by SIGKILL after outer step 5: the last checkpoint is step 4, step 5 is lost
+    # 1. killed by SIGKILL (from the on_outer_step hook) after outer step 5: the last checkpoint is
+    # step 4, step 5 is lost
     killed = _run_script(
         f"""
+        import os, signal
+
+        def kill_at_5(done, total):
+            if 5 <= done < total:
+                print(f"killing this process at outer step {{done}}", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+
         lopt, fam, data, cfg = problem()
-        meta_train(lopt, fam, data, cfg, key=jax.random.PRNGKey(0), checkpoint_path={str(ckpt)!r}, fingerprint="f")
+        meta_train(lopt, fam, data, cfg, key=jax.random.PRNGKey(0), checkpoint_path={str(ckpt)!r}, fingerprint="f",
+                   on_outer_step=kill_at_5)
         """,
-        {FAULT_ENV: "5"},
+        {},
     )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert "killing this process at outer step 5" in killed.stdout  # after step 5, before checkpoint 6
@@ -104,6 +112,22 @@ def test_a_killed_run_resumes_to_the_same_meta_params(tmp_path):
         np.testing.assert_array_equal(a, b)  # bit-for-bit on CPU
     curves = json.loads(resumed.stdout.split("CURVES ", 1)[1].splitlines()[0])
     assert curves["meta_loss"] == [list(p) for p in full.curves["meta_loss"]]
+
+
+def test_on_outer_step_is_called_after_every_compiled_call_and_its_checkpoint(tmp_path):
+    ckpt = tmp_path / "ckpt.npz"
+    lopt, fam, data, cfg = _problem(num_outer_steps=6, steps_per_call=2, log_every=2, checkpoint_every=4)
+    calls = []
+
+    def hook(done, total):
+        calls.append((done, total, read_header(ckpt)["step"] if ckpt.exists() else None))
+
+    meta_train(
+        lopt, fam, data, cfg, key=jax.random.PRNGKey(0), log=lambda m: None, checkpoint_path=ckpt, on_outer_step=hook
+    )
+    # one call per compiled call of 2 outer steps; the checkpoints of steps 4 and 6 (the last) are
+    # on disk when the hook runs
+    assert calls == [(2, 6, None), (4, 6, 4), (6, 6, 6)]
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings_and_a_corrupt_file(tmp_path):
@@ -196,7 +220,8 @@ def test_the_population_is_sharded_over_several_host_devices():
         print("DEVICES", len(leaf.sharding.device_set), leaf.sharding.shard_shape(leaf.shape))
         a = meta_train(lopt, fam, data, cfg, key=jax.random.PRNGKey(0), log=print)
         import dataclasses
-        b = meta_train(lopt, fam, data, dataclasses.replace(cfg, shard=False), key=jax.random.PRNGKey(0), log=print)
+        one_device = dataclasses.replace(cfg, shard_population=False)
+        b = meta_train(lopt, fam, data, one_device, key=jax.random.PRNGKey(0), log=print)
         for x, y in zip(jax.tree_util.tree_leaves(a.meta_params), jax.tree_util.tree_leaves(b.meta_params)):
             # the same sums in another order: equal up to float rounding, amplified a little by Adam
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=1e-5)
