@@ -103,7 +103,9 @@ LEARNED_FAMILY = ("learned", "hybrid", "safeguarded")  # the kinds the verdicts 
 def _verdicts(agg: Mapping, ours: list[str], labels: Mapping, k: int) -> str:
     """One verdict line per optimizer of the learned family."""
     return "".join(
-        verdict_item(o, agg["train"].get(o, {}), agg["validation"].get(o, {}), (agg.get("long") or {}).get(o), labels, k)
+        verdict_item(
+            o, agg["train"].get(o, {}), agg["validation"].get(o, {}), (agg.get("long") or {}).get(o), labels, k
+        )
         for o in ours
     )
 
@@ -228,9 +230,9 @@ def render_report(
 <ul class=verdict>{verdicts}</ul>
 {headline_tables(evaluation, names, colors, labels)}
 {DEFINITIONS}
-{figs['aggregate']}
-{figs['profile']}
-{figs['algoperf']}
+{figs["aggregate"]}
+{figs["profile"]}
+{figs["algoperf"]}
 {claims}
 {distribution_section(evaluation, names, colors, labels)}
 {stability}
@@ -239,7 +241,7 @@ def render_report(
 rule's rates (speedup and final-loss ratio from the smoothed training loss of the seed-averaged run; &ldquo;&ge;&rdquo;:
 censored); held-out columns at the last evaluation point of the task's horizon, at the validation rule's rates.</p>
 {per_task_tables(evaluation, names, colors, labels)}
-{figs['speedup']}
+{figs["speedup"]}
 <h2 id=curves>Learning curves</h2>
 <p class=note>Every optimizer on every task, mean &plusmn; std over seeds. Training loss per step (EMA-smoothed, log
 scale) at the train rule's rates; test loss and accuracy at the evaluation points at the validation rule's rates.</p>

@@ -184,7 +184,6 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
-
 def read_manifest(root: Path) -> dict:
     """The prepare_data manifest; a clear error if the stage has not run."""
     path = Path(root) / MANIFEST
