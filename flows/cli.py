@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(root)
     _environment(root)
     if getattr(args, "resume", False):
-        os.environ["L2O_RESUME"] = "1"  # components.stages.meta_train.RESUME_ENV (read by the stage)
+        os.environ["L2O_RESUME"] = "1"  # flows.stage_exec.RESUME_ENV (read when it builds the stage context)
     import logging  # noqa: PLC0415
 
     logging.getLogger("dvc").setLevel(logging.WARNING)

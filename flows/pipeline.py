@@ -16,6 +16,7 @@ linked to the run that produced the outputs (``l2o.restored_from_run_id``, found
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 from components.stages.common import git_commit
 from components.stages.params import PipelineParams, params_hash
@@ -76,79 +77,113 @@ def run_pipeline(
     def l2o_pipeline(params_file: str, force: bool = False) -> list[str]:
         tracker = Tracker(root, params.experiment_name)
         fr_id = str(flow_run.id)
-        tags = {
-            "git_commit": git_commit(root),
-            "l2o.params_hash": params_hash(params),
-            "l2o.params_file": params_file,
-            "prefect.flow_run_id": fr_id,
-            **{f"l2o.version.{k}": v for k, v in versions.items()},
-        }
-        parent = tracker.start("pipeline", tags=tags)
+        parent = _start_parent_run(tracker, root, params, params_file, fr_id, versions)
         outcome.mlflow_run_id, outcome.prefect_flow_run_id = parent, fr_id
-        tracker.log_params(parent, flatten(params.model_dump(mode="json")))
-        tracker.log_artifact(parent, root / params_file, "params")
-        tracker.log_artifact(parent, root / "params.yaml", "params")
-
-        def run_stage(name: str, key: str | None) -> None:
-            execute_stage(
-                name,
-                params,
-                root,
-                tracker=tracker,
-                param_keys=stage_param_keys(repo, name),
-                parent_run_id=parent,
-                params_file=params_file,
-                map_fn=prefect_map,
-                extra_tags={"prefect.flow_run_id": fr_id, **({RUN_CACHE_TAG: key} if key else {})},
-            )
-
+        run = _PipelineRun(repo, root, params, params_file, tracker, parent, fr_id, placed, remote, log, outcome)
         try:
             for name in order:
-                if not force and not dvc_glue.is_changed(repo, name):
-                    log(f"l2o: {name}: up to date, skipped")
-                    outcome.skipped.append(name)
-                    continue
-                if name in placed:
-                    log(f"l2o: {name}: handing it to work pool {placed[name]}")
-                    text = (root / "params.yaml").read_text()
-                    team.delegate_stage(repo, root, name, placed[name], text, parent, log)
-                    outcome.ran.append(name)
-                    continue
-                key = dvc_glue.run_cache_key(repo, name)
-                if run_cache and not force and key and dvc_glue.restore_stage(repo, name, pull=remote):
-                    source = link_restored(tracker, parent, name, key, params, fr_id)
-                    log(f"l2o: {name}: restored from DVC's run-cache" + (f" (MLflow run {source})" if source else ""))
-                    outcome.restored.append(name)
-                    continue
-                log(f"l2o: {name}: running")
-                runner = task_runner(params) if name in FANOUT_STAGES else None
-                run_as_flow(f"stage-{name}", lambda name=name, key=key: run_stage(name, key), runner)
-                dvc_glue.commit_stage(repo, name)
-                outcome.ran.append(name)
+                run.stage(name, force=force, run_cache=run_cache)
         except (StageFailed, team.TeamError) as exc:
             tracker.finish(parent, "FAILED")
             raise StageFailed(f"{exc} [pipeline MLflow run {parent}, Prefect flow run {fr_id}]") from exc
         except BaseException:
             tracker.finish(parent, "FAILED")
             raise
-        tracker.set_tags(
-            parent,
-            {
-                "l2o.stages_ran": ",".join(outcome.ran),
-                "l2o.stages_restored": ",".join(outcome.restored),
-                "l2o.stages_skipped": ",".join(outcome.skipped),
-            },
-        )
-        tracker.log_artifact(parent, root / "dvc.lock", "dvc")
-        report = root / "reports"
-        if report.is_dir():
-            tracker.log_artifact(parent, report, "report")
-        tracker.finish(parent)
+        _finish_parent_run(tracker, parent, root, outcome)
         return outcome.ran
 
     l2o_pipeline(params_file, force)
     outcome.seconds = time.perf_counter() - t0
     return outcome
+
+
+def _start_parent_run(tracker: Tracker, root: Path, params, params_file: str, fr_id: str, versions: dict) -> str:
+    """The pipeline's MLflow run, with the params, the params files and every stage's version."""
+    tags = {
+        "git_commit": git_commit(root),
+        "l2o.params_hash": params_hash(params),
+        "l2o.params_file": params_file,
+        "prefect.flow_run_id": fr_id,
+        **{f"l2o.version.{k}": v for k, v in versions.items()},
+    }
+    parent = tracker.start("pipeline", tags=tags)
+    tracker.log_params(parent, flatten(params.model_dump(mode="json")))
+    tracker.log_artifact(parent, root / params_file, "params")
+    tracker.log_artifact(parent, root / "params.yaml", "params")
+    return parent
+
+
+def _finish_parent_run(tracker: Tracker, parent: str, root: Path, outcome: PipelineOutcome) -> None:
+    tracker.set_tags(
+        parent,
+        {
+            "l2o.stages_ran": ",".join(outcome.ran),
+            "l2o.stages_restored": ",".join(outcome.restored),
+            "l2o.stages_skipped": ",".join(outcome.skipped),
+        },
+    )
+    tracker.log_artifact(parent, root / "dvc.lock", "dvc")
+    report = root / "reports"
+    if report.is_dir():
+        tracker.log_artifact(parent, report, "report")
+    tracker.finish(parent)
+
+
+@dataclasses.dataclass
+class _PipelineRun:
+    """What the stages of one ``l2o run`` share: the DVC repo, the params, the MLflow parent run, the outcome."""
+
+    repo: Any
+    root: Path
+    params: PipelineParams
+    params_file: str
+    tracker: Tracker
+    parent: str
+    fr_id: str
+    placed: dict
+    remote: bool
+    log: Any
+    outcome: PipelineOutcome
+
+    def stage(self, name: str, *, force: bool, run_cache: bool) -> None:
+        """Skip stage ``name`` if up to date, else hand it to its work pool, restore it from the run-cache or run it."""
+        from flows import team  # noqa: PLC0415  (imports Prefect)
+
+        repo, log, outcome = self.repo, self.log, self.outcome
+        if not force and not dvc_glue.is_changed(repo, name):
+            log(f"l2o: {name}: up to date, skipped")
+            outcome.skipped.append(name)
+            return
+        if name in self.placed:
+            log(f"l2o: {name}: handing it to work pool {self.placed[name]}")
+            text = (self.root / "params.yaml").read_text()
+            team.delegate_stage(repo, self.root, name, self.placed[name], text, self.parent, log)
+            outcome.ran.append(name)
+            return
+        key = dvc_glue.run_cache_key(repo, name)
+        if run_cache and not force and key and dvc_glue.restore_stage(repo, name, pull=self.remote):
+            source = link_restored(self.tracker, self.parent, name, key, self.params, self.fr_id)
+            log(f"l2o: {name}: restored from DVC's run-cache" + (f" (MLflow run {source})" if source else ""))
+            outcome.restored.append(name)
+            return
+        log(f"l2o: {name}: running")
+        runner = task_runner(self.params) if name in FANOUT_STAGES else None
+        run_as_flow(f"stage-{name}", lambda: self._execute(name, key), runner)
+        dvc_glue.commit_stage(repo, name)
+        outcome.ran.append(name)
+
+    def _execute(self, name: str, key: str | None) -> None:
+        execute_stage(
+            name,
+            self.params,
+            self.root,
+            tracker=self.tracker,
+            param_keys=stage_param_keys(self.repo, name),
+            parent_run_id=self.parent,
+            params_file=self.params_file,
+            map_fn=prefect_map,
+            extra_tags={"prefect.flow_run_id": self.fr_id, **({RUN_CACHE_TAG: key} if key else {})},
+        )
 
 
 def link_restored(tracker: Tracker, parent: str, name: str, key: str, params: PipelineParams, fr_id: str) -> str | None:

@@ -1,27 +1,41 @@
-"""Run one stage of ``dvc.yaml`` in-process and log it to MLflow (shared by `l2o run` and `l2o stage`)."""
+"""Run one stage of ``dvc.yaml`` in-process and log it to MLflow (shared by `l2o run` and `l2o stage`).
+
+A stage gets everything from here as arguments: its params, the project root and a
+:class:`~components.stages.common.StageContext` (:func:`stage_context`) holding the log, the fan-out map, the
+MLflow run its outputs belong to, whether to resume, and the meta-training hook. The two settings that come from
+the environment are read here, in orchestration, never by a stage:
+
+* ``L2O_RESUME=1`` (:data:`RESUME_ENV`): resume meta-training from its checkpoints; ``l2o run --resume`` and
+  ``l2o stage --resume`` set it, and ``L2O_RESUME=1 dvc repro`` reaches the ``l2o stage`` commands through it;
+* ``L2O_FAULT_KILL_AT_OUTER_STEP=n`` (:data:`FAULT_ENV`, for failure tests): meta-training's process is killed
+  with SIGKILL after outer step ``n`` (:func:`fault_hook`), as a crash would, to test ``--resume``.
+"""
 
 import importlib
 import os
+import signal
 import time
 from pathlib import Path
 
-from components.stages.common import MapFn, StageResult, git_commit, serial_map
+from components.stages.common import Logger, MapFn, OuterStepHook, StageContext, StageResult, git_commit, serial_map
 from components.stages.params import PipelineParams, params_hash
 from flows.tracking import Tracker, flatten
 
 __all__ = [
-    "RUN_ID_ENV",
+    "RESUME_ENV",
+    "FAULT_ENV",
     "stage_module",
     "component_versions",
     "stage_param_keys",
+    "stage_context",
+    "fault_hook",
     "execute_stage",
     "StageFailed",
     "make_logger",
 ]
 
-
-# set while a stage runs: the MLflow run it is logged under (the pipeline run for `l2o run`)
-RUN_ID_ENV = "L2O_MLFLOW_RUN_ID"
+RESUME_ENV = "L2O_RESUME"
+FAULT_ENV = "L2O_FAULT_KILL_AT_OUTER_STEP"
 
 
 class StageFailed(RuntimeError):
@@ -40,7 +54,7 @@ def stage_module(name: str):
             ) from None
         raise
     if not hasattr(module, "run") or not hasattr(module, "VERSION"):
-        raise ValueError(f"components/stages/{name}.py must define run(params, root, ...) and VERSION")
+        raise ValueError(f"components/stages/{name}.py must define run(params, root, context) and VERSION")
     return module
 
 
@@ -58,6 +72,45 @@ def stage_param_keys(repo, name: str) -> list[str]:
         if isinstance(dep, ParamsDependency):
             keys += [k.split(".")[0] for k in dep.params]
     return sorted(set(keys))
+
+
+def fault_hook(log: Logger) -> OuterStepHook | None:
+    """The meta-training hook that ``$L2O_FAULT_KILL_AT_OUTER_STEP`` asks for, or ``None`` when it is unset / 0.
+
+    The hook kills this process with SIGKILL once ``steps done >= n`` and the run is not finished (it is called
+    after the checkpoint of that step, so the last checkpoint is the one before it when ``checkpoint_every``
+    does not divide ``n``).
+
+    Raises:
+      ValueError: if the variable is not an integer.
+    """
+    raw = os.environ.get(FAULT_ENV, "0") or "0"
+    try:
+        at = int(raw)
+    except ValueError:
+        raise ValueError(f"{FAULT_ENV}={raw!r}: expected an outer step number (an integer), or unset it") from None
+    if not at:
+        return None
+
+    def kill(done: int, total: int) -> None:
+        if done >= at and done < total:
+            log(f"meta_train: {FAULT_ENV}={at}: killing this process at outer step {done}")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return kill
+
+
+def stage_context(log: Logger, *, map_fn: MapFn = serial_map, run_id: str | None = None, resume: bool | None = None):
+    """The :class:`StageContext` of a stage run by ``l2o run`` / ``l2o stage`` (and so by ``dvc repro``).
+
+    Args:
+      log: the stage's log.
+      map_fn: its fan-out (``flows.runners.prefect_map`` for the stages that fan out).
+      run_id: the MLflow run the stage's outputs belong to.
+      resume: resume meta-training; ``None`` reads ``$L2O_RESUME`` (``1`` resumes).
+    """
+    resume = os.environ.get(RESUME_ENV) == "1" if resume is None else resume
+    return StageContext(log=log, map_fn=map_fn, resume=resume, run_id=run_id, on_outer_step=fault_hook(log))
 
 
 def make_logger(name: str):
@@ -80,8 +133,13 @@ def execute_stage(
     params_file: str = "params.yaml",
     map_fn: MapFn = serial_map,
     extra_tags: dict | None = None,
+    resume: bool | None = None,
 ) -> StageResult:
-    """Run stage ``name`` and log it as an MLflow run (nested under ``parent_run_id`` if given)."""
+    """Run stage ``name`` and log it as an MLflow run (nested under ``parent_run_id`` if given).
+
+    The stage's context (:func:`stage_context`) names ``parent_run_id`` (the pipeline's run), else this stage's
+    own run, as the run its outputs belong to; ``resume`` ``None`` reads ``$L2O_RESUME``.
+    """
     module = stage_module(name)
     dumped = params.model_dump(mode="json")
     tags = {
@@ -96,21 +154,15 @@ def execute_stage(
     run_id = tracker.start(name, parent=parent_run_id, tags=tags)
     tracker.log_params(run_id, flatten({k: dumped[k] for k in param_keys if k in dumped}))
     log = make_logger(name)
-    # the report names the MLflow run it belongs to: the pipeline's, else this stage's own
-    previous = os.environ.get(RUN_ID_ENV)
-    os.environ[RUN_ID_ENV] = parent_run_id or run_id
     try:
-        result = module.run(params, root, log=log, map_fn=map_fn)
+        # the report names the MLflow run it belongs to: the pipeline's, else this stage's own
+        context = stage_context(log, map_fn=map_fn, run_id=parent_run_id or run_id, resume=resume)
+        result = module.run(params, root, context)
     except BaseException as exc:
         tracker.finish(run_id, "FAILED")
         raise StageFailed(
             f"stage {name!r} failed (params {params_file}, MLflow run {run_id}): {exc.__class__.__name__}: {exc}"
         ) from exc
-    finally:
-        if previous is None:
-            os.environ.pop(RUN_ID_ENV, None)
-        else:
-            os.environ[RUN_ID_ENV] = previous
     tracker.log_metrics(run_id, result.metrics, result.curves)
     tracker.set_tags(run_id, result.tags)
     for path in result.artifacts:

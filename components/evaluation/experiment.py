@@ -13,8 +13,7 @@ scores it under both selection rules (:mod:`components.evaluation.protocol`):
 * with ``horizon_multiplier`` k > 1, the family (minus inverted HUB) at k x ``T`` against Adam tuned
   (train rule) for k x ``T`` from the same grid.
 
-:func:`aggregate_all` turns the per-task summaries into the headline numbers per rule, split by
-distribution, with the claim tables (:mod:`components.evaluation.aggregate`, :mod:`~.claims`).
+Across tasks: :mod:`components.evaluation.summary`.
 """
 
 import dataclasses
@@ -26,8 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from components.evaluation.aggregate import aggregate_long, aggregate_train, aggregate_validation
-from components.evaluation.claims import claims
 from components.evaluation.metrics import adam_envelope, ema, summarize_runs
 from components.evaluation.protocol import (
     RULES,
@@ -57,7 +54,6 @@ __all__ = [
     "TaskEvaluation",
     "learned_family",
     "evaluate_on_task",
-    "aggregate_all",
 ]
 
 REFERENCE = "adam"
@@ -153,42 +149,32 @@ def _pick(run: dict, i: int, steps: int | None = None, evals: int | None = None)
     return out
 
 
-def evaluate_on_task(
-    name: str,
-    task,
-    train,
-    sets: dict,
-    *,
-    keys: jax.Array,
-    config: ProtocolConfig,
-    family: Callable[[int], dict[str, OptFactory]],
-    guard: str,
-    guard_rates: dict[str, float],
-    relation: dict | None = None,
-) -> TaskEvaluation:
-    """Every optimizer of the protocol on one task under both rules (the module docstring).
+@dataclasses.dataclass
+class _Trained:
+    """Every training run of one task, ``[H, S, ...]`` arrays per optimizer, and the rates each rule chose."""
 
-    Args:
-      name: the task's name (for the curves and the summary line).
-      task: the task (:mod:`components.tasks.protocol`), ``train`` its training data, ``sets`` its
-        evaluation batches (``train`` / ``val`` / ``test``; ``{}`` for synthetic problems).
-      keys: ``[S]`` seed keys, shared by every optimizer (initialisation and minibatches).
-      config: horizons, grid, smoothing, baselines.
-      family: ``horizon -> {name: hparam -> optimizer}`` of :data:`LEARNED_KINDS` (the hparam is the
-        hand-designed part's rate; ignored by ``learned``), e.g. :func:`learned_family`.
-      guard: the hand-designed optimizer of HUB / LGL2O / GL2O (a baseline name).
-      guard_rates: its rate per rule (``train``, ``validation``).
-      relation: the task's relation to the meta-training distribution, stored as given.
+    grids: dict  # baseline -> its whole LR grid (Adam's m x T long)
+    tuned: dict  # baseline -> rule -> Tuning (Adam also "long" when k > 1)
+    runs: dict  # learned family member (and "guard") -> its runs at the unique guard rates
+    long_runs: dict  # long-horizon runs (k > 1)
+    rates: dict  # rule -> the guard's rate
+    at: dict  # rule -> index of that rate among the unique ones
+    seconds: float
 
-    Returns:
-      :class:`TaskEvaluation`.
-    """
-    cfg = config
-    T = cfg.num_steps
-    k = cfg.horizon_multiplier
+    def run_of(self, o: str, rule: str, T: int, E: int) -> dict:
+        """Optimizer ``o``'s runs at the rate of ``rule``, cut to ``T`` steps and ``E + 1`` evaluation points."""
+        if o in self.grids:
+            return _pick(self.grids[o], self.tuned[o][rule].index, T, E + 1)
+        if o == "learned":
+            return _pick(self.runs[o], 0, T, E + 1)
+        return _pick(self.runs[o], self.at[rule], T, E + 1)
+
+
+def _train_all(task, train, sets, keys, cfg: ProtocolConfig, family, guard: str, guard_rates) -> _Trained:
+    """Train the baselines' grids, tune them per rule, then the learned family (and the long horizon)."""
+    T, k = cfg.num_steps, cfg.horizon_multiplier
     m = max(cfg.adam_horizon_multiplier, k)
     E = T // cfg.eval_every  # evaluation point of step T
-    eval_steps = np.arange(0, T + 1, cfg.eval_every)
     t0 = time.perf_counter()
 
     def curves(make, hparams, mult: int = 1) -> dict:
@@ -239,53 +225,93 @@ def evaluate_on_task(
         long_f = family(k * T)
         for o in (o for o in LONG if o in cfg.methods):
             long_runs[o] = curves(long_f[o], [0.0] if o == "learned" else [rates["train"]], k)
-    seconds = time.perf_counter() - t0
+    return _Trained(grids, tuned, runs, long_runs, rates, at, time.perf_counter() - t0)
 
-    names = [*cfg.methods, *cfg.baselines]
-    has_acc = bool(getattr(task, "has_accuracy", True))
-    metric_keys = [f"{s}_{mm}" for s in sets for mm in ("loss", "acc") if mm == "loss" or has_acc]
 
-    def run_of(o: str, rule: str) -> dict:
-        if o in grids:
-            return _pick(grids[o], tuned[o][rule].index, T, E + 1)
-        if o == "learned":
-            return _pick(runs[o], 0, T, E + 1)
-        return _pick(runs[o], at[rule], T, E + 1)
-
-    adam_grid = grids[REFERENCE]["batch_loss"].mean(axis=1)  # [H, m x T]: the speedup normaliser
-    adam_seeds = ema(run_of(REFERENCE, "train")["batch_loss"], cfg.smoothing)[:, -1]
+def _rule_rows(tr: _Trained, cfg: ProtocolConfig, names: list[str], metric_keys: list[str]) -> tuple[dict, dict]:
+    """``(train_rows, validation_rows)``: every optimizer scored under each rule (the guard alone under train)."""
+    T = cfg.num_steps
+    E = T // cfg.eval_every
+    eval_steps = np.arange(0, T + 1, cfg.eval_every)
+    adam_grid = tr.grids[REFERENCE]["batch_loss"].mean(axis=1)  # [H, m x T]: the speedup normaliser
+    adam_seeds = ema(tr.run_of(REFERENCE, "train", T, E)["batch_loss"], cfg.smoothing)[:, -1]
     target = float(adam_seeds.mean())
     train_rows = {}
     for o in [*names, "guard"]:
-        rr = run_of(o, "train")
+        rr = tr.run_of(o, "train", T, E)
         row = train_rule_row(rr["batch_loss"], adam_grid, adam_seeds, smoothing=cfg.smoothing, target=target)
-        train_rows[o] = _annotate(row, o, rr, "train", tuned, rates)
-    adam_val = run_of(REFERENCE, "validation")
+        train_rows[o] = _annotate(row, o, rr, "train", tr.tuned, tr.rates)
+    adam_val = tr.run_of(REFERENCE, "validation", T, E)
     val_target = float(np.mean(adam_val["val_loss"][:, E])) if "val_loss" in adam_val else None
     validation_rows = {}
     for o in names:
-        rr = run_of(o, "validation")
+        rr = tr.run_of(o, "validation", T, E)
         row = validation_rule_row(rr, metric_keys, eval_index=E, eval_steps=eval_steps, target=val_target)
         if "val_loss" not in metric_keys:  # no held-out data: the smoothed training loss stands in
             sm = ema(rr["batch_loss"], cfg.smoothing)
             row["final_train_loss"] = summarize_runs(sm[:, -1])
             row["time_to_target"] = first_step_at_or_below(sm.mean(axis=0), target)
-        validation_rows[o] = _annotate(row, o, rr, "validation", tuned, rates)
+        validation_rows[o] = _annotate(row, o, rr, "validation", tr.tuned, tr.rates)
+    return train_rows, validation_rows
 
-    long_rows = None
-    if k > 1:
-        adam_long = _pick(grids[REFERENCE], tuned[REFERENCE]["long"].index, k * T)
-        long_seeds = ema(adam_long["batch_loss"], cfg.smoothing)[:, -1]
-        long_rows = {REFERENCE: train_rule_row(adam_long["batch_loss"], adam_grid, long_seeds, smoothing=cfg.smoothing)}
-        long_rows[REFERENCE]["learning_rate"] = tuned[REFERENCE]["long"].learning_rate
-        for o in long_runs:
-            rr = _pick(long_runs[o], 0)
-            long_rows[o] = train_rule_row(rr["batch_loss"], adam_grid, long_seeds, smoothing=cfg.smoothing)
-            if o in SAFEGUARDS:
-                long_rows[o]["fallback_fraction"] = summarize_runs(rr["fallback"])
-            if o != "learned":
-                long_rows[o]["learning_rate"] = rates["train"]
 
+def _long_rows(tr: _Trained, cfg: ProtocolConfig) -> dict:
+    """The stability rows at k x the horizon, against Adam tuned (train rule) for it."""
+    T, k = cfg.num_steps, cfg.horizon_multiplier
+    adam_grid = tr.grids[REFERENCE]["batch_loss"].mean(axis=1)
+    adam_long = _pick(tr.grids[REFERENCE], tr.tuned[REFERENCE]["long"].index, k * T)
+    long_seeds = ema(adam_long["batch_loss"], cfg.smoothing)[:, -1]
+    long_rows = {REFERENCE: train_rule_row(adam_long["batch_loss"], adam_grid, long_seeds, smoothing=cfg.smoothing)}
+    long_rows[REFERENCE]["learning_rate"] = tr.tuned[REFERENCE]["long"].learning_rate
+    for o in tr.long_runs:
+        rr = _pick(tr.long_runs[o], 0)
+        long_rows[o] = train_rule_row(rr["batch_loss"], adam_grid, long_seeds, smoothing=cfg.smoothing)
+        if o in SAFEGUARDS:
+            long_rows[o]["fallback_fraction"] = summarize_runs(rr["fallback"])
+        if o != "learned":
+            long_rows[o]["learning_rate"] = tr.rates["train"]
+    return long_rows
+
+
+def evaluate_on_task(
+    name: str,
+    task,
+    train,
+    sets: dict,
+    *,
+    keys: jax.Array,
+    config: ProtocolConfig,
+    family: Callable[[int], dict[str, OptFactory]],
+    guard: str,
+    guard_rates: dict[str, float],
+    relation: dict | None = None,
+) -> TaskEvaluation:
+    """Every optimizer of the protocol on one task under both rules (the module docstring).
+
+    Args:
+      name: the task's name (for the curves and the summary line).
+      task: the task (:mod:`components.tasks.protocol`), ``train`` its training data, ``sets`` its
+        evaluation batches (``train`` / ``val`` / ``test``; ``{}`` for synthetic problems).
+      keys: ``[S]`` seed keys, shared by every optimizer (initialisation and minibatches).
+      config: horizons, grid, smoothing, baselines.
+      family: ``horizon -> {name: hparam -> optimizer}`` of :data:`LEARNED_KINDS` (the hparam is the
+        hand-designed part's rate; ignored by ``learned``), e.g. :func:`learned_family`.
+      guard: the hand-designed optimizer of HUB / LGL2O / GL2O (a baseline name).
+      guard_rates: its rate per rule (``train``, ``validation``).
+      relation: the task's relation to the meta-training distribution, stored as given.
+
+    Returns:
+      :class:`TaskEvaluation`.
+    """
+    cfg = config
+    T, k = cfg.num_steps, cfg.horizon_multiplier
+    m = max(cfg.adam_horizon_multiplier, k)
+    trained = _train_all(task, train, sets, keys, cfg, family, guard, guard_rates)
+    names = [*cfg.methods, *cfg.baselines]
+    has_acc = bool(getattr(task, "has_accuracy", True))
+    metric_keys = [f"{s}_{mm}" for s in sets for mm in ("loss", "acc") if mm == "loss" or has_acc]
+    train_rows, validation_rows = _rule_rows(trained, cfg, names, metric_keys)
+    tuned = trained.tuned
     summary = {
         "num_steps": T,
         "long_num_steps": k * T if k > 1 else None,
@@ -293,12 +319,12 @@ def evaluate_on_task(
         "relation": relation,
         "has_validation": "val_loss" in metric_keys,
         "tuning": {b: {r: t.to_json() for r, t in per.items()} for b, per in tuned.items()},
-        "guard": {"name": guard, "learning_rates": rates},
+        "guard": {"name": guard, "learning_rates": trained.rates},
         "train": train_rows,
         "validation": validation_rows,
-        "long": long_rows,
+        "long": _long_rows(trained, cfg) if k > 1 else None,
     }
-    curves_doc = _curves_doc(name, T, k, names, cfg, run_of, grids, long_runs, tuned, metric_keys)
+    curves_doc = _curves_doc(name, names, cfg, trained, metric_keys)
     shown = _summary_line(validation_rows, names, metric_keys)
     lr_note = ", ".join(
         f"{b} lr={tuned[b]['train'].learning_rate:.3g}/{tuned[b]['validation'].learning_rate:.3g}"
@@ -307,9 +333,9 @@ def evaluate_on_task(
     sp = " ".join(f"{o}={'>=' if train_rows[o]['censored'] else ''}{train_rows[o]['speedup']:.2f}" for o in cfg.methods)
     line = (
         f"evaluate: {name} ({T} steps; Adam grid {m * T}{f'; stability {k * T}' if k > 1 else ''}): {shown}"
-        f" (train/validation-rule {lr_note}); speedup {sp} ({seconds:.0f}s)"
+        f" (train/validation-rule {lr_note}); speedup {sp} ({trained.seconds:.0f}s)"
     )
-    return TaskEvaluation(name=name, summary=summary, curves=curves_doc, seconds=seconds, line=line)
+    return TaskEvaluation(name=name, summary=summary, curves=curves_doc, seconds=trained.seconds, line=line)
 
 
 def _annotate(row: dict, o: str, run: dict, rule: str, tuned: dict, rates: dict) -> dict:
@@ -339,8 +365,10 @@ def _stats(a: np.ndarray) -> dict:
     return {"mean": [finite_or_none(v) for v in a.mean(axis=0)], "std": [finite_or_none(v) for v in a.std(axis=0)]}
 
 
-def _curves_doc(name, T, k, names, cfg, run_of, grids, long_runs, tuned, metric_keys) -> dict:
+def _curves_doc(name: str, names: list[str], cfg: ProtocolConfig, tr: _Trained, metric_keys: list[str]) -> dict:
     """``metrics/curves/<task>.json``: training loss at the train rule's rates, held-out sets at the validation's."""
+    T, k = cfg.num_steps, cfg.horizon_multiplier
+    E = T // cfg.eval_every
     doc = {
         "task": name,
         "steps": list(range(0, T + 1, cfg.eval_every)),
@@ -350,22 +378,22 @@ def _curves_doc(name, T, k, names, cfg, run_of, grids, long_runs, tuned, metric_
         "long": None,
     }
     for o in names:
-        tr, va = run_of(o, "train"), run_of(o, "validation")
+        t, va = tr.run_of(o, "train", T, E), tr.run_of(o, "validation", T, E)
         doc["optimizers"][o] = {
-            "batch_loss": _stats(tr["batch_loss"]),
-            "batch_loss_smoothed": _stats(ema(tr["batch_loss"], cfg.smoothing)),
+            "batch_loss": _stats(t["batch_loss"]),
+            "batch_loss_smoothed": _stats(ema(t["batch_loss"], cfg.smoothing)),
             **{kk: _stats(va[kk]) for kk in metric_keys},
         }
-    env = adam_envelope(grids[REFERENCE]["batch_loss"].mean(axis=1), cfg.smoothing)
+    env = adam_envelope(tr.grids[REFERENCE]["batch_loss"].mean(axis=1), cfg.smoothing)
     stride = max(1, len(env) // 400)
     doc["adam_envelope"] = {
         "steps": list(range(1, len(env) + 1, stride)),
         "loss": [finite_or_none(v) for v in env[::stride]],
     }
-    if long_runs:
+    if tr.long_runs:
         long_steps = list(range(0, T + 1, cfg.eval_every)) + list(range(2 * T, k * T + 1, T))
         n_eval = len(long_steps)
-        adam_long = _pick(grids[REFERENCE], tuned[REFERENCE]["long"].index, k * T, n_eval)
+        adam_long = _pick(tr.grids[REFERENCE], tr.tuned[REFERENCE]["long"].index, k * T, n_eval)
         doc["long"] = {
             "steps": long_steps,
             "num_steps": k * T,
@@ -374,51 +402,7 @@ def _curves_doc(name, T, k, names, cfg, run_of, grids, long_runs, tuned, metric_
                     "batch_loss_smoothed": _stats(ema(r["batch_loss"], cfg.smoothing)),
                     **{kk: _stats(r[kk]) for kk in metric_keys},
                 }
-                for o, r in [(REFERENCE, adam_long), *((o, _pick(long_runs[o], 0)) for o in long_runs)]
+                for o, r in [(REFERENCE, adam_long), *((o, _pick(tr.long_runs[o], 0)) for o in tr.long_runs)]
             },
         }
     return doc
-
-
-def aggregate_all(summaries: dict[str, dict], names: list[str], *, n_resamples: int = 2000, seed: int = 0) -> dict:
-    """Across tasks under each rule (:mod:`components.evaluation.aggregate`), by distribution, and the claim tables.
-
-    Returns:
-      ``train`` / ``validation`` / ``long`` (per optimizer), ``by_distribution``
-      (``in_distribution`` / ``out_of_distribution``: the tasks and both rules' aggregates over them,
-      ``None`` when a group is empty) and ``claims`` (:func:`components.evaluation.claims.claims`).
-    """
-    ci = dict(n_resamples=n_resamples, seed=seed)
-
-    def both(tasks):
-        tr = {t: summaries[t]["train"] for t in tasks}
-        va = {t: summaries[t]["validation"] for t in tasks}
-        return {
-            "tasks": list(tasks),
-            "train": aggregate_train(tr, names, reference=REFERENCE, variants=VARIANTS, **ci),
-            "validation": aggregate_validation(va, names, reference=REFERENCE, variants=VARIANTS),
-        }
-
-    tasks = list(summaries)
-    out = both(tasks)
-    del out["tasks"]
-    long = {t: s["long"] for t, s in summaries.items() if s.get("long")}
-    out["long"] = (
-        aggregate_long(long, [REFERENCE, *(o for o in LONG if o in names)], reference=REFERENCE, **ci)
-        if len(long) == len(tasks)
-        else None
-    )
-    inside = [t for t in tasks if (summaries[t].get("relation") or {}).get("in_distribution")]
-    outside = [t for t in tasks if t not in inside]
-    out["by_distribution"] = {
-        "in_distribution": both(inside) if inside else None,
-        "out_of_distribution": both(outside) if outside else None,
-    }
-    out["claims"] = claims(
-        {t: s["train"] for t, s in summaries.items()},
-        {t: s["validation"] for t, s in summaries.items()},
-        out,
-        present=names,
-        horizon_multiplier=max((s["long_num_steps"] or 0) // s["num_steps"] for s in summaries.values()),
-    )
-    return out

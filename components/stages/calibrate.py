@@ -24,28 +24,23 @@ import numpy as np
 from components.evaluation import run_training
 from components.evaluation.experiment import learned_family
 from components.evaluation.protocol import RULES, finite_or_none, tune
-from components.optimizers import (
-    create,
-    fallback_fraction,
-    load,
-)
-from components.stages.common import (
-    Logger,
-    MapFn,
-    StageResult,
-    atomic_write_json,
-    print_logger,
-    serial_map,
-)
-from components.stages.meta_train import MODEL_DIR, build_family
+from components.optimizers import create, fallback_fraction, load
+from components.stages.common import StageContext, StageResult, atomic_write_json
+from components.stages.inputs import build_family
 from components.stages.params import PipelineParams, params_hash
+from components.stages.paths import MODEL_DIR, SAFEGUARD
 from components.tasks.base import ImageData, stack_datasets
 
-__all__ = ["VERSION", "SAFEGUARD", "run"]
+__all__ = ["VERSION", "run", "holdout"]
 
 VERSION = "2"
 VALIDATION_FRACTION, VALIDATION_MAX, VALIDATION_BATCHES = 0.1, 2000, 8
-SAFEGUARD = Path("models/safeguard.json")
+_SELECTION = (
+    "per rule, by components.evaluation.protocol.tune on meta-training tasks: train = lowest mean"
+    " EMA(0.95)-smoothed normalised final training loss of the guarded optimizer, validation = lowest"
+    " mean normalised loss on a held-out split of the meta-training data; ties (within 0.1%, e.g. when"
+    " the guard is never used) go to the rate with which the guard alone trains best"
+)
 
 
 def holdout(data) -> tuple:
@@ -66,24 +61,12 @@ def holdout(data) -> tuple:
     return train, stack_datasets(val_x, val_y)
 
 
-def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_fn: MapFn = serial_map) -> StageResult:
-    del map_fn  # tasks x learning rates run as one batched program
-    root = Path(root)
-    cal = params.calibrate
-    lopt, meta_params, _ = load(root / MODEL_DIR)
-    family, data = build_family(params, root)
-    lrs = cal.lr_grid.values()
-    key = jax.random.fold_in(jax.random.PRNGKey(params.seed), 1)
-    # LGL2O exactly as the evaluation builds it
-    methods = learned_family(lambda n: lopt.make(meta_params, num_steps=n), cal.guard, cal.loss_batch)
-    make = methods(cal.num_steps)["lgl2o"]
-    t0 = time.perf_counter()
+def _sweep(cal, make, tasks, run_keys, lrs, train, val):
+    """Every (task, rate) of the sweep in one batched program: ``(guarded, guard alone, validation, fallbacks)``.
 
-    k_tasks, k_runs = jax.random.split(key)
-    tasks = jax.vmap(family.sample)(jax.random.split(k_tasks, cal.num_tasks))
-    run_keys = jax.random.split(k_runs, cal.num_tasks)
-    train, val = holdout(data)
-
+    Each is ``[tasks, H, ...]``: the guarded optimizer's and the guard alone's normalised training losses, the
+    guarded optimizer's normalised validation loss (zeros without a validation split) and its fallback fraction.
+    """
     guard_alone = lambda lr: create(cal.guard, learning_rate=lr)  # noqa: E731
 
     def one(task, lr, k, train, val):
@@ -104,18 +87,19 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
         )
 
     sweep_fn = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0, None, None, None)), in_axes=(0, None, 0, None, None)))
-    losses, alone, val_losses, fallbacks = sweep_fn(
-        tasks, jnp.asarray(lrs, jnp.float32), run_keys, train, val
-    )  # [tasks, H, ...]
-    # the evaluation's tuning function, with the tasks as the runs: [H, tasks, ...]
-    as_runs = lambda a: np.swapaxes(np.asarray(a), 0, 1)  # noqa: E731
+    return sweep_fn(tasks, jnp.asarray(lrs, jnp.float32), run_keys, train, val)
+
+
+def _choose(cal, lrs, losses, alone, val_losses, has_val: bool) -> tuple[dict, np.ndarray]:
+    """The evaluation's tuning function per rule, with the tasks as the runs; and the guard alone's scores."""
+    as_runs = lambda a: np.swapaxes(np.asarray(a), 0, 1)  # noqa: E731  ([tasks, H, ...] -> [H, tasks, ...])
     alone_final = tune(lrs, as_runs(alone), rule="train", horizon=cal.num_steps, smoothing=0.95).scores
     alone_final = np.asarray([np.inf if v is None else v for v in alone_final])
     chosen = {
         rule: tune(
             lrs,
             as_runs(losses),
-            as_runs(val_losses) if val is not None else None,
+            as_runs(val_losses) if has_val else None,
             rule=rule,
             horizon=cal.num_steps,
             eval_index=-1,
@@ -124,6 +108,65 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
         )
         for rule in RULES
     }
+    return chosen, alone_final
+
+
+def _document(params: PipelineParams, lrs, chosen: dict, alone_final, fallbacks, has_val: bool) -> dict:
+    """``models/safeguard.json``: the guard, its rate per rule, the tuning and the whole sweep."""
+    cal = params.calibrate
+    best = chosen["train"].index
+    mean_final = np.asarray([np.inf if v is None else v for v in chosen["train"].scores])
+    sweep = [
+        {
+            "learning_rate": lr,
+            "final_loss": finite_or_none(fl),
+            "validation_loss": chosen["validation"].scores[i] if has_val else None,
+            "guard_alone_final_loss": finite_or_none(ga),
+            "fallback_fraction": float(fb),
+        }
+        for i, (lr, fl, ga, fb) in enumerate(zip(lrs, mean_final, alone_final, fallbacks))
+    ]
+    return {
+        "method": "lgl2o",
+        "guard": cal.guard,
+        "loss_batch": cal.loss_batch,
+        "learning_rate": lrs[best],
+        "learning_rates": {rule: t.learning_rate for rule, t in chosen.items()},
+        "tuning": {rule: t.to_json() for rule, t in chosen.items()},
+        "has_validation": has_val,
+        "selection": _SELECTION,
+        "sweep": sweep,
+        "num_tasks": cal.num_tasks,
+        "num_steps": cal.num_steps,
+        "component_version": VERSION,
+        "params_hash": params_hash(params),
+    }
+
+
+def run(params: PipelineParams, root: Path, context: StageContext | None = None) -> StageResult:
+    """Sweep the guard's rate on meta-training tasks and write ``models/safeguard.json`` (the module docstring).
+
+    Tasks x learning rates run as one batched program, so ``context.map_fn`` is not used.
+    """
+    context = context or StageContext()
+    log = context.log
+    root = Path(root)
+    cal = params.calibrate
+    lopt, meta_params, _ = load(root / MODEL_DIR)
+    family, data = build_family(params, root)
+    lrs = cal.lr_grid.values()
+    key = jax.random.fold_in(jax.random.PRNGKey(params.seed), 1)
+    # LGL2O exactly as the evaluation builds it
+    methods = learned_family(lambda n: lopt.make(meta_params, num_steps=n), cal.guard, cal.loss_batch)
+    make = methods(cal.num_steps)["lgl2o"]
+    t0 = time.perf_counter()
+
+    k_tasks, k_runs = jax.random.split(key)
+    tasks = jax.vmap(family.sample)(jax.random.split(k_tasks, cal.num_tasks))
+    run_keys = jax.random.split(k_runs, cal.num_tasks)
+    train, val = holdout(data)
+    losses, alone, val_losses, fallbacks = _sweep(cal, make, tasks, run_keys, lrs, train, val)
+    chosen, alone_final = _choose(cal, lrs, losses, alone, val_losses, val is not None)
     fallbacks = np.asarray(fallbacks).mean(axis=0)
     for rule, t in chosen.items():
         if t.at_edge:
@@ -131,39 +174,9 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
                 f"calibrate: WARNING the best guard learning rate by the {rule} rule, {t.learning_rate:.3g}, is at"
                 " the edge of calibrate.lr_grid: widen the grid"
             )
+    atomic_write_json(root / SAFEGUARD, _document(params, lrs, chosen, alone_final, fallbacks, val is not None))
     best = chosen["train"].index
     mean_final = np.asarray([np.inf if v is None else v for v in chosen["train"].scores])
-    sweep = [
-        {
-            "learning_rate": lr,
-            "final_loss": finite_or_none(fl),
-            "validation_loss": chosen["validation"].scores[i] if val is not None else None,
-            "guard_alone_final_loss": finite_or_none(ga),
-            "fallback_fraction": float(fb),
-        }
-        for i, (lr, fl, ga, fb) in enumerate(zip(lrs, mean_final, alone_final, fallbacks))
-    ]
-    doc = {
-        "method": "lgl2o",
-        "guard": cal.guard,
-        "loss_batch": cal.loss_batch,
-        "learning_rate": lrs[best],
-        "learning_rates": {rule: t.learning_rate for rule, t in chosen.items()},
-        "tuning": {rule: t.to_json() for rule, t in chosen.items()},
-        "has_validation": val is not None,
-        "selection": (
-            "per rule, by components.evaluation.protocol.tune on meta-training tasks: train = lowest mean"
-            " EMA(0.95)-smoothed normalised final training loss of the guarded optimizer, validation = lowest"
-            " mean normalised loss on a held-out split of the meta-training data; ties (within 0.1%, e.g. when"
-            " the guard is never used) go to the rate with which the guard alone trains best"
-        ),
-        "sweep": sweep,
-        "num_tasks": cal.num_tasks,
-        "num_steps": cal.num_steps,
-        "component_version": VERSION,
-        "params_hash": params_hash(params),
-    }
-    atomic_write_json(root / SAFEGUARD, doc)
     seconds = time.perf_counter() - t0
     log(
         f"calibrate: guard {cal.guard} lr={lrs[best]:.3g} (train rule) /"

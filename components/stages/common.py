@@ -1,7 +1,9 @@
-"""Shared plumbing for pipeline stages: results, atomic writes, hashing, provenance.
+"""Shared plumbing for pipeline stages: their context and result, atomic writes, hashing, provenance.
 
-Stages do file I/O and call the library; they never touch Prefect or MLflow. Each stage returns a
-:class:`StageResult` that the orchestration layer (``flows/``) logs wherever it wants.
+Stages do file I/O and call the library; they never touch Prefect or MLflow, and read nothing from the
+environment: everything orchestration gives a stage arrives in its :class:`StageContext`, and each stage
+returns a :class:`StageResult` that the orchestration layer (``flows/``) logs wherever it wants.
+Not a stage: no stage imports another stage, they all import this module (and :mod:`~.paths`).
 """
 
 import contextlib
@@ -16,7 +18,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from components.stages.paths import MANIFEST, PREPARED_DIR
+
 __all__ = [
+    "StageContext",
     "StageResult",
     "MapFn",
     "atomic_write_bytes",
@@ -28,13 +33,18 @@ __all__ = [
     "git_commit",
     "serial_map",
     "Logger",
+    "OuterStepHook",
     "print_logger",
+    "read_manifest",
+    "load_prepared",
 ]
 
 # A map function ``map_fn(fn, items) -> list`` lets the orchestrator fan stage work out (Prefect tasks)
 # without stages knowing about it. The default runs items one after the other.
 MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], list]
 Logger = Callable[[str], None]
+# called by meta-training after each compiled outer call (after its checkpoint): (outer steps done, total)
+OuterStepHook = Callable[[int, int], None]
 
 
 def serial_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list:
@@ -43,6 +53,38 @@ def serial_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list:
 
 def print_logger(msg: str) -> None:
     print(msg, flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+    """What orchestration gives a stage besides its params and project root (``run(params, root, context)``).
+
+    The defaults run a stage on its own (tests, a notebook): print the log, one item after the other,
+    no resuming, no tracking run. ``flows.stage_exec`` builds the context for ``l2o run`` and
+    ``l2o stage`` (so also ``dvc repro``, whose commands are ``l2o stage <name>``).
+
+    Attributes:
+      log: receives the stage's progress lines.
+      map_fn: ``map_fn(fn, items) -> list``; fans the stage's work items out (Prefect tasks in
+        ``l2o run``); ``fn`` is module-level and the items picklable when the runner uses processes.
+      resume: continue meta-training from its checkpoints (``l2o run --resume``).
+      run_id: the tracking (MLflow) run the stage's outputs belong to, shown in the report; ``None``
+        outside a tracked run.
+      on_outer_step: passed to :func:`components.meta.meta_train` as ``on_outer_step``: called after
+        each compiled outer call, after its checkpoint, with ``(outer steps done, total outer steps)``
+        (the failure tests kill the process from it).
+
+    Example:
+      >>> ctx = StageContext(log=lambda line: None)
+      >>> ctx.resume, ctx.run_id
+      (False, None)
+    """
+
+    log: Logger = print_logger
+    map_fn: MapFn = serial_map
+    resume: bool = False
+    run_id: str | None = None
+    on_outer_step: OuterStepHook | None = None
 
 
 @dataclasses.dataclass
@@ -140,10 +182,6 @@ def git_commit(root: Path) -> str:
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-PREPARED_DIR = Path("data/prepared")
-MANIFEST = PREPARED_DIR / "manifest.json"
 
 
 def read_manifest(root: Path) -> dict:

@@ -2,7 +2,7 @@
 
 Not a stage: helpers the evaluate stage, the report and ``l2o tasks`` share. Everything is computed
 from the params and the task registry (parameter counts from shapes), without prepared data.
-The three cases of ``meta_train.task_family`` mirror :func:`components.stages.meta_train.build_family`:
+The three cases of ``meta_train.task_family`` mirror :func:`components.stages.inputs.build_family`:
 
 * ``task: NAME``: that one suite task (its dataset, architecture, batch size; fine-tuning if it does);
 * ``preset: celo``: :func:`components.tasks.celo_distribution` (8x8 gray MLP-32 on Celo's four

@@ -58,37 +58,23 @@ from components.evaluation.experiment import (
     LEARNED_KINDS,
     ProtocolConfig,
     TaskEvaluation,
-    aggregate_all,
     evaluate_on_task,
     learned_family,
 )
 from components.evaluation.protocol import RULES, finite_or_none
+from components.evaluation.summary import aggregate_all, flat_numbers, headline
 from components.optimizers import load
-from components.stages.calibrate import SAFEGUARD
-from components.stages.common import (
-    Logger,
-    MapFn,
-    StageResult,
-    atomic_write_json,
-    load_prepared,
-    print_logger,
-    serial_map,
-)
+from components.stages.common import StageContext, StageResult, atomic_write_json, load_prepared
 from components.stages.distribution import task_relations
-from components.stages.meta_train import MODEL_DIR
+from components.stages.inputs import load_pretrained
 from components.stages.params import PipelineParams, params_hash
-from components.stages.pretrain import load_pretrained
+from components.stages.paths import CURVES_DIR, EVAL_METRICS, EVAL_PLOTS_DIR, HEADLINE, MODEL_DIR, SAFEGUARD
 from components.tasks.language import token_bounds, token_windows
 from components.tasks.spec import dataset_info, eval_sets, make_task, task_data
 from components.tasks.suite import get_spec
 
 __all__ = [
     "VERSION",
-    "METRICS",
-    "HEADLINE",
-    "CURVES_DIR",
-    "PLOTS_DIR",
-    "LEARNED_KINDS",
     "EvalJob",
     "evaluate_job",
     "optimizer_names",
@@ -97,10 +83,6 @@ __all__ = [
 ]
 
 VERSION = "3"
-METRICS = Path("metrics/evaluation.json")
-HEADLINE = Path("metrics/headline.json")
-CURVES_DIR = Path("metrics/curves")
-PLOTS_DIR = Path("plots/evaluation")
 
 
 def optimizer_names(params: PipelineParams) -> list[str]:
@@ -216,41 +198,25 @@ def evaluate_task(
     )
 
 
-def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_fn: MapFn = serial_map) -> StageResult:
-    """Evaluate every task (fanned out through ``map_fn``) and write the metrics files."""
-    root = Path(root)
-    t0 = time.perf_counter()
-    for needed in (root / MODEL_DIR, root / SAFEGUARD):
-        if not needed.exists():
-            raise FileNotFoundError(f"{needed} not found: run the meta_train and calibrate stages first (`l2o run`)")
+_RULES_DOC = {
+    "train": "baselines tuned on the seed-mean EMA-smoothed training loss at the task's horizon;"
+    " speedup, final-loss ratio, beats tuned Adam on training loss, steps to target",
+    "validation": "baselines tuned on the seed-mean validation loss at the task's horizon (synthetic"
+    " problems: training loss); test loss / accuracy, beats all on the test metric, AlgoPerf score",
+    "long": "Adam tuned (train rule) for k x the horizon, from the same grid; the stability table",
+    "hand_part": "HUB, LGL2O and GL2O use the calibrate stage's guard rate chosen by the same rule",
+}
+
+
+def _document(params: PipelineParams, results: list[dict], names: list[str], agg: dict) -> dict:
+    """``metrics/evaluation.json``: the per-task summaries, the aggregates and the protocol's settings."""
     ev = params.evaluate
-    jobs = [EvalJob(params, str(root.resolve()), name) for name in ev.tasks]
-    results = map_fn(evaluate_job, jobs)
-    names = optimizer_names(params)
-    for r in results:
-        log(r["line"])
-    for r in results:
-        atomic_write_json(root / CURVES_DIR / f"{r['name']}.json", r["curves"])
-        atomic_write_json(root / PLOTS_DIR / f"{r['name']}.json", _plot_rows(r["curves"], names))
-    for folder in (CURVES_DIR, PLOTS_DIR):
-        for stale in (root / folder).glob("*.json"):
-            if stale.stem not in ev.tasks:
-                stale.unlink()
-    summaries = {r["name"]: r["summary"] for r in results}
-    agg = aggregate(summaries, names, n_resamples=ev.bootstrap_samples, seed=params.seed)
-    doc = {
+    return {
         "optimizers": {o: kind_of(o) for o in names},
         "optimizer_order": names,  # display order (the file's keys are sorted)
         "baselines": list(ev.baselines),
-        "rules": {
-            "train": "baselines tuned on the seed-mean EMA-smoothed training loss at the task's horizon;"
-            " speedup, final-loss ratio, beats tuned Adam on training loss, steps to target",
-            "validation": "baselines tuned on the seed-mean validation loss at the task's horizon (synthetic"
-            " problems: training loss); test loss / accuracy, beats all on the test metric, AlgoPerf score",
-            "long": "Adam tuned (train rule) for k x the horizon, from the same grid; the stability table",
-            "hand_part": "HUB, LGL2O and GL2O use the calibrate stage's guard rate chosen by the same rule",
-        },
-        "tasks": summaries,
+        "rules": _RULES_DOC,
+        "tasks": {r["name"]: r["summary"] for r in results},
         "aggregate": agg,
         "num_seeds": ev.num_seeds,
         "num_steps": {r["name"]: r["summary"]["num_steps"] for r in results},
@@ -266,9 +232,11 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
         "component_version": VERSION,
         "params_hash": params_hash(params),
     }
-    atomic_write_json(root / METRICS, doc)
-    atomic_write_json(root / HEADLINE, headline(agg))
-    metrics = {"seconds": time.perf_counter() - t0}
+
+
+def _tracked_metrics(results: list[dict], names: list[str], agg: dict) -> dict[str, float]:
+    """The scalars the orchestrator logs: per task and optimizer, and the headline aggregates."""
+    metrics = {}
     for r in results:
         metrics[f"{r['name']}/seconds"] = r["seconds"]
         s = r["summary"]
@@ -284,9 +252,14 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
             if finite_or_none(tr["final_loss_ratio"]) is not None:
                 metrics[f"{r['name']}/{o}/final_loss_ratio"] = tr["final_loss_ratio"]
     for o, row in headline(agg).items():
-        for kk, v in _flat(row).items():
+        for kk, v in flat_numbers(row).items():
             if v is not None and math.isfinite(v):
                 metrics[f"aggregate/{o}/{kk}"] = v
+    return metrics
+
+
+def _tracked_curves(results: list[dict], names: list[str]) -> dict[str, list]:
+    """The held-out test curves the orchestrator logs as metric histories."""
     curves = {}
     for r in results:
         steps = r["curves"]["steps"]
@@ -295,94 +268,60 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
                 if kk in r["curves"]["optimizers"][o]:
                     vals = r["curves"]["optimizers"][o][kk]["mean"]
                     curves[f"{r['name']}/{o}/{kk}"] = [(s_, v) for s_, v in zip(steps, vals) if v is not None]
+    return curves
+
+
+def _headline_line(agg: dict, methods) -> str:
     tr_agg, va_agg = agg["train"], agg["validation"]
-    log(
-        "evaluate: "
-        + "; ".join(
-            f"{o}: speedup IQM {'>=' if tr_agg[o]['speedup_iqm']['lower_bound'] else ''}"
-            f"{tr_agg[o]['speedup_iqm']['value']:.2f} [{tr_agg[o]['speedup_iqm']['ci_low']:.2f},"
-            f" {tr_agg[o]['speedup_iqm']['ci_high']:.2f}],"
-            f" beats tuned Adam on {tr_agg[o]['beats_adam_fraction'] or 0:.0%}"
-            f" (train) / {va_agg[o]['test_beats_adam_fraction'] or 0:.0%} (test)"
-            for o in ev.methods
-        )
+    return "evaluate: " + "; ".join(
+        f"{o}: speedup IQM {'>=' if tr_agg[o]['speedup_iqm']['lower_bound'] else ''}"
+        f"{tr_agg[o]['speedup_iqm']['value']:.2f} [{tr_agg[o]['speedup_iqm']['ci_low']:.2f},"
+        f" {tr_agg[o]['speedup_iqm']['ci_high']:.2f}],"
+        f" beats tuned Adam on {tr_agg[o]['beats_adam_fraction'] or 0:.0%}"
+        f" (train) / {va_agg[o]['test_beats_adam_fraction'] or 0:.0%} (test)"
+        for o in methods
     )
+
+
+def _write_task_files(root: Path, results: list[dict], names: list[str], tasks) -> None:
+    """``metrics/curves/<task>.json`` and ``plots/evaluation/<task>.json``; files of tasks no longer run go."""
+    for r in results:
+        atomic_write_json(root / CURVES_DIR / f"{r['name']}.json", r["curves"])
+        atomic_write_json(root / EVAL_PLOTS_DIR / f"{r['name']}.json", _plot_rows(r["curves"], names))
+    for folder in (CURVES_DIR, EVAL_PLOTS_DIR):
+        for stale in (root / folder).glob("*.json"):
+            if stale.stem not in tasks:
+                stale.unlink()
+
+
+def run(params: PipelineParams, root: Path, context: StageContext | None = None) -> StageResult:
+    """Evaluate every task (each an item of ``context.map_fn``) and write the metrics files."""
+    context = context or StageContext()
+    root = Path(root)
+    t0 = time.perf_counter()
+    for needed in (root / MODEL_DIR, root / SAFEGUARD):
+        if not needed.exists():
+            raise FileNotFoundError(f"{needed} not found: run the meta_train and calibrate stages first (`l2o run`)")
+    ev = params.evaluate
+    jobs = [EvalJob(params, str(root.resolve()), name) for name in ev.tasks]
+    results = context.map_fn(evaluate_job, jobs)
+    names = optimizer_names(params)
+    for r in results:
+        context.log(r["line"])
+    _write_task_files(root, results, names, ev.tasks)
+    summaries = {r["name"]: r["summary"] for r in results}
+    agg = aggregate_all(summaries, names, n_resamples=ev.bootstrap_samples, seed=params.seed)
+    atomic_write_json(root / EVAL_METRICS, _document(params, results, names, agg))
+    atomic_write_json(root / HEADLINE, headline(agg))
+    metrics = {"seconds": time.perf_counter() - t0, **_tracked_metrics(results, names, agg)}
+    context.log(_headline_line(agg, ev.methods))
     return StageResult(
         stage="evaluate",
         version=VERSION,
         metrics=metrics,
-        curves=curves,
-        artifacts=[METRICS, HEADLINE, CURVES_DIR, PLOTS_DIR],
+        curves=_tracked_curves(results, names),
+        artifacts=[EVAL_METRICS, HEADLINE, CURVES_DIR, EVAL_PLOTS_DIR],
     )
-
-
-_HEADLINE_KEYS = {
-    "train_rule": (
-        "speedup_iqm",
-        "final_loss_ratio_iqm",
-        "beats_adam_fraction",
-        "beats_all_fraction",
-        "diverged_runs",
-        "fallback_rate",
-    ),
-    "validation_rule": (
-        "test_beats_adam_fraction",
-        "test_beats_all_fraction",
-        "mean_test_acc",
-        "mean_test_loss",
-        "algoperf_score",
-    ),
-    "stability": ("final_loss_ratio_iqm", "beats_adam_fraction", "diverged_runs"),
-}
-
-
-def headline(agg: dict) -> dict:
-    """``metrics/headline.json``: per optimizer, flat numbers under each rule (what ``dvc metrics`` shows).
-
-    ``{optimizer: {"train_rule": {...}, "validation_rule": {...}, "stability": {...},
-    "out_of_distribution": {...}, "in_distribution": {...}}}``; an IQM ``x`` comes with ``x_ci_low`` /
-    ``x_ci_high`` and, for a censored speedup, ``x_lower_bound: 1``; missing values are left out.
-    """
-    sections = {"train_rule": agg["train"], "validation_rule": agg["validation"], "stability": agg.get("long") or {}}
-    out = {}
-    for o in agg["train"]:
-        entry = {}
-        for sec, per in sections.items():
-            if o in per:
-                entry[sec] = _numbers(per[o], _HEADLINE_KEYS[sec])
-        for group, part in (agg.get("by_distribution") or {}).items():
-            if part is not None:
-                entry[group] = {
-                    **_numbers(part["train"][o], ("speedup_iqm", "beats_adam_fraction")),
-                    **_numbers(part["validation"][o], ("test_beats_adam_fraction", "algoperf_score")),
-                    "tasks": len(part["tasks"]),
-                }
-        out[o] = entry
-    return out
-
-
-def _numbers(row: dict, keys) -> dict:
-    out = {}
-    for k in keys:
-        v = row.get(k)
-        if isinstance(v, dict):
-            out[k] = v["value"]
-            out[f"{k}_ci_low"], out[f"{k}_ci_high"] = v["ci_low"], v["ci_high"]
-            if v.get("lower_bound") is not None:
-                out[f"{k}_lower_bound"] = int(bool(v["lower_bound"]))
-        elif isinstance(v, int | float) and not isinstance(v, bool):
-            out[k] = v
-    return {k: v for k, v in out.items() if v is not None and math.isfinite(v)}
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, float | None]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}/"))
-        elif isinstance(v, bool) or v is None or isinstance(v, int | float):
-            out[f"{prefix}{k}"] = None if v is None else float(v)
-    return out
 
 
 def _plot_rows(curves: dict, names: list[str]) -> list[dict]:
@@ -397,8 +336,3 @@ def _plot_rows(curves: dict, names: list[str]) -> list[dict]:
             row[o] = v if math.isfinite(v) else None
         rows.append(row)
     return rows
-
-
-def aggregate(summaries: dict[str, dict], names: list[str], *, n_resamples: int = 2000, seed: int = 0) -> dict:
-    """:func:`components.evaluation.experiment.aggregate_all` (kept here for the stage's callers)."""
-    return aggregate_all(summaries, names, n_resamples=n_resamples, seed=seed)

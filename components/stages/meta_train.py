@@ -3,12 +3,12 @@
 
 Reads ``data/prepared`` and the ``seed`` / ``meta_train`` params; writes the checkpoint directory
 ``models/lopt`` (weights + ``config.json`` with provenance + ``curves.json``), the summary metrics
-``metrics/meta_train.json`` and the DVC plot file ``plots/meta_train.json``.
+``metrics/meta_train.json`` and the DVC plot file ``plots/meta_train.json`` (paths: :mod:`~.paths`).
 """
 
+import dataclasses
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -19,95 +19,19 @@ from components.meta import MetaTrainConfig, meta_train
 from components.optimizers import save
 from components.optimizers.registry import create_learned
 from components.stages.common import (
-    Logger,
-    MapFn,
+    StageContext,
     StageResult,
     atomic_write_json,
     git_commit,
-    load_prepared,
-    print_logger,
     read_manifest,
-    serial_map,
 )
+from components.stages.inputs import build_families
 from components.stages.params import PipelineParams, params_hash
-from components.tasks import ImageMLPFamily, stack_datasets
-from components.tasks.families import SingleTaskFamily, celo_families, celo_family
+from components.stages.paths import CHECKPOINT_DIR, META_METRICS, META_PLOT, MODEL_DIR
 
-__all__ = ["VERSION", "MODEL_DIR", "CHECKPOINT_DIR", "RESUME_ENV", "run", "build_family", "build_families"]
+__all__ = ["VERSION", "run"]
 
 VERSION = "2"
-MODEL_DIR = Path("models/lopt")
-METRICS = Path("metrics/meta_train.json")
-PLOT = Path("plots/meta_train.json")
-CHECKPOINT_DIR = Path("checkpoints/meta_train")
-RESUME_ENV = "L2O_RESUME"
-"""Set to 1 (``l2o run --resume``, ``l2o stage meta_train --resume``) to continue from checkpoints."""
-
-
-def build_family(params: PipelineParams, root: Path):
-    """The meta-training task family and its stacked training data (datasets in family order).
-
-    ``task_family.task`` gives a :class:`~components.tasks.families.SingleTaskFamily` of that suite
-    task (fine-tuning tasks start from ``models/pretrained``) with the task's own training data;
-    ``task_family.preset: celo`` gives :func:`components.tasks.celo_family` (8x8 gray MLP-32 on four
-    datasets, batch 64, global re-parametrisation in [1e-3, 1e3]); otherwise an
-    :class:`~components.tasks.ImageMLPFamily` of the listed datasets, widths and scale range.
-    """
-    fam = params.meta_train.task_family
-    if fam.task is not None:
-        from components.stages.pretrain import load_pretrained  # noqa: PLC0415
-        from components.tasks.spec import make_task, task_data  # noqa: PLC0415
-        from components.tasks.suite import get_spec  # noqa: PLC0415
-
-        spec = get_spec(fam.task)
-        arrays = (
-            load_prepared(root, params.data.require(spec.dataset, f"meta_train.task_family.task {fam.task!r}"))
-            if spec.dataset
-            else {}
-        )
-        pretrained = load_pretrained(root, spec) if spec.is_finetune else None
-        return SingleTaskFamily(make_task(spec, pretrained=pretrained)), task_data(spec.dataset, arrays)
-    entries = [params.data.require(name, "meta_train.task_family") for name in fam.datasets]
-    arrays = [load_prepared(root, entry) for entry in entries]
-    data = stack_datasets([a["x_train"] for a in arrays], [a["y_train"] for a in arrays])
-    if fam.preset == "celo":
-        return celo_family(tuple(fam.datasets)), data
-    num_classes = int(max(int(a["y_train"].max()) for a in arrays)) + 1
-    family = ImageMLPFamily(
-        datasets=tuple(fam.datasets),
-        hidden_sizes=tuple(fam.hidden_sizes),
-        image_shape=tuple(int(s) for s in data.x.shape[2:]),
-        num_classes=num_classes,
-        batch_size=fam.batch_size,
-        param_scale_range=tuple(fam.param_scale_range),
-    )
-    return family, data
-
-
-def build_families(params: PipelineParams, root: Path) -> tuple[list, list]:
-    """``(families, datas)``: one family per dataset with ``estimator_per_dataset`` (Celo's recipe:
-    one PES estimator of ``num_tasks`` tasks per dataset, meta-gradients averaged), else one family."""
-    fam = params.meta_train.task_family
-    if not fam.estimator_per_dataset:
-        family, data = build_family(params, root)
-        return [family], [data]
-    entries = [params.data.require(name, "meta_train.task_family") for name in fam.datasets]
-    arrays = [load_prepared(root, entry) for entry in entries]
-    datas = [stack_datasets([a["x_train"]], [a["y_train"]]) for a in arrays]
-    if fam.preset == "celo":
-        return list(celo_families(tuple(fam.datasets)).values()), datas
-    families = [
-        ImageMLPFamily(
-            datasets=(name,),
-            hidden_sizes=tuple(fam.hidden_sizes),
-            image_shape=tuple(int(s) for s in d.x.shape[2:]),
-            num_classes=int(a["y_train"].max()) + 1,
-            batch_size=fam.batch_size,
-            param_scale_range=tuple(fam.param_scale_range),
-        )
-        for name, d, a in zip(fam.datasets, datas, arrays)
-    ]
-    return families, datas
 
 
 def lopt_from_params(params: PipelineParams, phase=None):
@@ -148,51 +72,46 @@ def _fingerprint(params: PipelineParams, data_hashes: dict, phase_index: int) ->
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run(
-    params: PipelineParams,
-    root: Path,
-    *,
-    log: Logger = print_logger,
-    map_fn: MapFn = serial_map,
-    resume: bool | None = None,
-) -> StageResult:
-    """Meta-train every phase in order (each from the previous one's meta-params) and write the outputs.
-
-    With ``meta_train.checkpoint_every`` the loop state of each phase is written to
-    ``checkpoints/meta_train/<phase>.npz``; ``resume`` (default: the ``L2O_RESUME`` environment
-    variable, set by ``l2o run --resume``) continues from there, exactly.
-    """
-    del map_fn  # a single jitted loop; populations are batched inside it
-    root = Path(root)
-    resume = os.environ.get(RESUME_ENV) == "1" if resume is None else resume
+def _plan_line(params: PipelineParams, num_estimators: int) -> str:
     mt = params.meta_train
-    manifest = read_manifest(root)
-    families, datas = build_families(params, root)
-    data_hashes = _data_hashes(params, manifest)
-    phases = mt.phase_list()
     fam = mt.task_family
+    phases = mt.phase_list()
     what = (
         f"task {fam.task}"
         if fam.task
         else f"{list(fam.datasets)} MLP{list(fam.hidden_sizes)}{' (Celo preset)' if fam.preset else ''}"
     )
     per = mt.trunc_length if mt.estimator != "es" else f"{mt.min_unroll}-{mt.max_unroll}"
-    log(
+    return (
         f"meta_train: {mt.lopt} on {what}, {len(phases)} phase(s) [{', '.join(p.name for p in phases)}],"
-        f" {mt.estimator}: {len(families)} estimator(s) x {mt.num_tasks} tasks"
+        f" {mt.estimator}: {num_estimators} estimator(s) x {mt.num_tasks} tasks"
         f"{'' if mt.estimator == 'tbptt' else ' x 2 antithetic'} x {per} inner steps on {jax.default_backend()}"
     )
-    t0 = time.perf_counter()
-    meta_params = None
-    curves: dict[str, list] = {}
-    offset, inner_steps, loop_seconds = 0, 0, 0.0
-    phase_rows: list[dict] = []
-    phase_results: list = []
-    lopt = None
+
+
+@dataclasses.dataclass
+class _Phases:
+    """What the phases produced, in order: the curves on one step axis, one row and one result per phase."""
+
+    curves: dict = dataclasses.field(default_factory=dict)
+    rows: list = dataclasses.field(default_factory=list)
+    results: list = dataclasses.field(default_factory=list)  # (phase, lopt, meta_params)
+    inner_steps: int = 0
+    loop_seconds: float = 0.0
+
+
+def _train_phases(params: PipelineParams, root: Path, context: StageContext, families, datas, data_hashes) -> _Phases:
+    """Meta-train every phase in order, each from the previous one's meta-params."""
+    mt = params.meta_train
+    phases = mt.phase_list()
+    out = _Phases()
+    meta_params, offset = None, 0
     for i, phase in enumerate(phases):
         lopt = lopt_from_params(params, phase)
         steps = mt.phase_steps(phase)
-        log(f"meta_train: phase {i + 1}/{len(phases)} {phase.name!r}: {steps} outer steps, {lopt.name} {lopt.config()}")
+        context.log(
+            f"meta_train: phase {i + 1}/{len(phases)} {phase.name!r}: {steps} outer steps, {lopt.name} {lopt.config()}"
+        )
         key = (
             jax.random.PRNGKey(params.seed) if i == 0 else jax.random.fold_in(jax.random.PRNGKey(params.seed), 100 + i)
         )
@@ -202,16 +121,17 @@ def run(
             datas if len(datas) > 1 else datas[0],
             _config(params, steps),
             key=key,
-            log=log,
+            log=context.log,
             init_meta_params=meta_params,
             checkpoint_path=root / CHECKPOINT_DIR / f"{phase.name}.npz" if mt.checkpoint_every else None,
             fingerprint=_fingerprint(params, data_hashes, i),
-            resume=resume,
+            resume=context.resume,
+            on_outer_step=context.on_outer_step,
         )
         meta_params = result.meta_params
         for k, pts in result.curves.items():
-            curves.setdefault(k, []).extend((offset + s, v) for s, v in pts)
-        phase_rows.append(
+            out.curves.setdefault(k, []).extend((offset + s, v) for s, v in pts)
+        out.rows.append(
             {
                 "name": phase.name,
                 "lopt_hyperparams": mt.phase_hyperparams(phase),
@@ -221,54 +141,89 @@ def run(
             }
         )
         offset += steps
-        inner_steps += result.inner_steps
-        loop_seconds += result.seconds
-        phase_results.append((phase, lopt, meta_params))
-    seconds = time.perf_counter() - t0
-    meta_loss = curves["meta_loss"]
+        out.inner_steps += result.inner_steps
+        out.loop_seconds += result.seconds
+        out.results.append((phase, lopt, meta_params))
+    return out
+
+
+def _save_models(params: PipelineParams, root: Path, done: _Phases, data_hashes: dict) -> None:
+    """The final checkpoint (with provenance), every phase's beside it, and ``curves.json``."""
     metadata = {
         "component": "meta_train",
         "component_version": VERSION,
         "params_hash": params_hash(params),
         "seed": params.seed,
         "meta_train": params.meta_train.model_dump(mode="json"),
-        "phases": phase_rows,
+        "phases": done.rows,
         "data_hashes": data_hashes,
         "git_commit": git_commit(root),
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
     }
+    _, lopt, meta_params = done.results[-1]
     save(root / MODEL_DIR, lopt, meta_params, metadata)
-    if len(phases) > 1:  # every phase's result beside the final one: models/lopt/phases/<name>
-        for phase, phase_lopt, phase_params in phase_results:
+    if len(done.results) > 1:  # every phase's result beside the final one: models/lopt/phases/<name>
+        for phase, phase_lopt, phase_params in done.results:
             save(root / MODEL_DIR / "phases" / phase.name, phase_lopt, phase_params, {**metadata, "phase": phase.name})
     # curves.json travels with the checkpoint (written after save: the directory exists now)
-    atomic_write_json(root / MODEL_DIR / "curves.json", curves)
+    atomic_write_json(root / MODEL_DIR / "curves.json", done.curves)
+
+
+def _write_metrics(root: Path, done: _Phases, seconds: float) -> dict:
+    """``metrics/meta_train.json`` and ``plots/meta_train.json``; returns the metrics."""
+    curves = done.curves
+    meta_loss = curves["meta_loss"]
+    meta_params = done.results[-1][2]
     head = float(np.mean([v for _, v in meta_loss[: max(1, len(meta_loss) // 10)]]))
     tail = float(np.mean([v for _, v in meta_loss[-max(1, len(meta_loss) // 10) :]]))
     metrics = {
         "meta_loss_first": head,
         "meta_loss_last": tail,
         "seconds": seconds,
-        "inner_steps_per_second": inner_steps / loop_seconds if loop_seconds > 0 else 0.0,
+        "inner_steps_per_second": done.inner_steps / done.loop_seconds if done.loop_seconds > 0 else 0.0,
         "num_meta_params": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(meta_params))),
         "nonfinite_meta_grad_entries": float(sum(v for _, v in curves.get("nonfinite", []))),
     }
-    atomic_write_json(root / METRICS, metrics)
+    atomic_write_json(root / META_METRICS, metrics)
     atomic_write_json(
-        root / PLOT,
+        root / META_PLOT,
         [
             {"step": s, "meta_loss": v, "train_loss": t, "grad_norm": g}
             for (s, v), (_, t), (_, g) in zip(meta_loss, curves["train_loss"], curves["grad_norm"])
         ],
     )
-    log(f"meta_train: meta-loss {head:.4f} -> {tail:.4f} in {seconds:.0f}s")
+    return metrics
+
+
+def run(params: PipelineParams, root: Path, context: StageContext | None = None) -> StageResult:
+    """Meta-train every phase in order (each from the previous one's meta-params) and write the outputs.
+
+    With ``meta_train.checkpoint_every`` the loop state of each phase is written to
+    ``checkpoints/meta_train/<phase>.npz``; ``context.resume`` (``l2o run --resume``) continues from
+    there, exactly. ``context.on_outer_step`` is handed to the meta-training loop. The loop is one
+    jitted program (populations are batched inside it), so ``context.map_fn`` is not used.
+    """
+    context = context or StageContext()
+    root = Path(root)
+    mt = params.meta_train
+    manifest = read_manifest(root)
+    families, datas = build_families(params, root)
+    data_hashes = _data_hashes(params, manifest)
+    context.log(_plan_line(params, len(families)))
+    t0 = time.perf_counter()
+    done = _train_phases(params, root, context, families, datas, data_hashes)
+    seconds = time.perf_counter() - t0
+    _save_models(params, root, done, data_hashes)
+    metrics = _write_metrics(root, done, seconds)
+    head, tail = metrics["meta_loss_first"], metrics["meta_loss_last"]
+    context.log(f"meta_train: meta-loss {head:.4f} -> {tail:.4f} in {seconds:.0f}s")
     return StageResult(
         stage="meta_train",
         version=VERSION,
         metrics=metrics,
-        curves=curves,
-        artifacts=[MODEL_DIR, METRICS],
+        curves=done.curves,
+        artifacts=[MODEL_DIR, META_METRICS],
         model_dir=MODEL_DIR,
-        tags={"lopt": lopt.name, "registered_name": mt.registered_name},
+        tags={"lopt": done.results[-1][1].name, "registered_name": mt.registered_name},
     )

@@ -14,7 +14,8 @@ Reads ``params.data`` (datasets, image_size, test_fraction, max_train_examples, 
 Order of work, so that a bad input never leaves a half-written output:
 
 1. fetch and verify every source file of every dataset needed (mirror or download, see
-   ``components.stages.fetch``) — nothing is written under ``data/prepared`` before all pass;
+   ``components.stages.fetch``, this stage's helper module: not a stage, and used by no other stage)
+   — nothing is written under ``data/prepared`` before all pass;
 2. decode each dataset once, build each of its variants, writing each npz to a hidden temporary file;
 3. rename all npz into place, delete ``*.npz`` of names no longer listed, write the manifest.
 
@@ -44,25 +45,15 @@ from components.data import (
     jpeg_decoder_version,
     parse_variant,
 )
-from components.stages.common import (
-    MANIFEST,
-    PREPARED_DIR,
-    Logger,
-    MapFn,
-    StageResult,
-    atomic_write_json,
-    print_logger,
-    serial_map,
-    sha256_file,
-)
+from components.stages.common import Logger, StageContext, StageResult, atomic_write_json, sha256_file
 from components.stages.fetch import FetchedFile, fetch_file_with_origin, resolve_mirror
 from components.stages.params import DataParams, PipelineParams
+from components.stages.paths import CACHE_DIR, MANIFEST, PREPARED_DIR
 
-__all__ = ["CACHE_DIR", "MANIFEST", "PREPARED_DIR", "STAGE", "VERSION", "run", "variants", "write_npz"]
+__all__ = ["STAGE", "VERSION", "run", "variants", "write_npz"]
 
 STAGE = "prepare_data"
 VERSION = "2"  # 2: prepared names (variants), CIFAR-10, MNIST-1D, tiny-shakespeare; manifest v2 fields
-CACHE_DIR = Path("data") / "raw"  # downloads only; unused with a mirror
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -250,21 +241,65 @@ def _manifest_entry(b: _Built, used: dict) -> dict:
     return entry
 
 
-def run(
-    params: PipelineParams,
-    root: Path,
-    *,
-    log: Logger = print_logger,
-    map_fn: MapFn = serial_map,
-) -> StageResult:
+def _build_all(
+    fetched: list[_Fetched], wanted: list[Variant], data: DataParams, seed: int, out_dir: Path, map_fn, log: Logger
+) -> list[_Built]:
+    """Steps 2 and 3: build every variant into a hidden temporary npz, then rename all into place.
+
+    Returns the built variants in ``wanted``'s order.
+    """
+    by_dataset: dict[str, list[Variant]] = {}
+    for v in wanted:
+        by_dataset.setdefault(v.dataset, []).append(v)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    build = functools.partial(
+        _build_dataset, by_dataset=by_dataset, data=data, seed=seed, out_dir=out_dir, token=token, log=log
+    )
+    try:
+        groups: list[list[_Built]] = map_fn(build, fetched)
+        del fetched
+        by_name = {b.variant.name: b for group in groups for b in group}
+        built = [by_name[v.name] for v in wanted]
+        for b in built:
+            os.replace(b.tmp_path, out_dir / f"{b.variant.name}.npz")
+    finally:
+        for tmp in out_dir.glob(f".*.npz.{token}.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    return built
+
+
+def _remove_stale(root: Path, out_dir: Path, names: set[str], log: Logger) -> None:
+    for stale in sorted(out_dir.glob("*.npz")):
+        if stale.stem not in names:
+            log(f"{STAGE}: removing stale {stale.relative_to(root)} (not in data.datasets)")
+            stale.unlink()
+
+
+def _manifest(built: list[_Built], data: DataParams, seed: int) -> dict:
+    used = {
+        "image_size": data.image_size,
+        "test_fraction": data.test_fraction,
+        "max_train_examples": data.max_train_examples,
+        "text_split": list(data.text_split),
+        "seed": seed,
+    }
+    return {
+        "stage": STAGE,
+        "version": VERSION,
+        "datasets": {b.variant.name: _manifest_entry(b, used) for b in built},
+    }
+
+
+def run(params: PipelineParams, root: Path, context: StageContext | None = None) -> StageResult:
     """Prepare every name in ``params.data.datasets`` under ``<root>/data/prepared``.
 
     Args:
       params: the experiment; reads ``params.data`` and ``params.seed``.
       root: the project root (outputs and the download cache live under it).
-      log: receives one line per prepared name (sizes, origin, time taken) and per download.
-      map_fn: fans the per-dataset work out (fetch+verify, then decode+build its variants); runs
-        serially by default.
+      context: ``log`` receives one line per prepared name (sizes, origin, time taken) and per download;
+        ``map_fn`` fans the per-dataset work out (fetch+verify, then decode+build its variants).
 
     Returns:
       A :class:`StageResult` with metrics ``<name>/num_train``, ``<name>/num_test`` (and
@@ -277,58 +312,22 @@ def run(
         dataset is asked for without a mirror.
       ValueError: if a dataset cannot be built with these params (e.g. image_size 16 for digits).
     """
+    context = context or StageContext()
+    log = context.log
     root = Path(root)
     data = params.data
     wanted = variants(data)  # fails on bad params before reading any data
-    by_dataset: dict[str, list[Variant]] = {}
-    for v in wanted:
-        by_dataset.setdefault(v.dataset, []).append(v)
     mirror = resolve_mirror(root)
-    cache_dir = root / CACHE_DIR
     out_dir = root / PREPARED_DIR
+    datasets = list(dict.fromkeys(v.dataset for v in wanted))
 
     # 1. Fetch and verify everything before writing anything.
-    fetched: list[_Fetched] = map_fn(
-        functools.partial(_fetch_dataset, mirror=mirror, cache_dir=cache_dir, log=log), list(by_dataset)
-    )
-
-    # 2. Decode each dataset once and build its variants into hidden temporary npz files.
-    out_dir.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:12]
-    build = functools.partial(
-        _build_dataset, by_dataset=by_dataset, data=data, seed=params.seed, out_dir=out_dir, token=token, log=log
-    )
-    try:
-        groups: list[list[_Built]] = map_fn(build, fetched)
-        del fetched
-        by_name = {b.variant.name: b for group in groups for b in group}
-        built = [by_name[v.name] for v in wanted]
-        # 3. Commit: rename into place, drop stale outputs, write the manifest.
-        for b in built:
-            os.replace(b.tmp_path, out_dir / f"{b.variant.name}.npz")
-    finally:
-        for tmp in out_dir.glob(f".*.npz.{token}.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-    names = set(data.datasets)
-    for stale in sorted(out_dir.glob("*.npz")):
-        if stale.stem not in names:
-            log(f"{STAGE}: removing stale {stale.relative_to(root)} (not in data.datasets)")
-            stale.unlink()
-
-    used = {
-        "image_size": data.image_size,
-        "test_fraction": data.test_fraction,
-        "max_train_examples": data.max_train_examples,
-        "text_split": list(data.text_split),
-        "seed": params.seed,
-    }
-    manifest = {
-        "stage": STAGE,
-        "version": VERSION,
-        "datasets": {b.variant.name: _manifest_entry(b, used) for b in built},
-    }
-    atomic_write_json(root / MANIFEST, manifest)
+    fetch = functools.partial(_fetch_dataset, mirror=mirror, cache_dir=root / CACHE_DIR, log=log)
+    # 2. Decode each dataset once and build its variants into hidden temporary npz files; 3. commit them
+    # (the fetched bytes are only referenced by _build_all, which drops them once decoded).
+    built = _build_all(context.map_fn(fetch, datasets), wanted, data, params.seed, out_dir, context.map_fn, log)
+    _remove_stale(root, out_dir, set(data.datasets), log)
+    atomic_write_json(root / MANIFEST, _manifest(built, data, params.seed))
 
     metrics: dict[str, float] = {}
     for b in built:

@@ -21,34 +21,28 @@ import shutil
 import time
 import zlib
 from pathlib import Path
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from components.stages.common import (
-    Logger,
-    MapFn,
+    StageContext,
     StageResult,
     atomic_dir,
     atomic_write_json,
     load_prepared,
-    print_logger,
     read_manifest,
-    serial_map,
 )
 from components.stages.params import PipelineParams
+from components.stages.paths import PRETRAINED_DIR, PRETRAINED_INDEX
 from components.tasks.finetune import pretrain_with_losses
-from components.tasks.protocol import param_shapes
+from components.tasks.pretrained import save_pretrained
 from components.tasks.spec import TaskSpec, eval_sets, task_data
 from components.tasks.suite import get_spec, source_task
 
-__all__ = ["VERSION", "PRETRAINED_DIR", "INDEX", "run", "finetune_specs", "load_pretrained", "cache_key"]
+__all__ = ["VERSION", "run", "finetune_specs", "cache_key"]
 
 VERSION = "1"
-PRETRAINED_DIR = Path("models/pretrained")
-INDEX = PRETRAINED_DIR / "index.json"
 _STREAM = 3  # fold_in tag of this stage's random stream (meta_train uses the seed, 1 calibrate, 2 evaluate)
 
 
@@ -80,42 +74,6 @@ def cache_key(params: PipelineParams, spec: TaskSpec, data_sha256: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _flatten(tree: Any) -> dict[str, np.ndarray]:
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
-
-
-def load_pretrained(root: Path, spec: TaskSpec | str) -> Any:
-    """The pre-trained params of fine-tuning task ``spec`` (or name), as written by this stage.
-
-    Raises:
-      FileNotFoundError: if the stage has not pre-trained this task (run it).
-      ValueError: if the stored arrays do not fit the task's source architecture.
-    """
-    spec = get_spec(spec) if isinstance(spec, str) else spec
-    path = Path(root) / PRETRAINED_DIR / f"{spec.name}.npz"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: fine-tuning task {spec.name!r} needs the pretrain stage's output;"
-            " run `l2o run` (or `l2o stage pretrain`) with this task in evaluate.tasks"
-        )
-    template = param_shapes(source_task(spec))
-    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
-    with np.load(path, allow_pickle=False) as f:
-        stored = {k: f[k] for k in f.files}
-    leaves = []
-    for p, shape in paths:
-        name = jax.tree_util.keystr(p)
-        if name not in stored or stored[name].shape != shape.shape:
-            got = stored[name].shape if name in stored else "missing"
-            raise ValueError(
-                f"{path}: parameter {name} is {got}, the task's source model needs {shape.shape}:"
-                " the file is stale; re-run the pretrain stage"
-            )
-        leaves.append(jnp.asarray(stored[name], jnp.float32))
-    return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
 def _pretrain_one(params: PipelineParams, root: Path, spec: TaskSpec, entry: str, key_hash: str, out: Path) -> dict:
     p = spec.pretrain
     arrays = load_prepared(root, entry)
@@ -134,8 +92,7 @@ def _pretrain_one(params: PipelineParams, root: Path, spec: TaskSpec, entry: str
         if getattr(src, "has_accuracy", True):
             test_acc = float(jax.jit(src.accuracy)(trained, held_out))
     seconds = time.perf_counter() - t0
-    with open(out / f"{spec.name}.npz", "wb") as f:
-        np.savez(f, **_flatten(trained))
+    save_pretrained(out / f"{spec.name}.npz", trained)
     tail = losses[-max(1, len(losses) // 10) :]
     return {
         "file": f"{spec.name}.npz",
@@ -154,14 +111,18 @@ def _pretrain_one(params: PipelineParams, root: Path, spec: TaskSpec, entry: str
     }
 
 
-def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_fn: MapFn = serial_map) -> StageResult:
-    """Pre-train every fine-tuning task of ``evaluate.tasks`` (reusing unchanged ones) and write the index."""
+def run(params: PipelineParams, root: Path, context: StageContext | None = None) -> StageResult:
+    """Pre-train every fine-tuning task of ``evaluate.tasks`` (reusing unchanged ones, each task an item of
+    ``context.map_fn``) and write the index."""
+    context = context or StageContext()
+    log = context.log
     root = Path(root)
     t0 = time.perf_counter()
     specs = finetune_specs(params)
     manifest = read_manifest(root) if specs else {"datasets": {}}
     old_dir = root / PRETRAINED_DIR
-    old_index = json.loads((root / INDEX).read_text()) if (root / INDEX).exists() else {"tasks": {}}
+    index = root / PRETRAINED_INDEX
+    old_index = json.loads(index.read_text()) if index.exists() else {"tasks": {}}
     jobs = []
     for spec in specs:
         entry = params.data.require(spec.pretrain.dataset, f"evaluate task {spec.name!r} (pre-training)")
@@ -187,7 +148,7 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
             )
             return spec.name, row
 
-        rows = dict(map_fn(one, jobs))
+        rows = dict(context.map_fn(one, jobs))
         atomic_write_json(tmp / "index.json", {"tasks": rows, "component_version": VERSION, "seed": params.seed})
 
     metrics: dict[str, float] = {"seconds": time.perf_counter() - t0, "num_tasks": float(len(rows))}

@@ -13,14 +13,12 @@ and ``models/lopt/curves.json`` (meta_train), ``models/safeguard.json`` (calibra
   ``long_horizon.png`` (k > 1 only), ``curves_<task>.png`` and ``meta_training.png``;
 * ``evaluation.json``, a copy of the metrics the page shows.
 
-The MLflow run shown is the one the stage is logged under (``L2O_MLFLOW_RUN_ID``, which the pipeline sets while a
-stage runs: the pipeline's parent run for ``l2o run``, the stage's own run for ``l2o stage`` / ``dvc repro``), else
-``L2O_MLFLOW_PARENT_RUN_ID`` or ``MLFLOW_RUN_ID``.
+The MLflow run shown is ``context.run_id``: the orchestrator passes the run the stage is logged under (the
+pipeline's parent run for ``l2o run``, the stage's own run for ``l2o stage`` / ``dvc repro``).
 """
 
 import datetime
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -39,39 +37,31 @@ from components.reporting import (
     task_curves_figure,
 )
 from components.reporting.plots import REFERENCE
-from components.stages.calibrate import SAFEGUARD
-from components.stages.common import (
-    MANIFEST,
-    Logger,
-    MapFn,
-    StageResult,
-    atomic_dir,
-    git_commit,
-    print_logger,
-    serial_map,
-)
-from components.stages.evaluate import CURVES_DIR
-from components.stages.evaluate import METRICS as EVAL_METRICS
-from components.stages.meta_train import METRICS as META_METRICS
-from components.stages.meta_train import MODEL_DIR
+from components.stages.common import StageContext, StageResult, atomic_dir, git_commit
 from components.stages.params import PipelineParams
+from components.stages.paths import (
+    CURVES_DIR,
+    EVAL_METRICS,
+    MANIFEST,
+    META_METRICS,
+    MODEL_DIR,
+    REPORT_DIR,
+    SAFEGUARD,
+)
 
-__all__ = ["VERSION", "REPORT_DIR", "MLFLOW_RUN_ENV", "run", "provenance"]
+__all__ = ["VERSION", "run", "provenance"]
 
 VERSION = "3"
-REPORT_DIR = Path("reports")
-# the pipeline's MLflow run: the parent run `l2o run` opens, else whatever run the stage executes in
-MLFLOW_RUN_ENV = ("L2O_MLFLOW_RUN_ID", "L2O_MLFLOW_PARENT_RUN_ID", "MLFLOW_RUN_ID")
 _DPI = 110
+NO_RUN = "unknown (run outside l2o run)"
 
 
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def provenance(root: Path, evaluation: dict) -> dict:
-    """Date, git commit, MLflow run id, component versions and prepared-data hashes of the run being reported."""
-    run_id = next((os.environ[v] for v in MLFLOW_RUN_ENV if os.environ.get(v)), "unknown (run outside l2o run)")
+def provenance(root: Path, evaluation: dict, run_id: str | None = None) -> dict:
+    """Date, git commit, MLflow run id (``run_id``), component versions and prepared-data hashes of the run."""
     manifest = _read_json(root / MANIFEST) or {}
     config = _read_json(root / MODEL_DIR / "config.json") or {}
     safeguard = _read_json(root / SAFEGUARD) or {}
@@ -85,15 +75,43 @@ def provenance(root: Path, evaluation: dict) -> dict:
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "git_commit": git_commit(root),
-        "mlflow_run_id": run_id,
+        "mlflow_run_id": run_id or NO_RUN,
         "component_versions": {k: v for k, v in versions.items() if v is not None},
         "data_hashes": {name: d.get("sha256", "?") for name, d in (manifest.get("datasets") or {}).items()},
     }
 
 
-def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_fn: MapFn = serial_map) -> StageResult:
-    """Write ``reports/`` from the outputs of the earlier stages (see the module docstring)."""
-    del map_fn
+def _figures(out: Path, evaluation: dict, curves: dict, meta_curves: dict, names, colors, labels) -> dict[str, str]:
+    """Draw every figure into ``out``; returns figure key -> file name (what :func:`render_report` links)."""
+    figures = {}
+
+    def save(fig, key: str, name: str) -> None:
+        fig.savefig(out / name, dpi=_DPI)
+        plt.close(fig)
+        figures[key] = name
+
+    tasks = evaluation["tasks"]
+    save(aggregate_figure(evaluation["aggregate"]["train"], names, colors, labels), "aggregate", "aggregate.png")
+    save(algoperf_figure(evaluation["aggregate"]["validation"], names, colors, labels), "algoperf", "algoperf.png")
+    save(performance_profile_figure(tasks, names, colors, labels), "profile", "profile.png")
+    others = [o for o in names if o != REFERENCE]
+    save(speedup_figure(tasks, others, colors, labels), "speedup", "speedup.png")
+    long_curves = {t: c["long"] for t, c in curves.items() if c.get("long")}
+    if evaluation.get("horizon_multiplier", 1) > 1 and long_curves:
+        horizons = {t: tasks[t]["num_steps"] for t in long_curves}
+        save(long_horizon_figure(long_curves, horizons, names, colors, labels), "long", "long_horizon.png")
+    for t, c in curves.items():
+        save(task_curves_figure(c, names, colors, labels), f"task:{t}", f"curves_{t}.png")
+    save(meta_loss_figure(meta_curves), "meta_loss", "meta_training.png")
+    return figures
+
+
+def run(params: PipelineParams, root: Path, context: StageContext | None = None) -> StageResult:
+    """Write ``reports/`` from the outputs of the earlier stages (see the module docstring).
+
+    ``context.run_id`` is the MLflow run the page names; ``context.map_fn`` is not used.
+    """
+    context = context or StageContext()
     root = Path(root)
     evaluation = json.loads((root / EVAL_METRICS).read_text())
     meta = json.loads((root / META_METRICS).read_text())
@@ -105,29 +123,10 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
     colors, labels = optimizer_style(evaluation["optimizers"], config.get("architecture"))
     colors.setdefault("guard", "#7f7f7f")
     labels.setdefault("guard", f"guard alone ({safeguard.get('guard', 'guard')} at its calibrated rate)")
-    tasks = evaluation["tasks"]
-    curves = {t: json.loads((root / CURVES_DIR / f"{t}.json").read_text()) for t in tasks}
+    curves = {t: json.loads((root / CURVES_DIR / f"{t}.json").read_text()) for t in evaluation["tasks"]}
     with atomic_dir(root / REPORT_DIR) as out:
         out.chmod(0o755)  # a temporary directory is private; the report is meant to be served and shared
-        figures = {}
-
-        def save(fig, key: str, name: str) -> None:
-            fig.savefig(out / name, dpi=_DPI)
-            plt.close(fig)
-            figures[key] = name
-
-        save(aggregate_figure(evaluation["aggregate"]["train"], names, colors, labels), "aggregate", "aggregate.png")
-        save(algoperf_figure(evaluation["aggregate"]["validation"], names, colors, labels), "algoperf", "algoperf.png")
-        save(performance_profile_figure(tasks, names, colors, labels), "profile", "profile.png")
-        others = [o for o in names if o != REFERENCE]
-        save(speedup_figure(tasks, others, colors, labels), "speedup", "speedup.png")
-        long_curves = {t: c["long"] for t, c in curves.items() if c.get("long")}
-        if evaluation.get("horizon_multiplier", 1) > 1 and long_curves:
-            horizons = {t: tasks[t]["num_steps"] for t in long_curves}
-            save(long_horizon_figure(long_curves, horizons, names, colors, labels), "long", "long_horizon.png")
-        for t, c in curves.items():
-            save(task_curves_figure(c, names, colors, labels), f"task:{t}", f"curves_{t}.png")
-        save(meta_loss_figure(meta_curves), "meta_loss", "meta_training.png")
+        figures = _figures(out, evaluation, curves, meta_curves, names, colors, labels)
         page = render_report(
             title=params.report.title,
             evaluation=evaluation,
@@ -137,10 +136,10 @@ def run(params: PipelineParams, root: Path, *, log: Logger = print_logger, map_f
             params=params.model_dump(mode="json"),
             colors=colors,
             labels=labels,
-            provenance=provenance(root, evaluation),
+            provenance=provenance(root, evaluation, context.run_id),
             order=names,
         )
         (out / "index.html").write_text(page, encoding="utf-8")
         shutil.copy(root / EVAL_METRICS, out / "evaluation.json")
-    log(f"report: wrote {REPORT_DIR / 'index.html'} with {len(figures)} figures")
+    context.log(f"report: wrote {REPORT_DIR / 'index.html'} with {len(figures)} figures")
     return StageResult(stage="report", version=VERSION, artifacts=[REPORT_DIR])

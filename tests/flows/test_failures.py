@@ -135,3 +135,59 @@ def test_corrupt_checkpoint_fails_meta_training_naming_the_file(project, mirror)
     assert f"checkpoint {ckpt} is corrupt" in proc.stderr and "delete it" in proc.stderr
     assert ckpt.read_bytes() == b"PK\x03\x04 not really a zip file"  # left for the user to inspect
     assert not (project / "models" / "lopt").exists()  # no half-written outputs
+
+
+def test_fault_hook_kills_once_the_step_is_reached_and_not_at_the_end():
+    """The hook `l2o` builds from L2O_FAULT_KILL_AT_OUTER_STEP (the stage only gets the callable)."""
+    code = (
+        "from flows.stage_exec import fault_hook\n"
+        "hook = fault_hook(print)\n"
+        "hook(2, 10); hook(3, 3); print('alive', flush=True)\n"  # before the step; the last step never kills
+        "hook(3, 10); print('not reached')\n"
+    )
+    env = {**os.environ, "L2O_FAULT_KILL_AT_OUTER_STEP": "3"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert "alive" in proc.stdout and "killing this process at outer step 3" in proc.stdout
+    assert "not reached" not in proc.stdout
+
+
+def test_stage_context_takes_resume_and_the_fault_hook_from_the_environment(monkeypatch):
+    from flows.stage_exec import FAULT_ENV, RESUME_ENV, stage_context
+
+    monkeypatch.delenv(FAULT_ENV, raising=False)
+    monkeypatch.delenv(RESUME_ENV, raising=False)
+    ctx = stage_context(print, run_id="run-1")
+    assert (ctx.resume, ctx.run_id, ctx.on_outer_step) == (False, "run-1", None)
+    monkeypatch.setenv(RESUME_ENV, "1")
+    monkeypatch.setenv(FAULT_ENV, "4")
+    ctx = stage_context(print)
+    assert ctx.resume and callable(ctx.on_outer_step)
+    assert stage_context(print, resume=False).resume is False  # an explicit value wins
+    monkeypatch.setenv(FAULT_ENV, "four")
+    with pytest.raises(ValueError, match="L2O_FAULT_KILL_AT_OUTER_STEP='four': expected an outer step number"):
+        stage_context(print)
+
+
+def test_a_killed_meta_train_stage_resumes_through_the_dvc_repro_path(project, mirror):
+    """`l2o stage meta_train` (what `dvc repro` runs) killed by the fault hook, then `L2O_RESUME=1` finishes it.
+
+    Needs ``components.meta.meta_train(..., on_outer_step=...)`` (the stage passes the context's hook).
+    """
+    raw = (project / "params" / "tiny.yaml").read_text()
+    (project / "params" / "fault.yaml").write_text(
+        raw.replace("  num_outer_steps: 10\n", "  num_outer_steps: 6\n  checkpoint_every: 2\n")
+    )
+    assert "checkpoint_every: 2" in (project / "params" / "fault.yaml").read_text()
+    env = project_env(project, mirror)
+    prep = _l2o(project, env, "stage", "prepare_data", "--params", "params/fault.yaml")
+    assert prep.returncode == 0, prep.stderr[-3000:]
+    killed = _l2o(
+        project, {**env, "L2O_FAULT_KILL_AT_OUTER_STEP": "3"}, "stage", "meta_train", "--params", "params/fault.yaml"
+    )
+    assert killed.returncode == -9, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert "killing this process at outer step 3" in killed.stdout
+    assert not (project / "models" / "lopt").exists()
+    resumed = _l2o(project, {**env, "L2O_RESUME": "1"}, "stage", "meta_train", "--params", "params/fault.yaml")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and (project / "models" / "lopt" / "config.json").exists()

@@ -11,7 +11,7 @@ import pytest
 
 from components.data import DATASETS
 from components.stages import prepare_data
-from components.stages.common import load_prepared
+from components.stages.common import StageContext, load_prepared
 from components.stages.fetch import MIRROR_ENV, DataIntegrityError
 from components.stages.params import DataParams, PipelineParams
 
@@ -31,7 +31,7 @@ def _sha256(path: Path) -> str:
 
 def _run(root: Path, params: PipelineParams) -> tuple[prepare_data.StageResult, list[str]]:
     lines: list[str] = []
-    return prepare_data.run(params, root, log=lines.append), lines
+    return prepare_data.run(params, root, StageContext(log=lines.append)), lines
 
 
 def test_run_writes_npz_and_manifest(tmp_path, monkeypatch, mirror):
@@ -155,8 +155,7 @@ def test_run_fans_out_through_map_fn(tmp_path, monkeypatch, mirror):
     result = prepare_data.run(
         _params(datasets=["digits", "mnist"], max_train_examples=100),
         tmp_path,
-        log=lambda msg: None,
-        map_fn=threaded_map,
+        StageContext(log=lambda msg: None, map_fn=threaded_map),
     )
     assert calls[0] == ["digits", "mnist"]  # fetch + verify, then build, both fanned out
     assert len(calls) == 2 and len(calls[1]) == 2

@@ -7,10 +7,10 @@ import pytest
 from components.evaluation.experiment import (
     LEARNED_KINDS,
     ProtocolConfig,
-    aggregate_all,
     evaluate_on_task,
     learned_family,
 )
+from components.evaluation.summary import aggregate_all
 from components.optimizers.registry import create_learned
 from components.tasks.suite import build_task
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from components.stages import report
+from components.stages.common import StageContext
 from components.stages.params import PipelineParams
 from tests.browser import open_page
 from tests.components.reporting.report_fixture import make_project
@@ -54,13 +55,12 @@ def tiny_params() -> PipelineParams:
     return PipelineParams(**yaml.safe_load((REPO / "params" / "tiny.yaml").read_text()))
 
 
-def build_report(root: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> tuple[object, list[str]]:
-    for var in report.MLFLOW_RUN_ENV:
-        monkeypatch.delenv(var, raising=False)
-    for var, value in env.items():
-        monkeypatch.setenv(var, value)
+def build_report(root: Path, monkeypatch: pytest.MonkeyPatch, run_id: str | None) -> tuple[object, list[str]]:
+    """The report stage with ``run_id`` in its context; the environment names another run, which must not show."""
+    for var in ("L2O_MLFLOW_RUN_ID", "L2O_MLFLOW_PARENT_RUN_ID", "MLFLOW_RUN_ID"):
+        monkeypatch.setenv(var, "env-run")
     logs: list[str] = []
-    result = report.run(tiny_params(), root, log=logs.append)
+    result = report.run(tiny_params(), root, StageContext(log=logs.append, run_id=run_id))
     return result, logs
 
 
@@ -71,7 +71,7 @@ def built(tmp_path_factory):
     (root / "reports").mkdir()
     (root / "reports" / "stale.txt").write_text("from an earlier run")
     with pytest.MonkeyPatch.context() as mp:
-        result, logs = build_report(root, mp, L2O_MLFLOW_PARENT_RUN_ID=RUN_ID, MLFLOW_RUN_ID="child-run")
+        result, logs = build_report(root, mp, RUN_ID)
     evaluation = json.loads((root / "metrics" / "evaluation.json").read_text())
     page = (root / "reports" / "index.html").read_text(encoding="utf-8")
     return root, result, logs, evaluation, page
@@ -215,7 +215,7 @@ def test_sections_and_provenance(built):
     assert [html.unescape(re.sub("<[^>]+>", "", h)) for h in re.findall(r"<h2[^>]*>(.*?)</h2>", page)] == H2
     prov = page[page.index("<h2 id=provenance>") : page.index("<h2 id=headline>")]
     assert evaluation["params_hash"] in prov
-    assert RUN_ID in prov and "child-run" not in prov  # the pipeline's parent run wins
+    assert RUN_ID in prov and "env-run" not in prov  # the context's run; the environment is not read
     assert "git commit</dt><dd>unknown" in prov  # the fixture project is no git repository
     manifest = json.loads((REPO / "tests/components/reporting/data/data/prepared/manifest.json").read_text())
     for name, d in manifest["datasets"].items():
@@ -445,12 +445,12 @@ def test_horizon_multiplier_one_missing_metrics_divergence_censoring_and_grid_ed
                         c.pop(k, None)
 
         _edit_json(curves, drop_long)
-    _, logs = build_report(root, monkeypatch, MLFLOW_RUN_ID="child-run")
+    _, logs = build_report(root, monkeypatch, "child-run")
     page = (root / "reports" / "index.html").read_text(encoding="utf-8")
     assert "Stability" not in page and not (root / "reports" / "long_horizon.png").exists()
     assert "stability-table" not in page and "No long-horizon runs" in page
     assert logs == [f"report: wrote reports/index.html with {len(image_sources(page))} figures"]
-    assert "MLflow run</dt><dd>child-run" in page  # no parent run: the stage's own
+    assert "MLflow run</dt><dd>child-run" in page
     val = tables(page)["task-validation-table"]
     start = next(i for i, r in enumerate(val) if r[0].startswith("mnist_mlp_deep ("))
     assert [r[3] for r in val[start + 1 : start + 8]] == [EN_DASH] * 7  # no test accuracy
@@ -477,8 +477,7 @@ def test_horizon_multiplier_one_missing_metrics_divergence_censoring_and_grid_ed
 
 def test_without_an_mlflow_run(tmp_path, monkeypatch):
     root = make_project(tmp_path / "project")
-    for var in report.MLFLOW_RUN_ENV:
-        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("L2O_MLFLOW_RUN_ID", "env-run")  # not read: the run comes from the stage's context
     prov = report.provenance(root, json.loads((root / "metrics" / "evaluation.json").read_text()))
     assert prov["mlflow_run_id"] == "unknown (run outside l2o run)"
     assert prov["component_versions"]["report"] == "3"

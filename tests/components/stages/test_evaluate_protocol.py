@@ -7,6 +7,7 @@ tables, and that ``metrics/headline.json`` flattens it per optimizer and rule.
 
 import pytest
 
+from components.evaluation.summary import aggregate_all, headline
 from components.stages import evaluate
 
 NAMES = ["learned", "hub", "hub_inverted", "lgl2o", "gl2o", "adam", "sgdm"]
@@ -78,7 +79,7 @@ SUMMARIES = {"a": _task(False, 0.5, 0.90), "b": _task(False, 0.65, 0.84), "c": _
 
 
 def test_aggregate_uses_each_rules_rows_and_splits_by_distribution():
-    agg = evaluate.aggregate(SUMMARIES, NAMES, n_resamples=100, seed=0)
+    agg = aggregate_all(SUMMARIES, NAMES, n_resamples=100, seed=0)
     tr, va = agg["train"], agg["validation"]
     # learned: every run censored at 4 -> IQM 4 flagged as a lower bound
     assert tr["learned"]["speedup_iqm"]["value"] == 4.0 and tr["learned"]["speedup_iqm"]["lower_bound"]
@@ -95,7 +96,7 @@ def test_aggregate_uses_each_rules_rows_and_splits_by_distribution():
     swapped = {
         t: {**s, "validation": {**s["validation"], "hub_inverted": _val(0.91, 100.0)}} for t, s in SUMMARIES.items()
     }
-    assert evaluate.aggregate(swapped, NAMES, n_resamples=10)["validation"]["hub"][
+    assert aggregate_all(swapped, NAMES, n_resamples=10)["validation"]["hub"][
         "test_beats_all_fraction"
     ] == pytest.approx(2 / 3)
     # AlgoPerf: hub is fastest everywhere (40) -> 1; Adam at 100/40 = 2.5 -> (4 - 2.5) / 3 = 0.5; gl2o never -> 0
@@ -110,7 +111,7 @@ def test_aggregate_uses_each_rules_rows_and_splits_by_distribution():
 
 
 def test_claim_tables():
-    claims = evaluate.aggregate(SUMMARIES, NAMES, n_resamples=100, seed=0)["claims"]
+    claims = aggregate_all(SUMMARIES, NAMES, n_resamples=100, seed=0)["claims"]
     assert set(claims) == {"celo", "hub", "lgl2o", "star", "algoperf"}
     hub = claims["hub"]["rows"]["hub"]
     assert hub["beats_learned_fraction"] == 1.0 and hub["beats_adam_fraction"] == pytest.approx(2 / 3)
@@ -125,8 +126,8 @@ def test_claim_tables():
 
 
 def test_headline_flattens_per_optimizer_and_rule():
-    agg = evaluate.aggregate(SUMMARIES, NAMES, n_resamples=100, seed=0)
-    head = evaluate.headline(agg)
+    agg = aggregate_all(SUMMARIES, NAMES, n_resamples=100, seed=0)
+    head = headline(agg)
     assert list(head) == NAMES
     learned = head["learned"]
     assert learned["train_rule"]["speedup_iqm"] == 4.0 and learned["train_rule"]["speedup_iqm_lower_bound"] == 1

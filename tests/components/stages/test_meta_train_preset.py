@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from components.stages import meta_train, prepare_data
+from components.stages import inputs, meta_train, paths, prepare_data
+from components.stages.common import StageContext
 from components.stages.fetch import MIRROR_ENV
 from components.stages.params import PipelineParams
 from components.tasks import CELO_DATASETS, ReparamFamily
@@ -38,9 +39,9 @@ def test_celo_preset_family_and_meta_training(tmp_path, monkeypatch, mirror):
     params = _params()
     assert params.meta_train.task_family.datasets == list(CELO_DATASETS)
     assert params.meta_train.task_family.batch_size == 64
-    prepare_data.run(params, tmp_path, log=lambda _: None)
+    prepare_data.run(params, tmp_path, StageContext(log=lambda _: None))
 
-    family, data = meta_train.build_family(params, tmp_path)
+    family, data = inputs.build_family(params, tmp_path)
     assert isinstance(family, ReparamFamily) and family.level == "global"
     assert data.x.shape[0] == 4 and data.x.shape[2:] == (8, 8, 1)  # stacked in the preset's order
     tasks = jax.vmap(family.sample)(jax.random.split(jax.random.PRNGKey(0), 256))
@@ -50,10 +51,10 @@ def test_celo_preset_family_and_meta_training(tmp_path, monkeypatch, mirror):
     assert scales.min() >= 1e-3 * (1 - 1e-5) and scales.max() <= 1e3 * (1 + 1e-5) and scales.max() / scales.min() > 1e4
 
     lines = []
-    result = meta_train.run(params, tmp_path, log=lines.append)
+    result = meta_train.run(params, tmp_path, StageContext(log=lines.append))
     assert any("(Celo preset)" in line for line in lines), lines
     assert np.isfinite(result.metrics["meta_loss_last"])
-    config = json.loads((tmp_path / meta_train.MODEL_DIR / "config.json").read_text())
+    config = json.loads((tmp_path / paths.MODEL_DIR / "config.json").read_text())
     hashes = config["data_hashes"]
     assert set(hashes) == set(CELO_DATASETS)
     manifest = json.loads((tmp_path / "data" / "prepared" / "manifest.json").read_text())

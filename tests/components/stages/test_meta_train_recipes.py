@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from components.optimizers import load
-from components.stages import meta_train, prepare_data, pretrain
+from components.stages import inputs, meta_train, paths, prepare_data, pretrain
+from components.stages.common import StageContext
 from components.stages.fetch import MIRROR_ENV
 from components.stages.params import PipelineParams
 from components.tasks.families import SingleTaskFamily
@@ -30,7 +31,7 @@ def prepared(tmp_path, monkeypatch, mirror):
     monkeypatch.setenv(MIRROR_ENV, str(mirror))
 
     def prepare(params: PipelineParams) -> Path:
-        prepare_data.run(params, tmp_path, log=lambda _: None)
+        prepare_data.run(params, tmp_path, StageContext(log=lambda _: None))
         return tmp_path
 
     return prepare
@@ -56,7 +57,7 @@ def test_celo_phase_2_continues_phase_1_and_changes_only_the_scheduler(prepared)
         ],
     )
     root = prepared(params)
-    families, datas = meta_train.build_families(params, root)
+    families, datas = inputs.build_families(params, root)
     assert len(families) == len(datas) == 4  # the preset: one estimator per dataset (Celo: 8 tasks each)
     assert [f.family.datasets for f in families] == [(d,) for d in params.meta_train.task_family.datasets]
     # (several families are exercised in tests/components/meta/test_train_loop.py; one Celo family
@@ -71,13 +72,13 @@ def test_celo_phase_2_continues_phase_1_and_changes_only_the_scheduler(prepared)
         }
     )
     lines: list[str] = []
-    result = meta_train.run(params, root, log=lines.append)
+    result = meta_train.run(params, root, StageContext(log=lines.append))
     assert any("2 phase(s) [phase1, phase2]" in line for line in lines), lines
     k_init = jax.random.split(jax.random.PRNGKey(params.seed), 3)[0]  # meta_train's init key for phase 1
-    init = jax.device_get(load_meta(root / meta_train.MODEL_DIR)[0].init_meta_params(k_init))
-    lopt1, p1, _ = load_meta(root / meta_train.MODEL_DIR / "phases" / "phase1")
-    lopt2, p2, _ = load_meta(root / meta_train.MODEL_DIR / "phases" / "phase2")
-    final_lopt, final, config = load_meta(root / meta_train.MODEL_DIR)
+    init = jax.device_get(load_meta(root / paths.MODEL_DIR)[0].init_meta_params(k_init))
+    lopt1, p1, _ = load_meta(root / paths.MODEL_DIR / "phases" / "phase1")
+    lopt2, p2, _ = load_meta(root / paths.MODEL_DIR / "phases" / "phase2")
+    final_lopt, final, config = load_meta(root / paths.MODEL_DIR)
     assert (lopt1.train_phase, lopt2.train_phase, final_lopt.train_phase) == (1, 2, 2)
 
     def same(a, b):
@@ -108,11 +109,11 @@ def test_single_task_recipes_star_and_l3rs(prepared):
         checkpoint_every=None,
     )
     root = prepared(star)
-    family, data = meta_train.build_family(star, root)
+    family, data = inputs.build_family(star, root)
     assert isinstance(family, SingleTaskFamily) and family.name == "fashion_mnist_mlp_2x32"
-    result = meta_train.run(star, root, log=lambda _: None)
+    result = meta_train.run(star, root, StageContext(log=lambda _: None))
     assert np.isfinite(result.metrics["meta_loss_last"])
-    assert json.loads((root / meta_train.MODEL_DIR / "config.json").read_text())["data_hashes"].keys() == {
+    assert json.loads((root / paths.MODEL_DIR / "config.json").read_text())["data_hashes"].keys() == {
         "fashion_mnist_8"
     }
 
@@ -120,22 +121,22 @@ def test_single_task_recipes_star_and_l3rs(prepared):
     l3rs = _preset(
         "l3rs_cpu", num_tasks=2, min_unroll=12, max_unroll=12, num_outer_steps=2, log_every=1, checkpoint_every=None
     )
-    prepare_data.run(l3rs, root, log=lambda _: None)
+    prepare_data.run(l3rs, root, StageContext(log=lambda _: None))
     with pytest.raises(FileNotFoundError, match="pretrain"):
-        meta_train.run(l3rs, root, log=lambda _: None)
+        meta_train.run(l3rs, root, StageContext(log=lambda _: None))
     pretrain.run(
         l3rs.model_copy(update={"pretrain": l3rs.pretrain.model_copy(update={"num_steps": 20})}),
         root,
-        log=lambda _: None,
+        StageContext(log=lambda _: None),
     )
     lines: list[str] = []
-    result = meta_train.run(l3rs, root, log=lines.append)
+    result = meta_train.run(l3rs, root, StageContext(log=lines.append))
     assert any("es: 1 estimator(s) x 2 tasks x 2 antithetic x 12-12 inner steps" in line for line in lines), lines
     assert np.isfinite(result.metrics["meta_loss_last"])
     assert result.metrics["inner_steps_per_second"] > 0
-    hashes = json.loads((root / meta_train.MODEL_DIR / "config.json").read_text())["data_hashes"]
+    hashes = json.loads((root / paths.MODEL_DIR / "config.json").read_text())["data_hashes"]
     assert set(hashes) == {"digits_8", "mnist_8"}  # the task's data and its pre-training data
-    load(root / meta_train.MODEL_DIR).make(num_steps=12)
+    load(root / paths.MODEL_DIR).make(num_steps=12)
 
 
 def test_tiny_preset_meta_training_of_adafac_mlp_lopt_lowers_the_meta_loss(prepared):
@@ -143,7 +144,7 @@ def test_tiny_preset_meta_training_of_adafac_mlp_lopt_lowers_the_meta_loss(prepa
     params = _preset("tiny", num_outer_steps=200, log_every=20, steps_per_call=10)
     assert params.meta_train.lopt == "adafac_mlp_lopt"
     root = prepared(params)
-    result = meta_train.run(params, root, log=lambda _: None)
+    result = meta_train.run(params, root, StageContext(log=lambda _: None))
     curve = [v for _, v in result.curves["meta_loss"]]
     assert np.all(np.isfinite(curve))
     first, last = np.mean(curve[:2]), np.mean(curve[-3:])
@@ -153,17 +154,17 @@ def test_tiny_preset_meta_training_of_adafac_mlp_lopt_lowers_the_meta_loss(prepa
 def test_resume_after_a_finished_run_reproduces_it(prepared):
     params = _preset("tiny", num_outer_steps=4, log_every=2, checkpoint_every=2)
     root = prepared(params)
-    meta_train.run(params, root, log=lambda _: None)
-    _, first, _ = load_meta(root / meta_train.MODEL_DIR)
-    ckpt = root / meta_train.CHECKPOINT_DIR / "main.npz"
+    meta_train.run(params, root, StageContext(log=lambda _: None))
+    _, first, _ = load_meta(root / paths.MODEL_DIR)
+    ckpt = root / paths.CHECKPOINT_DIR / "main.npz"
     assert ckpt.exists()
     lines: list[str] = []
-    meta_train.run(params, root, log=lines.append, resume=True)
+    meta_train.run(params, root, StageContext(log=lines.append, resume=True))
     assert any("resumed from" in line and "outer step 4/4" in line for line in lines), lines
-    _, again, _ = load_meta(root / meta_train.MODEL_DIR)
+    _, again, _ = load_meta(root / paths.MODEL_DIR)
     for a, b in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(again)):
         np.testing.assert_array_equal(a, b)
     # other settings: the checkpoint is refused with a message naming it
     other = _preset("tiny", num_outer_steps=4, log_every=2, checkpoint_every=2, sigma=0.02)
     with pytest.raises(ValueError, match="main.npz was written by a run with other settings"):
-        meta_train.run(other, root, log=lambda _: None, resume=True)
+        meta_train.run(other, root, StageContext(log=lambda _: None, resume=True))

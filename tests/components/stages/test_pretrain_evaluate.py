@@ -14,12 +14,11 @@ import pytest
 
 from components.optimizers import save
 from components.optimizers.registry import create_learned
-from components.stages import evaluate, prepare_data, pretrain
-from components.stages.calibrate import SAFEGUARD
-from components.stages.common import load_prepared
+from components.stages import evaluate, inputs, paths, prepare_data, pretrain
+from components.stages.common import StageContext, load_prepared
 from components.stages.fetch import MIRROR_ENV
-from components.stages.meta_train import MODEL_DIR
 from components.stages.params import PipelineParams
+from components.stages.paths import MODEL_DIR, SAFEGUARD
 from components.tasks.finetune import finetune
 from components.tasks.suite import get_spec, source_task
 
@@ -52,7 +51,7 @@ def root(tmp_path_factory, mirror):
     root = tmp_path_factory.mktemp("stages")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(MIRROR_ENV, str(mirror))
-        prepare_data.run(_params(), root, log=lambda _: None)
+        prepare_data.run(_params(), root, StageContext(log=lambda _: None))
     lopt = create_learned("small_fc_lopt", hidden_size=4, hidden_layers=2)
     save(root / MODEL_DIR, lopt, lopt.init_meta_params(jax.random.PRNGKey(0)), {"component": "test"})
     (root / SAFEGUARD).write_text(json.dumps({"guard": "adam", "learning_rate": 1e-3, "loss_batch": "same"}))
@@ -61,8 +60,8 @@ def root(tmp_path_factory, mirror):
 
 def test_pretrain_writes_loads_and_reuses(root):
     lines = []
-    result = pretrain.run(_params(), root, log=lines.append)
-    index = json.loads((root / pretrain.INDEX).read_text())
+    result = pretrain.run(_params(), root, StageContext(log=lines.append))
+    index = json.loads((root / paths.PRETRAINED_INDEX).read_text())
     assert list(index["tasks"]) == ["ft_mnist_to_digits_mlp"]  # the only fine-tuning task
     row = index["tasks"]["ft_mnist_to_digits_mlp"]
     assert row["prepared_file"] == "mnist.npz" and row["num_steps"] == 60 and row["reused"] is False
@@ -70,7 +69,7 @@ def test_pretrain_writes_loads_and_reuses(root):
     assert result.metrics["ft_mnist_to_digits_mlp/source_test_acc"] == row["source_test_acc"]
 
     # the stored params load into the source architecture and give the recorded accuracy back
-    params = pretrain.load_pretrained(root, "ft_mnist_to_digits_mlp")
+    params = inputs.load_pretrained(root, "ft_mnist_to_digits_mlp")
     src = source_task(get_spec("ft_mnist_to_digits_mlp"))
     shapes = jax.tree_util.tree_map(np.shape, src.init(jax.random.PRNGKey(1)))
     assert jax.tree_util.tree_map(np.shape, params) == shapes
@@ -82,42 +81,42 @@ def test_pretrain_writes_loads_and_reuses(root):
     np.testing.assert_array_equal(ft.pretrained["dense0"]["w"], params["dense0"]["w"])
 
     # same params: the file is reused, byte for byte; another step count re-trains
-    before = (root / pretrain.PRETRAINED_DIR / "ft_mnist_to_digits_mlp.npz").read_bytes()
-    pretrain.run(_params(), root, log=lines.append)
-    assert json.loads((root / pretrain.INDEX).read_text())["tasks"]["ft_mnist_to_digits_mlp"]["reused"] is True
-    assert (root / pretrain.PRETRAINED_DIR / "ft_mnist_to_digits_mlp.npz").read_bytes() == before
+    before = (root / paths.PRETRAINED_DIR / "ft_mnist_to_digits_mlp.npz").read_bytes()
+    pretrain.run(_params(), root, StageContext(log=lines.append))
+    assert json.loads((root / paths.PRETRAINED_INDEX).read_text())["tasks"]["ft_mnist_to_digits_mlp"]["reused"] is True
+    assert (root / paths.PRETRAINED_DIR / "ft_mnist_to_digits_mlp.npz").read_bytes() == before
     assert any("unchanged, reused" in line for line in lines)
     other = _params().model_copy(update={"pretrain": _params().pretrain.model_copy(update={"num_steps": 61})})
-    pretrain.run(other, root, log=lines.append)
-    row = json.loads((root / pretrain.INDEX).read_text())["tasks"]["ft_mnist_to_digits_mlp"]
+    pretrain.run(other, root, StageContext(log=lines.append))
+    row = json.loads((root / paths.PRETRAINED_INDEX).read_text())["tasks"]["ft_mnist_to_digits_mlp"]
     assert row["reused"] is False and row["num_steps"] == 61
-    pretrain.run(_params(), root, log=lines.append)  # back to the state the next test expects
+    pretrain.run(_params(), root, StageContext(log=lines.append))  # back to the state the next test expects
 
 
 def test_load_pretrained_errors_name_the_fix(root, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"run `l2o run` \(or `l2o stage pretrain`\)"):
-        pretrain.load_pretrained(tmp_path, "ft_mnist_to_digits_mlp")
-    bad = tmp_path / pretrain.PRETRAINED_DIR
+        inputs.load_pretrained(tmp_path, "ft_mnist_to_digits_mlp")
+    bad = tmp_path / paths.PRETRAINED_DIR
     bad.mkdir(parents=True)
     np.savez(bad / "ft_mnist_to_digits_mlp.npz", **{"['dense0']['b']": np.zeros((3,), np.float32)})
     with pytest.raises(
         ValueError,
         match=r"\['dense0'\]\['b'\] is \(3,\), the task's source model needs \(128,\).*re-run the pretrain stage",
     ):
-        pretrain.load_pretrained(tmp_path, "ft_mnist_to_digits_mlp")
+        inputs.load_pretrained(tmp_path, "ft_mnist_to_digits_mlp")
 
 
 def test_evaluate_runs_every_task_kind_for_its_own_horizon(root):
-    if not (root / pretrain.INDEX).exists():
-        pretrain.run(_params(), root, log=lambda _: None)
+    if not (root / paths.PRETRAINED_INDEX).exists():
+        pretrain.run(_params(), root, StageContext(log=lambda _: None))
     lines = []
     # num_steps / batch_size unset: each task's own horizon and batch size
-    result = evaluate.run(_params(num_steps=None, eval_every=100), root, log=lines.append)
-    doc = json.loads((root / evaluate.METRICS).read_text())
+    result = evaluate.run(_params(num_steps=None, eval_every=100), root, StageContext(log=lines.append))
+    doc = json.loads((root / paths.EVAL_METRICS).read_text())
     horizons = {"ft_mnist_to_digits_mlp": 300, "shakespeare_char_lm_tiny": 500, "noisy_quadratic_d100": 1000}
     assert sorted(doc["tasks"]) == sorted(TASKS) and doc["num_steps"] == horizons
     for name in TASKS:
-        curves = json.loads((root / evaluate.CURVES_DIR / f"{name}.json").read_text())
+        curves = json.loads((root / paths.CURVES_DIR / f"{name}.json").read_text())
         assert curves["steps"] == list(range(0, horizons[name] + 1, 100))
         assert len(curves["optimizers"]["learned"]["batch_loss"]["mean"]) == horizons[name]
         summary = doc["tasks"][name]
@@ -139,8 +138,8 @@ def test_evaluate_runs_every_task_kind_for_its_own_horizon(root):
     # a synthetic quadratic has no held-out set and no accuracy: null, not NaN; its smoothed training loss stands in
     assert quad["final_test_loss"] is None and quad["final_test_acc"] is None and quad["final_train_acc"] is None
     assert np.isfinite(quad["final_train_loss"]["mean"])
-    assert "NaN" not in (root / evaluate.METRICS).read_text()
-    curves = json.loads((root / evaluate.CURVES_DIR / "noisy_quadratic_d100.json").read_text())
+    assert "NaN" not in (root / paths.EVAL_METRICS).read_text()
+    curves = json.loads((root / paths.CURVES_DIR / "noisy_quadratic_d100.json").read_text())
     assert set(curves["optimizers"]["learned"]) == {"batch_loss", "batch_loss_smoothed"}
     assert "noisy_quadratic_d100/adam/final_test_acc" not in result.metrics
     assert "noisy_quadratic_d100/adam/final_train_loss" in result.metrics
@@ -151,8 +150,8 @@ def test_evaluate_runs_every_task_kind_for_its_own_horizon(root):
 
 
 def test_the_validation_split_is_held_out_of_training(root):
-    if not (root / pretrain.INDEX).exists():
-        pretrain.run(_params(), root, log=lambda _: None)
+    if not (root / paths.PRETRAINED_INDEX).exists():
+        pretrain.run(_params(), root, StageContext(log=lambda _: None))
     params = _params(validation_fraction=0.1)
     # images: the last 10% of the training examples (at most eval_examples = 64) are the validation set
     task, train, sets, _ = evaluate.task_setup(params, root, "ft_mnist_to_digits_mlp")
