@@ -58,6 +58,13 @@ def _python() -> str:
     return os.environ.get("L2O_PYTHON") or sys.executable
 
 
+def _run_logged(cmd: list[str], ws: Path, env: dict, logger, what: str) -> None:
+    """Run ``cmd`` in workspace ``ws``, each output line into the flow run's log; TeamError if it fails."""
+    code = stream(cmd, ws, env, lambda line: logger.info(line.rstrip()))
+    if code != 0:
+        raise TeamError(f"{what} failed (exit {code}) in {ws}; see the log above")
+
+
 def _take_over(ws: Path, logger) -> None:
     """Before a flow run works in workspace ``ws``: refuse if another one is live there, and mark the
     flow run that last worked there as crashed when it is still "running" although nothing holds the
@@ -115,9 +122,7 @@ def team_pipeline(
     env[PLACEMENT_ENV] = json.dumps(placement or {})
     cmd = [_python(), "-m", "flows.cli", "run", "--params", target.name, "--resume"] + (["--force"] if force else [])
     logger.info(f"l2o: {params_label} at {os.environ.get('L2O_COMMIT', '?')[:12]} in {ws}: {' '.join(cmd[1:])}")
-    code = stream(cmd, ws, env, lambda line: logger.info(line.rstrip()))
-    if code != 0:
-        raise TeamError(f"l2o run failed (exit {code}) in {ws}; see the log above")
+    _run_logged(cmd, ws, env, logger, "l2o run")
     if configure_remote(ws, os.environ.get("L2O_DVC_REMOTE")):
         from flows import dvc_glue  # noqa: PLC0415
 
@@ -147,9 +152,7 @@ def team_stage(stage: str, params_yaml: str, dvc_lock: str, parent_mlflow_run_id
         env["L2O_MLFLOW_PARENT_RUN_ID"] = parent_mlflow_run_id
     cmd = [_python(), "-m", "flows.cli", "stage", stage, "--params", "params.yaml", "--resume"]
     logger.info(f"l2o: stage {stage} in {ws}")
-    code = stream(cmd, ws, env, lambda line: logger.info(line.rstrip()))
-    if code != 0:
-        raise TeamError(f"stage {stage!r} failed (exit {code}) in {ws}; see the log above")
+    _run_logged(cmd, ws, env, logger, f"stage {stage!r}")
     dvc(ws, "commit", "--force", "--quiet", stage)  # dvc.lock entry and run-cache entry
     from flows import dvc_glue  # noqa: PLC0415
 

@@ -223,9 +223,9 @@ def cmd_reproduce(args, root: Path) -> int:
         return 2
 
 
-def _reproduce(args, root: Path) -> int:
-    import yaml  # noqa: PLC0415
-
+def _checked_ignore(args) -> list[str]:
+    """The ``--ignore`` patterns in force (with the defaults unless ``--no-default-ignore``), after checking the
+    tolerances and the patterns (ReproduceError)."""
     for name in ("rtol", "atol"):
         value = getattr(args, name)
         if not value >= 0:  # also nan
@@ -236,7 +236,66 @@ def _reproduce(args, root: Path) -> int:
             re.compile(pattern)
         except re.error as exc:
             raise ReproduceError(f"--ignore {pattern!r} is not a regular expression: {exc}") from None
+    return ignore
 
+
+def _rerun(root: Path, worktree: Path, uri: str, report: dict[str, Any]) -> tuple[str | None, str, str | None]:
+    """Run the pipeline again in ``worktree``: (why it failed or None, the last lines it printed, its run id)."""
+    raw = root / "data" / "raw"
+    if raw.is_dir():
+        link_tree(raw, worktree / "data" / "raw")
+    env = child_env(root, worktree, uri)
+    t0 = time.perf_counter()
+    failure, tail, new_id = None, "", None
+    try:
+        cmd, environment = rerun_command(root, worktree, env)
+        report["reproduced"]["environment"] = environment
+        say(f"running `{' '.join(cmd[-5:])}` in {worktree} ({environment})")
+        code, tail = rerun(cmd, worktree, env)
+        new_id = pipeline_run_id_from_output(tail)
+        if code != 0:
+            failure = f"the re-run failed (exit {code})"
+        elif new_id is None:
+            failure = "the re-run printed no MLflow run id (did it run any stage?)"
+    except RerunFailed as exc:
+        failure, tail = str(exc), exc.tail
+    report["reproduced"].update(run_id=new_id, seconds=time.perf_counter() - t0)
+    return failure, tail, new_id
+
+
+def _link_runs(client, run_id: str, new_id: str) -> None:
+    """Tag the reproduction with the original (``l2o.reproduces``) and the original with it (``l2o.reproduced_by``)."""
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+    try:
+        client.set_tag(new_id, REPRODUCES_TAG, run_id)
+        previous = client.get_run(run_id).data.tags.get(REPRODUCED_BY_TAG)
+        client.set_tag(run_id, REPRODUCED_BY_TAG, ",".join(filter(None, [previous, new_id])))
+    except MlflowException as exc:
+        say(f"warning: could not tag the runs: {exc.message}")
+
+
+def _compare(client, report: dict[str, Any], run_id: str, new_id: str, original_lock: dict, args, ignore) -> None:
+    """Put the metric and ``dvc.lock`` comparisons of the finished re-run into ``report``."""
+    import yaml  # noqa: PLC0415
+
+    from flows.compare import collect_metrics  # noqa: PLC0415
+
+    worktree = report["reproduced"]["worktree"]
+    new_lock_path = Path(worktree) / "dvc.lock"
+    new_lock = yaml.safe_load(new_lock_path.read_text()) if new_lock_path.is_file() else {}
+    report["reproduced"].update(_run_info(client.get_run(new_id)), worktree=worktree)
+    report["metrics"] = compare_metrics(
+        collect_metrics(client, run_id), collect_metrics(client, new_id), args.rtol, args.atol, ignore
+    )
+    report["hashes"] = compare_lock_hashes(original_lock, new_lock or {})
+    report["changed_deps"] = changed_deps(original_lock, new_lock or {})
+
+
+def _reproduce(args, root: Path) -> int:
+    import yaml  # noqa: PLC0415
+
+    ignore = _checked_ignore(args)
     uri, client = _client(root)
     run = _pipeline_run(client, uri, args.run_id)
     run_id = run.info.run_id
@@ -275,49 +334,15 @@ def _reproduce(args, root: Path) -> int:
 
             atomic_write_bytes(worktree / "params.yaml", params.read_bytes())
             _ensure_experiment(client, uri, root, params)
-        raw = root / "data" / "raw"
-        if raw.is_dir():
-            link_tree(raw, worktree / "data" / "raw")
-        env = child_env(root, worktree, uri)
-        t0 = time.perf_counter()
-        failure, tail, new_id = None, "", None
-        try:
-            cmd, environment = rerun_command(root, worktree, env)
-            report["reproduced"]["environment"] = environment
-            say(f"running `{' '.join(cmd[-5:])}` in {worktree} ({environment})")
-            code, tail = rerun(cmd, worktree, env)
-            new_id = pipeline_run_id_from_output(tail)
-            if code != 0:
-                failure = f"the re-run failed (exit {code})"
-            elif new_id is None:
-                failure = "the re-run printed no MLflow run id (did it run any stage?)"
-        except RerunFailed as exc:
-            failure, tail = str(exc), exc.tail
-        report["reproduced"].update(run_id=new_id, seconds=time.perf_counter() - t0)
+        failure, tail, new_id = _rerun(root, worktree, uri, report)
         if new_id:
-            from mlflow.exceptions import MlflowException  # noqa: PLC0415
-
-            try:
-                client.set_tag(new_id, REPRODUCES_TAG, run_id)
-                previous = client.get_run(run_id).data.tags.get(REPRODUCED_BY_TAG)
-                client.set_tag(run_id, REPRODUCED_BY_TAG, ",".join(filter(None, [previous, new_id])))
-            except MlflowException as exc:
-                say(f"warning: could not tag the runs: {exc.message}")
+            _link_runs(client, run_id, new_id)
         if failure:
             if tail:
                 print(f"l2o: reproduce: last lines of the re-run:\n{tail}", file=sys.stderr)
             report.update(metrics=[], hashes=[], changed_deps=[])
         else:
-            from flows.compare import collect_metrics  # noqa: PLC0415
-
-            new_lock_path = worktree / "dvc.lock"
-            new_lock = yaml.safe_load(new_lock_path.read_text()) if new_lock_path.is_file() else {}
-            report["reproduced"].update(_run_info(client.get_run(new_id)), worktree=str(worktree))
-            report["metrics"] = compare_metrics(
-                collect_metrics(client, run_id), collect_metrics(client, new_id), args.rtol, args.atol, ignore
-            )
-            report["hashes"] = compare_lock_hashes(original_lock, new_lock or {})
-            report["changed_deps"] = changed_deps(original_lock, new_lock or {})
+            _compare(client, report, run_id, new_id, original_lock, args, ignore)
         ok, line = verdict(report["metrics"], report["hashes"], failure)
         report.update(reproduced_ok=ok, verdict=line)
         if new_id:
