@@ -21,6 +21,8 @@ from pathlib import Path
 
 __all__ = ["main"]
 
+RESUME_HELP = "meta_train continues from its last checkpoint (meta_train.checkpoint_every) instead of starting over"
+
 
 def _environment(root: Path) -> None:
     """Embedded defaults for the local stack; anything already set in the environment wins."""
@@ -62,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--resume",
         action="store_true",
-        help="meta_train continues from its last checkpoint (meta_train.checkpoint_every) instead of starting over",
+        help=RESUME_HELP,
     )
     r.add_argument(
         "--no-run-cache",
@@ -76,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--resume",
         action="store_true",
-        help="meta_train continues from its last checkpoint (meta_train.checkpoint_every) instead of starting over",
+        help=RESUME_HELP,
     )
     u = sub.add_parser("ui", help="start the MLflow UI on the project's tracking store")
     u.add_argument("--host", default="127.0.0.1")
@@ -128,9 +130,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help='print the comparison as JSON instead (non-finite numbers as "NaN", "Infinity", "-Infinity")',
     )
-    from flows import reproduce, services, submit  # noqa: PLC0415
+    from flows.team import lifecycle, reproduce, submit, workers  # noqa: PLC0415
 
-    services.add_arguments(sub)
+    lifecycle.add_arguments(sub)
+    workers.add_arguments(sub)
     submit.add_arguments(sub)
     reproduce.add_arguments(sub)
     return p
@@ -154,7 +157,7 @@ def _cmd_run(args, root: Path) -> int:
 
 
 def _repository_lock(root: Path):
-    from flows.guard import repository_lock  # noqa: PLC0415
+    from flows.preflight import repository_lock  # noqa: PLC0415
 
     return repository_lock(root, " ".join(sys.argv[1:]) or "run")
 
@@ -319,7 +322,8 @@ def _cmd_tasks(args, root: Path) -> int:
 def _cmd_compare(args, root: Path) -> int:
     import re  # noqa: PLC0415
 
-    from flows.compare import CompareError, compare_runs, describe_store, format_table, to_json  # noqa: PLC0415
+    from flows.compare import CompareError, compare_runs, describe_store, format_table  # noqa: PLC0415
+    from flows.tables import to_json  # noqa: PLC0415
     from flows.tracking import tracking_uri  # noqa: PLC0415
 
     if not args.rtol >= 0:
@@ -382,10 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     import logging  # noqa: PLC0415
 
     logging.getLogger("dvc").setLevel(logging.WARNING)
-    from flows import guard, reproduce, services, submit  # noqa: PLC0415
+    from flows import preflight  # noqa: PLC0415
+    from flows.team import lifecycle, reproduce, state, submit, workers  # noqa: PLC0415
 
     if args.command not in ("up", "down", "status", "worker"):
-        services.apply_recorded_services(root)  # the servers `l2o up` started here, unless env says otherwise
+        state.apply_recorded_services(root)  # the servers `l2o up` started here, unless env says otherwise
     handler = {
         "run": _cmd_run,
         "stage": _cmd_stage,
@@ -393,10 +398,10 @@ def main(argv: list[str] | None = None) -> int:
         "optimizers": _cmd_optimizers,
         "tasks": _cmd_tasks,
         "compare": _cmd_compare,
-        "up": services.cmd_up,
-        "down": services.cmd_down,
-        "status": services.cmd_status,
-        "worker": services.cmd_worker,
+        "up": lifecycle.cmd_up,
+        "down": lifecycle.cmd_down,
+        "status": lifecycle.cmd_status,
+        "worker": workers.cmd_worker,
         "submit": submit.cmd_submit,
         "reproduce": reproduce.cmd_reproduce,
     }[args.command]
@@ -405,9 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     # a run writes outputs, dvc.lock and checkpoints: servers checked first, then one run at a time per
     # repository (the lock is taken once the params are valid: bad params leave no trace)
     try:
-        guard.check_services(root)
+        preflight.check_services(root)
         return handler(args, root)
-    except (guard.ServiceUnavailable, guard.RepositoryBusy) as exc:
+    except (preflight.ServiceUnavailable, preflight.RepositoryBusy) as exc:
         print(f"l2o: error: {exc}", file=sys.stderr)
         return 3
 

@@ -6,10 +6,9 @@ else its run name), the run's own metrics keep their plain name. A stage run has
 metrics are compared. A metric's value is MLflow's latest one (highest step, then newest timestamp), i.e. the
 scalar a stage logs; whole histories (curves) are not compared.
 
-The comparison is a plain dict (see `compare_runs`), rendered by `format_table` or `to_json`.
+The comparison is a plain dict (see `compare_runs`), rendered by `format_table` or `flows.tables.to_json`.
 """
 
-import json
 import math
 import re
 from collections import Counter
@@ -17,19 +16,18 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from flows.tables import MISSING, grid, number
+
 __all__ = [
-    "MISSING",
     "CompareError",
     "RunNotFound",
     "resolve_run_id",
     "collect_metrics",
     "compare_runs",
     "format_table",
-    "to_json",
     "describe_store",
 ]
 
-MISSING = "—"  # a metric (or param) that only one of the two runs has
 STAGE_TAG = "l2o.stage"
 PARENT_TAG = "mlflow.parentRunId"
 MIN_PREFIX = 8  # shortest run id prefix looked up
@@ -280,33 +278,17 @@ def compare_runs(
     }
 
 
-def _num(v: float | None, spec: str) -> str:
-    if v is None:
-        return MISSING
-    if math.isnan(v):
-        return "nan"
-    return format(v, spec)
-
-
 def _rel(row: dict[str, Any]) -> str:
     if row["only_in"] is not None:
         return MISSING
     rel = row["rel_change_pct"]
-    return "n/a" if rel is None else _num(rel, "+.4g") + "%"
+    return "n/a" if rel is None else number(rel, "+.4g") + "%"
 
 
 def _cut(value: str | None) -> str:
     if value is None:
         return MISSING
     return value if len(value) <= _PARAM_WIDTH else value[: _PARAM_WIDTH - 1] + "…"
-
-
-def _grid(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return [
-        "  " + "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-        for row in [header, *rows]
-    ]
 
 
 def _run_lines(side: str, info: dict[str, Any]) -> list[str]:
@@ -346,7 +328,7 @@ def format_table(comparison: dict[str, Any]) -> str:
         lines.append(f"params: all {n_params} identical")
     else:
         lines.append(f"params that differ ({len(params)} of {n_params}):")
-        lines += _grid(["key", "A", "B"], [[p["key"], _cut(p["a"]), _cut(p["b"])] for p in params], set())
+        lines += grid(["key", "A", "B"], [[p["key"], _cut(p["a"]), _cut(p["b"])] for p in params], set())
     lines.append("")
     rows = comparison["metrics"]
     scope = []
@@ -361,34 +343,13 @@ def format_table(comparison: dict[str, Any]) -> str:
     lines.append(f"metrics ({s['total']}{'; ' + '; '.join(scope) if scope else ''}): {counts}")
     if rows:
         table = [
-            [r["key"], _num(r["a"], ".10g"), _num(r["b"], ".10g"), _num(r["delta"], "+.6g"), _rel(r)] for r in rows
+            [r["key"], number(r["a"], ".10g"), number(r["b"], ".10g"), number(r["delta"], "+.6g"), _rel(r)]
+            for r in rows
         ]
-        lines += _grid(["key", "A", "B", "B-A", "rel %"], table, {1, 2, 3, 4})
+        lines += grid(["key", "A", "B", "B-A", "rel %"], table, {1, 2, 3, 4})
     else:
         lines.append("  (no metrics to show)")
     return "\n".join(lines)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
-def to_json(comparison: dict[str, Any]) -> str:
-    """The comparison as strict JSON: non-finite numbers become the strings "NaN", "Infinity", "-Infinity".
-
-    Args:
-        comparison: what `compare_runs` returned (plus anything JSON-serialisable the caller added).
-
-    Returns:
-        Indented JSON text.
-    """
-    return json.dumps(_jsonable(comparison), indent=2, allow_nan=False, ensure_ascii=False)
 
 
 def describe_store(client) -> str:

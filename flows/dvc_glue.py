@@ -18,6 +18,7 @@ __all__ = [
     "run_cache_key",
     "restore_stage",
     "default_remote",
+    "default_remote_url",
     "push_stage",
 ]
 
@@ -123,10 +124,15 @@ def restore_stage(repo, name: str, *, pull: bool = False) -> bool:
 
 def default_remote(repo) -> str | None:
     """The URL of the project's default DVC remote, if one is configured (any level of config)."""
-    name = repo.config.get("core", {}).get("remote")
+    return default_remote_url(repo.config)
+
+
+def default_remote_url(config) -> str | None:
+    """The URL of the default remote of a DVC config (``repo.config`` or a ``dvc.config.Config``), if any."""
+    name = config.get("core", {}).get("remote")
     if not name:
         return None
-    return repo.config.get("remote", {}).get(name, {}).get("url")
+    return config.get("remote", {}).get(name, {}).get("url")
 
 
 def push_stage(repo, name: str) -> int:

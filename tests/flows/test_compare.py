@@ -6,7 +6,8 @@ import os
 import pytest
 
 from flows.cli import main
-from flows.compare import MISSING, collect_metrics
+from flows.compare import collect_metrics
+from flows.tables import MISSING
 
 NAN = float("nan")
 

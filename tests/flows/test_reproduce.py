@@ -14,16 +14,10 @@ import pytest
 from conftest import make_project_copy, project_env, run_cli
 from mlflow.tracking import MlflowClient
 
-from flows.reproduce import (
-    DEFAULT_IGNORE,
-    add_arguments,
-    cmd_reproduce,
-    compare_lock_hashes,
-    compare_metrics,
-    format_report,
-    to_json,
-    verdict,
-)
+from flows.tables import to_json
+from flows.team.reproduce import add_arguments, cmd_reproduce
+from flows.team.reproduce_checks import DEFAULT_IGNORE, compare_lock_hashes, compare_metrics, verdict
+from flows.team.reproduce_report import format_report
 
 # ------------------------------------------------------------------------------------------------ pure helpers
 
@@ -225,7 +219,7 @@ DRIVER = """
 import argparse, sys
 from pathlib import Path
 from flows.cli import _environment
-from flows.reproduce import add_arguments, cmd_reproduce
+from flows.team.reproduce import add_arguments, cmd_reproduce
 root = Path.cwd().resolve()
 _environment(root)
 parser = argparse.ArgumentParser(prog="l2o")

@@ -1,4 +1,4 @@
-"""`l2o up` / `status` / `down` / `worker` (flows.services) on real processes in a project copy.
+"""`l2o up` / `status` / `down` / `worker` (flows.team) on real processes in a project copy.
 
 The commands run in a subprocess through a small driver (argparse with ``add_arguments``, then the
 ``cmd_*`` handler, after ``flows.cli._environment``), as ``l2o`` will once it dispatches them. One
@@ -19,27 +19,31 @@ from pathlib import Path
 import pytest
 from conftest import make_project_copy, project_env
 
-from flows.services import POOLS, STATE_FILE, gpu_worker_env
+from flows.team.common import POOLS
+from flows.team.state import STATE_FILE
+from flows.team.workers import gpu_worker_env
 
 DRIVER = """
 import sys
 from pathlib import Path
 import argparse
 from flows.cli import _environment
-from flows import services
+from flows.team import lifecycle, state, workers
 
 root = Path.cwd()
 _environment(root)
 if sys.argv[1] == "apply":
     import json, os
-    services.apply_recorded_services(root)
+    state.apply_recorded_services(root)
     keys = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "L2O_DVC_REMOTE")
     print(json.dumps({k: os.environ.get(k) for k in keys}))
     sys.exit(0)
 p = argparse.ArgumentParser(prog="l2o")
-services.add_arguments(p.add_subparsers(dest="command", required=True))
+sub = p.add_subparsers(dest="command", required=True)
+lifecycle.add_arguments(sub)
+workers.add_arguments(sub)
 args = p.parse_args(sys.argv[1:])
-sys.exit(getattr(services, "cmd_" + args.command)(args, root))
+sys.exit(getattr(workers if args.command == "worker" else lifecycle, "cmd_" + args.command)(args, root))
 """
 
 
@@ -224,7 +228,7 @@ def test_up_that_times_out_stops_what_it_started(project, mirror):
 
 def test_importing_services_loads_no_heavy_modules():
     code = (
-        "import sys, flows.services\n"
+        "import sys, flows.cli, flows.team.lifecycle, flows.team.workers, flows.team.submit, flows.team.reproduce\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'prefect', 'mlflow', 'dvc'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2], capture_output=True, text=True)
@@ -265,11 +269,11 @@ def test_dead_recorded_servers_warn_and_fail_status(project, mirror):
 
 
 def test_dvc_remote_is_the_projects_default_else_configured_locally(project, mirror, monkeypatch):
-    from flows.services import _choose_dvc_remote
+    from flows.team.servers import choose_dvc_remote
 
     for key in ("DVC_SITE_CACHE_DIR", "DVC_GLOBAL_CONFIG_DIR", "DVC_NO_ANALYTICS"):
         monkeypatch.setenv(key, project_env(project, mirror)[key])
-    url, _ = _choose_dvc_remote(project, str(project.parent / "given"))
+    url, _ = choose_dvc_remote(project, str(project.parent / "given"))
     assert url == str(project.parent / "given")
     assert "given" in (project / ".dvc" / "config.local").read_text()
     (project / ".dvc" / "config.local").unlink()
@@ -280,7 +284,7 @@ def test_dvc_remote_is_the_projects_default_else_configured_locally(project, mir
         check=True,
         capture_output=True,
     )
-    assert _choose_dvc_remote(project, None)[0] == "s3://bucket/l2o"
+    assert choose_dvc_remote(project, None)[0] == "s3://bucket/l2o"
     assert not (project / ".dvc" / "config.local").exists() and not (project / ".l2o").exists()
 
 

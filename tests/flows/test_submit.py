@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from flows.submit import choose_placement
+from flows.team.submit import choose_placement
 
 
 class _Healthy(http.server.BaseHTTPRequestHandler):

@@ -26,6 +26,8 @@ import time
 import uuid
 from pathlib import Path
 
+from flows.team.common import PIPELINE_DEPLOYMENT, changed_code, error, executable, git, warn
+
 __all__ = ["add_arguments", "cmd_submit", "choose_placement"]
 
 DEFAULT_PLACEMENT = {"meta_train": "gpu"}
@@ -62,12 +64,8 @@ def add_arguments(sub) -> None:
 
 
 def _fail(msg: str) -> int:
-    print(f"l2o: error: {msg}", file=sys.stderr)
+    error(msg)
     return 2
-
-
-def _git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.rstrip()
 
 
 def _placement(args, stages: list[str]) -> tuple[dict[str, str], set[str]]:
@@ -109,7 +107,7 @@ def choose_placement(placed: dict[str, str], explicit: set[str], online: dict[st
 
 
 def cmd_submit(args, root: Path) -> int:
-    from flows import dvc_glue, guard  # noqa: PLC0415
+    from flows import dvc_glue, preflight  # noqa: PLC0415
     from flows.params_io import ParamsError, dump_params, load_params  # noqa: PLC0415
 
     try:
@@ -133,17 +131,13 @@ def cmd_submit(args, root: Path) -> int:
     if not tracking:
         return _fail("no MLflow tracking server: run `l2o up`, or export MLFLOW_TRACKING_URI=http://<server>:5000")
     try:
-        guard.check_services(root)
-    except guard.ServiceUnavailable as exc:
+        preflight.check_services(root)
+    except preflight.ServiceUnavailable as exc:
         return _fail(str(exc))
 
     try:
-        commit = _git(root, "rev-parse", "HEAD").strip()
-        changed = [
-            line[3:]
-            for line in _git(root, "status", "--porcelain", "--untracked-files=no").splitlines()
-            if line[3:] not in ("params.yaml", "dvc.lock")
-        ]
+        commit = git(root, "rev-parse", "HEAD").stdout.strip()
+        changed = changed_code(git(root, "status", "--porcelain", "--untracked-files=no").stdout.rstrip())
     except (OSError, subprocess.CalledProcessError):
         return _fail(f"{root} is not a git repository with a commit: workers check out a commit; `git commit` first")
     if changed:
@@ -165,18 +159,18 @@ def cmd_submit(args, root: Path) -> int:
     if isinstance(online, str):
         return _fail(online)
     if not online.get("l2o-cpu"):
-        print("l2o: warning: no worker is online in pool 'l2o-cpu': the run waits until one starts", file=sys.stderr)
+        warn("no worker is online in pool 'l2o-cpu': the run waits until one starts")
     placed, notes = choose_placement(placed, explicit, online)
     for note in notes:
         print(f"l2o: {note}", file=sys.stderr)
     deploy = subprocess.run(
-        [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"],
+        [*executable("prefect"), "--no-prompt", "deploy", "--all"],
         cwd=root,
         capture_output=True,
         text=True,
     )
     if deploy.returncode != 0:
-        print(f"l2o: error: `prefect deploy --all` failed:\n{(deploy.stdout + deploy.stderr)[-3000:]}", file=sys.stderr)
+        error(f"`prefect deploy --all` failed:\n{(deploy.stdout + deploy.stderr)[-3000:]}")
         return 1
 
     submission = uuid.uuid4().hex[:12]
@@ -190,8 +184,6 @@ def cmd_submit(args, root: Path) -> int:
         **{k: os.environ[k] for k in ("L2O_WORKSPACES", "L2O_UV") if os.environ.get(k)},
     }
     from prefect.deployments import run_deployment  # noqa: PLC0415
-
-    from flows.team import PIPELINE_DEPLOYMENT  # noqa: PLC0415
 
     run = run_deployment(
         PIPELINE_DEPLOYMENT,
@@ -276,9 +268,7 @@ def _follow(flow_run_id, submission: str, timeout: float | None) -> int:
                 if state is not None and state.type.value in FINAL:
                     break
                 if timeout is not None and time.monotonic() - t0 > timeout:
-                    print(
-                        f"l2o: error: still {state.name if state else 'pending'} after {timeout:.0f}s", file=sys.stderr
-                    )
+                    error(f"still {state.name if state else 'pending'} after {timeout:.0f}s")
                     return 1
                 time.sleep(2)
     except KeyboardInterrupt:
@@ -287,5 +277,5 @@ def _follow(flow_run_id, submission: str, timeout: float | None) -> int:
     if state.type.value == "COMPLETED":
         print(f"l2o: flow run {flow_run_id} completed in {time.monotonic() - t0:.0f}s", flush=True)
         return 0
-    print(f"l2o: error: flow run {flow_run_id} ended {state.name}: {state.message or ''}", file=sys.stderr)
+    error(f"flow run {flow_run_id} ended {state.name}: {state.message or ''}")
     return 1
