@@ -67,7 +67,7 @@ def run_pipeline(
     from prefect import flow  # noqa: PLC0415
     from prefect.runtime import flow_run  # noqa: PLC0415
 
-    from flows import team  # noqa: PLC0415  (imports Prefect)
+    from flows import team  # noqa: PLC0415
 
     outcome = PipelineOutcome([], [], [], None, None, 0.0)
     placed = team.placement()
@@ -147,7 +147,7 @@ class _PipelineRun:
 
     def stage(self, name: str, *, force: bool, run_cache: bool) -> None:
         """Skip stage ``name`` if up to date, else hand it to its work pool, restore it from the run-cache or run it."""
-        from flows import team  # noqa: PLC0415  (imports Prefect)
+        from flows import team  # noqa: PLC0415
 
         repo, log, outcome = self.repo, self.log, self.outcome
         if not force and not dvc_glue.is_changed(repo, name):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN, project_env, run_cli
 
-from flows import guard
+from flows import preflight
 
 
 def _closed_port() -> int:
@@ -75,18 +75,18 @@ def test_health_check_retries_a_bounded_number_of_times(monkeypatch):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         monkeypatch.delenv("PREFECT_API_URL", raising=False)
         _Flaky.failures = 2
-        guard.check_services(Path("."), retries=3, delay=0.05)  # answers on the third try
+        preflight.check_services(Path("."), retries=3, delay=0.05)  # answers on the third try
         _Flaky.failures = 3
-        with pytest.raises(guard.ServiceUnavailable, match=r"HTTP 503; 3 tries"):
-            guard.check_services(Path("."), retries=3, delay=0.05)
+        with pytest.raises(preflight.ServiceUnavailable, match=r"HTTP 503; 3 tries"):
+            preflight.check_services(Path("."), retries=3, delay=0.05)
     finally:
         server.shutdown()
 
 
 def _holder(root: Path) -> subprocess.Popen:
     code = (
-        "import sys, time; from pathlib import Path; from flows import guard\n"
-        "with guard.repository_lock(Path(sys.argv[1]), 'run --params params/default.yaml'):\n"
+        "import sys, time; from pathlib import Path; from flows import preflight\n"
+        "with preflight.repository_lock(Path(sys.argv[1]), 'run --params params/default.yaml'):\n"
         "    print('held', flush=True); time.sleep(600)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, text=True)
@@ -109,16 +109,16 @@ def test_a_second_run_in_the_same_repository_is_refused(project, mirror):
         holder.kill()
         holder.wait()
     # the kernel released the killed holder's lock: the next command gets it
-    with guard.repository_lock(project, "test"):
+    with preflight.repository_lock(project, "test"):
         pass
 
 
 def test_two_locks_in_one_process_tree_exclude_each_other(tmp_path):
-    with guard.repository_lock(tmp_path, "first"):
-        with pytest.raises(guard.RepositoryBusy, match=rf"pid {os.getpid()}, `l2o first`"):
-            with guard.repository_lock(tmp_path, "second"):
+    with preflight.repository_lock(tmp_path, "first"):
+        with pytest.raises(preflight.RepositoryBusy, match=rf"pid {os.getpid()}, `l2o first`"):
+            with preflight.repository_lock(tmp_path, "second"):
                 pass
-    with guard.repository_lock(tmp_path, "third"):
+    with preflight.repository_lock(tmp_path, "third"):
         pass
 
 
