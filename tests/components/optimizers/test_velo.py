@@ -104,7 +104,7 @@ def test_make_and_update_errors(meta_params):
     state = opt.init(params)
     with pytest.raises(TypeError, match=r"opt.update\(grads, state, params, loss=loss\)"):
         opt.update(params, state, params)
-    with pytest.raises(ValueError, match="uses the parameters as features"):
+    with pytest.raises(ValueError, match="uses the parameters as a feature"):
         opt.update(params, state, None, loss=1.0)
 
 
