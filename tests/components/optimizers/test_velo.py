@@ -216,7 +216,7 @@ def _run(meta_params, num_steps, params, steps=3):
 
     zero_updates = jax.tree.map(jnp.zeros_like, params)
     (params, state, updates), hidden = jax.lax.scan(body, (params, state, zero_updates), jnp.arange(steps))
-    return params, updates, state, jnp.concatenate([opt.init(params).lstm.hidden[None], hidden])
+    return params, updates, state, jnp.concatenate([opt.init(params).context.lstm.hidden[None], hidden])
 
 
 def optax_apply(params, updates):
