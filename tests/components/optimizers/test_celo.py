@@ -543,7 +543,7 @@ def test_celo_update_without_params_raises():
         (lambda: Celo(train_phase=3), ValueError, r"train_phase must be one of \[1, 2\]"),
         (lambda: Celo(param_inits=0), ValueError, "param_inits must be >= 1"),
         (lambda: Celo(lstm_hidden_size=2.5), TypeError, "lstm_hidden_size must be an int"),
-        (lambda: Celo(mix_layers="yes"), TypeError, "mix_layers must be True or False"),
+        (lambda: Celo(mix_layers="yes"), TypeError, "mix_layers must be a bool"),
         (lambda: Celo(initial_rms_decays=(1.0,)), ValueError, r"decays in \[0, 1\)"),
         (lambda: Celo(initial_momentum_decays=(0.9, 0.99)), ValueError, "numbers of decays"),
         (lambda: CeloAdam(b2=1.5), ValueError, "b2"),

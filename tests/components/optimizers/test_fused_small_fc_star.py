@@ -88,8 +88,8 @@ def assert_accumulators_equal(got, want, err_msg):
     for field in ("momentum", "rms", "factored"):
         jax.tree.map(
             functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=0, err_msg=f"{err_msg} {field}"),
-            getattr(got, field),
-            getattr(want, field),
+            {k: getattr(a, field) for k, a in got.accumulators.items()},
+            {k: getattr(a, field) for k, a in want.accumulators.items()},
         )
 
 

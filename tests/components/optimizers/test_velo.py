@@ -104,7 +104,7 @@ def test_make_and_update_errors(meta_params):
     state = opt.init(params)
     with pytest.raises(TypeError, match=r"opt.update\(grads, state, params, loss=loss\)"):
         opt.update(params, state, params)
-    with pytest.raises(ValueError, match="uses the parameters as features"):
+    with pytest.raises(ValueError, match="uses the parameters as a feature"):
         opt.update(params, state, None, loss=1.0)
 
 
@@ -216,7 +216,7 @@ def _run(meta_params, num_steps, params, steps=3):
 
     zero_updates = jax.tree.map(jnp.zeros_like, params)
     (params, state, updates), hidden = jax.lax.scan(body, (params, state, zero_updates), jnp.arange(steps))
-    return params, updates, state, jnp.concatenate([opt.init(params).lstm.hidden[None], hidden])
+    return params, updates, state, jnp.concatenate([opt.init(params).context.lstm.hidden[None], hidden])
 
 
 def optax_apply(params, updates):
