@@ -25,6 +25,7 @@ __all__ = [
     "concrete_value",
     "finish",
     "no_momentum",
+    "optax_baseline",
     "promote",
 ]
 
@@ -135,6 +136,28 @@ def finish(
         return new_updates, state
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def optax_baseline(
+    factory: str, make, arguments: dict, *, decays: tuple[str, ...] = (), needs_params: bool = False
+) -> optax.GradientTransformationExtraArgs:
+    """The common form of a baseline that is one optax factory: check, build, wrap.
+
+    Args:
+      factory: the baseline's name (for messages).
+      make: the optax factory, called as ``make(learning_rate, **settings)``.
+      arguments: the baseline's own arguments (its ``locals()`` on entry): ``learning_rate`` and its
+        settings, in signature order.
+      decays: the settings that are exponential-average decays (checked in [0, 1)); every other
+        setting is checked as non-negative and finite. Checks run in that order (rate, decays, the
+        rest), with the messages of :func:`check_decays` / :func:`check_nonnegative`.
+      needs_params: passed to :func:`finish`.
+    """
+    settings = {k: v for k, v in arguments.items() if k != "learning_rate"}
+    check_learning_rate(arguments["learning_rate"], factory)
+    check_decays(factory, **{k: settings[k] for k in decays})
+    check_nonnegative(factory, **{k: v for k, v in settings.items() if k not in decays})
+    return finish(factory, make(arguments["learning_rate"], **settings), needs_params=needs_params)
 
 
 def no_momentum(momentum) -> bool:

@@ -14,6 +14,7 @@ from components.optimizers.baseline_common import (
     check_nonnegative,
     finish,
     no_momentum,
+    optax_baseline,
 )
 
 __all__ = [
@@ -59,10 +60,7 @@ def adam(
     Raises:
       ValueError: for a negative Python learning rate, a decay outside [0, 1) or a negative eps.
     """
-    check_learning_rate(learning_rate, "adam")
-    check_decays("adam", b1=b1, b2=b2)
-    check_nonnegative("adam", eps=eps, eps_root=eps_root)
-    return finish("adam", optax.adam(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root))
+    return optax_baseline("adam", optax.adam, locals(), decays=("b1", "b2"))
 
 
 def sgd(
@@ -112,11 +110,7 @@ def adamw(
     ``Δp = −lr · (m̂ / (sqrt(v̂ + eps_root) + eps) + weight_decay·p)``; the decay is multiplied by the
     learning rate (optax's convention), not applied as a separate ``−weight_decay·p``.
     """
-    check_learning_rate(learning_rate, "adamw")
-    check_decays("adamw", b1=b1, b2=b2)
-    check_nonnegative("adamw", eps=eps, eps_root=eps_root, weight_decay=weight_decay)
-    tx = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay)
-    return finish("adamw", tx, needs_params=True)
+    return optax_baseline("adamw", optax.adamw, locals(), decays=("b1", "b2"), needs_params=True)
 
 
 def rmsprop(
@@ -228,11 +222,7 @@ def lamb(
     ``r = m̂ / (sqrt(v̂ + eps_root) + eps) + weight_decay·p``, ``Δp = −lr · (‖p‖/‖r‖) · r`` (ratio 1
     if either norm is 0).
     """
-    check_learning_rate(learning_rate, "lamb")
-    check_decays("lamb", b1=b1, b2=b2)
-    check_nonnegative("lamb", eps=eps, eps_root=eps_root, weight_decay=weight_decay)
-    tx = optax.lamb(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay)
-    return finish("lamb", tx, needs_params=True)
+    return optax_baseline("lamb", optax.lamb, locals(), decays=("b1", "b2"), needs_params=True)
 
 
 def adabelief(
@@ -242,10 +232,7 @@ def adabelief(
 
     ``s ← b2·s + (1−b2)·(g − m)² + eps_root``, ``Δp = −lr · m̂ / (sqrt(ŝ) + eps)``.
     """
-    check_learning_rate(learning_rate, "adabelief")
-    check_decays("adabelief", b1=b1, b2=b2)
-    check_nonnegative("adabelief", eps=eps, eps_root=eps_root)
-    return finish("adabelief", optax.adabelief(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root))
+    return optax_baseline("adabelief", optax.adabelief, locals(), decays=("b1", "b2"))
 
 
 def adafactor(
@@ -305,10 +292,7 @@ def adagrad(
 ) -> optax.GradientTransformationExtraArgs:
     """AdaGrad (Duchi et al., 2011): ``G ← G + g²`` from ``G_0 = initial_accumulator_value``,
     ``Δp = −lr · g / sqrt(G + eps)``."""
-    check_learning_rate(learning_rate, "adagrad")
-    check_nonnegative("adagrad", initial_accumulator_value=initial_accumulator_value, eps=eps)
-    tx = optax.adagrad(learning_rate, initial_accumulator_value=initial_accumulator_value, eps=eps)
-    return finish("adagrad", tx)
+    return optax_baseline("adagrad", optax.adagrad, locals())
 
 
 def yogi(
@@ -319,10 +303,7 @@ def yogi(
     ``v ← v − (1−b2)·sign(v − g²)·g²`` (optax initialises ``v`` at 1e-6), ``Δp = −lr·m/(√v + eps)``
     (no bias correction).
     """
-    check_learning_rate(learning_rate, "yogi")
-    check_decays("yogi", b1=b1, b2=b2)
-    check_nonnegative("yogi", eps=eps)
-    return finish("yogi", optax.yogi(learning_rate, b1=b1, b2=b2, eps=eps))
+    return optax_baseline("yogi", optax.yogi, locals(), decays=("b1", "b2"))
 
 
 def radam(
@@ -335,11 +316,7 @@ def radam(
 ) -> optax.GradientTransformationExtraArgs:
     """Rectified Adam (Liu et al., 2020, Alg. 2): momentum SGD while the variance estimate is
     unreliable (``ρ_t ≤ threshold``), then Adam scaled by the rectification term ``r_t``."""
-    check_learning_rate(learning_rate, "radam")
-    check_decays("radam", b1=b1, b2=b2)
-    check_nonnegative("radam", eps=eps, eps_root=eps_root, threshold=threshold)
-    tx = optax.radam(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, threshold=threshold)
-    return finish("radam", tx)
+    return optax_baseline("radam", optax.radam, locals(), decays=("b1", "b2"))
 
 
 def nadamw(
@@ -355,8 +332,4 @@ def nadamw(
     ``m̂ = b1·m/(1−b1^{t+1}) + (1−b1)·g/(1−b1^t)``, ``Δp = −lr · (m̂/(sqrt(v̂+eps_root)+eps) +
     weight_decay·p)``. See the module's choices for how this differs from LO's ``NAdamW``.
     """
-    check_learning_rate(learning_rate, "nadamw")
-    check_decays("nadamw", b1=b1, b2=b2)
-    check_nonnegative("nadamw", eps=eps, eps_root=eps_root, weight_decay=weight_decay)
-    tx = optax.nadamw(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay)
-    return finish("nadamw", tx, needs_params=True)
+    return optax_baseline("nadamw", optax.nadamw, locals(), decays=("b1", "b2"), needs_params=True)
