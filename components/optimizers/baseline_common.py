@@ -5,7 +5,9 @@ naming the factory and the fix; traced values pass unchecked) and wraps its opta
 :func:`finish` (float32 accumulators for low-precision params, updates cast back, extra args accepted).
 """
 
+import inspect
 import math
+import sys
 from numbers import Real
 
 import jax
@@ -26,6 +28,7 @@ __all__ = [
     "finish",
     "no_momentum",
     "optax_baseline",
+    "optax_factories",
     "promote",
 ]
 
@@ -158,6 +161,47 @@ def optax_baseline(
     check_decays(factory, **{k: settings[k] for k in decays})
     check_nonnegative(factory, **{k: v for k, v in settings.items() if k not in decays})
     return finish(factory, make(arguments["learning_rate"], **settings), needs_params=needs_params)
+
+
+def optax_factories(docs: dict[str, str], *rows: tuple) -> tuple:
+    """Declares baselines that are one optax factory each: one public function per row, in order.
+
+    Each row is ``(name, make, defaults)``: the function ``name(learning_rate, **settings)`` has the
+    signature ``learning_rate`` followed by ``defaults`` in the order given (so ``inspect.signature``,
+    the registry's hyperparameter check and ``l2o optimizers`` read it like a hand-written ``def``)
+    and the docstring ``docs[name]``; a call binds its arguments to that signature and goes through
+    :func:`optax_baseline` (checks, build, :func:`finish`) with ``make`` as the optax factory. The
+    settings named ``b1``/``b2``/``b3``/``beta`` are the decays (checked in [0, 1)); a baseline with a
+    ``weight_decay`` setting needs the params in ``update``. Each function's ``__module__`` is the
+    declaring module, as a ``def`` there would have.
+    """
+    module = sys._getframe(1).f_globals.get("__name__", __name__)
+    return tuple(_optax_factory(name, make, defaults, docs[name], module) for name, make, defaults in rows)
+
+
+def _optax_factory(name: str, make, defaults: dict[str, float], doc: str, module: str):
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    signature = inspect.Signature(
+        [inspect.Parameter("learning_rate", kind, annotation=LearningRate)]
+        + [inspect.Parameter(k, kind, default=v, annotation=float) for k, v in defaults.items()],
+        return_annotation=optax.GradientTransformationExtraArgs,
+    )
+    decays = tuple(k for k in defaults if k in ("b1", "b2", "b3", "beta"))
+    needs_params = "weight_decay" in defaults
+
+    def factory(*args, **kwargs) -> optax.GradientTransformationExtraArgs:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"{name}() {err} (its arguments: {', '.join(signature.parameters)})") from None
+        bound.apply_defaults()
+        return optax_baseline(name, make, dict(bound.arguments), decays=decays, needs_params=needs_params)
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    factory.__signature__ = signature
+    factory.__module__ = module
+    return factory
 
 
 def no_momentum(momentum) -> bool:

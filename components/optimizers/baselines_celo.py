@@ -14,7 +14,7 @@ from components.optimizers.baseline_common import (
     check_nonnegative,
     finish,
     no_momentum,
-    optax_baseline,
+    optax_factories,
 )
 
 __all__ = [
@@ -37,30 +37,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- Celo's fifteen
-
-
-def adam(
-    learning_rate: LearningRate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, eps_root: float = 1e-8
-) -> optax.GradientTransformationExtraArgs:
-    """Adam (Kingma & Ba, 2015, Alg. 1) with bias correction.
-
-    ``m ← b1·m + (1−b1)·g``, ``v ← b2·v + (1−b2)·g²``,
-    ``Δp = −lr · m̂ / (sqrt(v̂ + eps_root) + eps)`` with ``m̂ = m/(1−b1^t)``, ``v̂ = v/(1−b2^t)``.
-
-    Args:
-      learning_rate: step size (a float or a possibly traced scalar).
-      b1: first-moment decay, in [0, 1).
-      b2: second-moment decay, in [0, 1).
-      eps: added to ``sqrt(v̂ + eps_root)``.
-      eps_root: added to ``v̂`` inside the root (LO's default 1e-8; optax's is 0).
-
-    Returns:
-      An ``optax.GradientTransformationExtraArgs`` that ignores extra args.
-
-    Raises:
-      ValueError: for a negative Python learning rate, a decay outside [0, 1) or a negative eps.
-    """
-    return optax_baseline("adam", optax.adam, locals(), decays=("b1", "b2"))
 
 
 def sgd(
@@ -95,22 +71,6 @@ def _sgd(factory, learning_rate, momentum, nesterov):
     check_bools(factory, nesterov=nesterov)
     tx = optax.sgd(learning_rate, momentum=None if no_momentum(momentum) else momentum, nesterov=nesterov)
     return finish(factory, tx)
-
-
-def adamw(
-    learning_rate: LearningRate,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    eps_root: float = 0.0,
-    weight_decay: float = 1e-4,
-) -> optax.GradientTransformationExtraArgs:
-    """AdamW (Loshchilov & Hutter, 2019): Adam plus decoupled weight decay.
-
-    ``Δp = −lr · (m̂ / (sqrt(v̂ + eps_root) + eps) + weight_decay·p)``; the decay is multiplied by the
-    learning rate (optax's convention), not applied as a separate ``−weight_decay·p``.
-    """
-    return optax_baseline("adamw", optax.adamw, locals(), decays=("b1", "b2"), needs_params=True)
 
 
 def rmsprop(
@@ -198,41 +158,9 @@ def lars(
     check_decays("lars", momentum=momentum)
     check_nonnegative("lars", weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps)
     check_bools("lars", nesterov=nesterov)
-    tx = optax.lars(
-        learning_rate,
-        weight_decay=weight_decay,
-        trust_coefficient=trust_coefficient,
-        eps=eps,
-        momentum=momentum,
-        nesterov=nesterov,
-    )
+    settings = {"weight_decay": weight_decay, "trust_coefficient": trust_coefficient, "eps": eps}
+    tx = optax.lars(learning_rate, momentum=momentum, nesterov=nesterov, **settings)
     return finish("lars", tx, needs_params=True)
-
-
-def lamb(
-    learning_rate: LearningRate,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-6,
-    eps_root: float = 0.0,
-    weight_decay: float = 0.0,
-) -> optax.GradientTransformationExtraArgs:
-    """LAMB (You et al., 2020, Alg. 2): Adam direction with a per-tensor trust ratio.
-
-    ``r = m̂ / (sqrt(v̂ + eps_root) + eps) + weight_decay·p``, ``Δp = −lr · (‖p‖/‖r‖) · r`` (ratio 1
-    if either norm is 0).
-    """
-    return optax_baseline("lamb", optax.lamb, locals(), decays=("b1", "b2"), needs_params=True)
-
-
-def adabelief(
-    learning_rate: LearningRate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16, eps_root: float = 1e-16
-) -> optax.GradientTransformationExtraArgs:
-    """AdaBelief (Zhuang et al., 2020, Alg. 2): Adam with the variance of ``g`` around ``m``.
-
-    ``s ← b2·s + (1−b2)·(g − m)² + eps_root``, ``Δp = −lr · m̂ / (sqrt(ŝ) + eps)``.
-    """
-    return optax_baseline("adabelief", optax.adabelief, locals(), decays=("b1", "b2"))
 
 
 def adafactor(
@@ -287,49 +215,74 @@ def adafactor(
     return finish(factory, tx, needs_params=True)
 
 
-def adagrad(
-    learning_rate: LearningRate, initial_accumulator_value: float = 0.1, eps: float = 1e-7
-) -> optax.GradientTransformationExtraArgs:
-    """AdaGrad (Duchi et al., 2011): ``G ← G + g²`` from ``G_0 = initial_accumulator_value``,
-    ``Δp = −lr · g / sqrt(G + eps)``."""
-    return optax_baseline("adagrad", optax.adagrad, locals())
+# --------------------------------------------------------------------------- one optax factory each
 
+_DOCS = {  # name -> the factory's docstring: the update rule and its source
+    "adam": """Adam (Kingma & Ba, 2015, Alg. 1) with bias correction.
 
-def yogi(
-    learning_rate: LearningRate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-3
-) -> optax.GradientTransformationExtraArgs:
-    """Yogi (Zaheer et al., 2018, Alg. 2): Adam with an additive second-moment update.
+        ``m ← b1·m + (1−b1)·g``, ``v ← b2·v + (1−b2)·g²``,
+        ``Δp = −lr · m̂ / (sqrt(v̂ + eps_root) + eps)`` with ``m̂ = m/(1−b1^t)``, ``v̂ = v/(1−b2^t)``.
 
-    ``v ← v − (1−b2)·sign(v − g²)·g²`` (optax initialises ``v`` at 1e-6), ``Δp = −lr·m/(√v + eps)``
-    (no bias correction).
-    """
-    return optax_baseline("yogi", optax.yogi, locals(), decays=("b1", "b2"))
+        Args:
+          learning_rate: step size (a float or a possibly traced scalar).
+          b1: first-moment decay, in [0, 1).
+          b2: second-moment decay, in [0, 1).
+          eps: added to ``sqrt(v̂ + eps_root)``.
+          eps_root: added to ``v̂`` inside the root (LO's default 1e-8; optax's is 0).
 
+        Returns:
+          An ``optax.GradientTransformationExtraArgs`` that ignores extra args.
 
-def radam(
-    learning_rate: LearningRate,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    eps_root: float = 0.0,
-    threshold: float = 5.0,
-) -> optax.GradientTransformationExtraArgs:
-    """Rectified Adam (Liu et al., 2020, Alg. 2): momentum SGD while the variance estimate is
-    unreliable (``ρ_t ≤ threshold``), then Adam scaled by the rectification term ``r_t``."""
-    return optax_baseline("radam", optax.radam, locals(), decays=("b1", "b2"))
+        Raises:
+          ValueError: for a negative Python learning rate, a decay outside [0, 1) or a negative eps.
+        """,
+    "adamw": """AdamW (Loshchilov & Hutter, 2019): Adam plus decoupled weight decay.
 
+        ``Δp = −lr · (m̂ / (sqrt(v̂ + eps_root) + eps) + weight_decay·p)``; the decay is multiplied by the
+        learning rate (optax's convention), not applied as a separate ``−weight_decay·p``.
+        """,
+    "lamb": """LAMB (You et al., 2020, Alg. 2): Adam direction with a per-tensor trust ratio.
 
-def nadamw(
-    learning_rate: LearningRate,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    eps_root: float = 0.0,
-    weight_decay: float = 0.0,
-) -> optax.GradientTransformationExtraArgs:
-    """NAdamW (Dozat, 2016; decoupled decay as in AdamW): optax's ``nadamw`` with LO's decay default 0.
+        ``r = m̂ / (sqrt(v̂ + eps_root) + eps) + weight_decay·p``, ``Δp = −lr · (‖p‖/‖r‖) · r`` (ratio 1
+        if either norm is 0).
+        """,
+    "adabelief": """AdaBelief (Zhuang et al., 2020, Alg. 2): Adam with the variance of ``g`` around ``m``.
 
-    ``m̂ = b1·m/(1−b1^{t+1}) + (1−b1)·g/(1−b1^t)``, ``Δp = −lr · (m̂/(sqrt(v̂+eps_root)+eps) +
-    weight_decay·p)``. See the module's choices for how this differs from LO's ``NAdamW``.
-    """
-    return optax_baseline("nadamw", optax.nadamw, locals(), decays=("b1", "b2"), needs_params=True)
+        ``s ← b2·s + (1−b2)·(g − m)² + eps_root``, ``Δp = −lr · m̂ / (sqrt(ŝ) + eps)``.
+        """,
+    "adagrad": """AdaGrad (Duchi et al., 2011): ``G ← G + g²`` from ``G_0 = initial_accumulator_value``,
+        ``Δp = −lr · g / sqrt(G + eps)``.""",
+    "yogi": """Yogi (Zaheer et al., 2018, Alg. 2): Adam with an additive second-moment update.
+
+        ``v ← v − (1−b2)·sign(v − g²)·g²`` (optax initialises ``v`` at 1e-6), ``Δp = −lr·m/(√v + eps)``
+        (no bias correction).
+        """,
+    "radam": """Rectified Adam (Liu et al., 2020, Alg. 2): momentum SGD while the variance estimate is
+        unreliable (``ρ_t ≤ threshold``), then Adam scaled by the rectification term ``r_t``.""",
+    "nadamw": """NAdamW (Dozat, 2016; decoupled decay as in AdamW): optax's ``nadamw`` with LO's decay default 0.
+
+        ``m̂ = b1·m/(1−b1^{t+1}) + (1−b1)·g/(1−b1^t)``, ``Δp = −lr · (m̂/(sqrt(v̂+eps_root)+eps) +
+        weight_decay·p)``. See the module's choices for how this differs from LO's ``NAdamW``.
+        """,
+}
+_DECLARED = optax_factories(  # (name, optax factory, settings with their defaults), docstrings from _DOCS
+    _DOCS,
+    ("adam", optax.adam, {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 1e-8}),
+    ("adamw", optax.adamw, {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 0.0, "weight_decay": 1e-4}),
+    ("lamb", optax.lamb, {"b1": 0.9, "b2": 0.999, "eps": 1e-6, "eps_root": 0.0, "weight_decay": 0.0}),
+    ("adabelief", optax.adabelief, {"b1": 0.9, "b2": 0.999, "eps": 1e-16, "eps_root": 1e-16}),
+    ("adagrad", optax.adagrad, {"initial_accumulator_value": 0.1, "eps": 1e-7}),
+    ("yogi", optax.yogi, {"b1": 0.9, "b2": 0.999, "eps": 1e-3}),
+    ("radam", optax.radam, {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 0.0, "threshold": 5.0}),
+    ("nadamw", optax.nadamw, {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 0.0, "weight_decay": 0.0}),
+)
+(
+    adam,
+    adamw,
+    lamb,
+    adabelief,
+    adagrad,
+    yogi,
+    radam,
+    nadamw,
+) = _DECLARED
