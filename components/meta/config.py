@@ -50,6 +50,9 @@ class MetaTrainConfig:
     )
     outer_weight_decay: float = setting(0.0, ge=0.0)
     grad_clip: float = setting(3.0, "clip meta-gradient by value", gt=0)
+    grad_clip_norm: float | None = setting(
+        None, "then rescale the meta-gradient to at most this global norm (none: no norm clipping)", gt=0
+    )
     log_every: int = setting(50, gt=0)
     estimator: Literal["pes", "es", "tbptt"] = setting(
         "pes", "meta-gradient: truncated PES, full antithetic ES, or truncated backprop"

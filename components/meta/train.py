@@ -49,7 +49,8 @@ class MetaTrainResult:
 
 
 def outer_optimizer(cfg: MetaTrainConfig, mask: Any = None) -> optax.GradientTransformation:
-    """Non-finite meta-gradients are zeroed, then clipped by value, then AdamW (constant or cosine LR).
+    """Non-finite meta-gradients are zeroed, clipped by value (then by global norm when
+    ``grad_clip_norm`` is set), then AdamW (constant or cosine LR).
 
     ``mask`` (a pytree of bools like the meta-params, see :func:`~components.meta.frozen.trainable_mask`)
     leaves the ``False`` leaves untouched: zero update, no weight decay.
@@ -61,11 +62,10 @@ def outer_optimizer(cfg: MetaTrainConfig, mask: Any = None) -> optax.GradientTra
     else:
         raise ValueError(f"outer_lr_schedule must be 'constant' or 'cosine', got {cfg.outer_lr_schedule!r}")
     zero_nans = optax.stateless(lambda g, _: jax.tree_util.tree_map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), g))
-    train = optax.chain(
-        zero_nans,
-        optax.clip(cfg.grad_clip),
-        optax.adamw(lr, weight_decay=cfg.outer_weight_decay),
-    )
+    clips = [optax.clip(cfg.grad_clip)]
+    if cfg.grad_clip_norm is not None:
+        clips.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+    train = optax.chain(zero_nans, *clips, optax.adamw(lr, weight_decay=cfg.outer_weight_decay))
     if mask is None:
         return train
     labels = jax.tree_util.tree_map(lambda keep: "train" if keep else "frozen", mask)
