@@ -36,8 +36,9 @@ Every parameter leaf goes to one of two branches (the *routing rule*, below). Wi
 five times ``A = X Xᵀ``, ``X ← a·X + (b·A + c·A²)·X`` with ``(a, b, c) = (3.4445, −4.7750, 2.0315)``;
 transpose back. It maps every singular value ``σ ∈ (0, 1]`` of the normalised ``X`` through the
 odd quintic ``q(σ) = aσ + bσ³ + cσ⁵`` five times and keeps the singular vectors, so the result is
-``U·diag(q⁵(σ))·Vᵀ``: the polar factor ``U Vᵀ`` with singular values in a band around 1 (roughly
-``[0.68, 1.13]`` for the singular values that are not tiny), not exactly orthogonal.
+``U·diag(q⁵(σ))·Vᵀ``: the polar factor's singular vectors ``U Vᵀ`` with singular values in a band
+around 1 (``[0.68, 1.21]`` for normalised singular values ``σ ≥ 3e-3``; smaller ones stay smaller),
+not exactly orthogonal.
 
 **Routing rule** (which leaves take AdamW). ``adam_regex=None`` (default) is the rule of the
 reference's optax usage (``amoudgl/celo2`` README): a leaf goes to AdamW when it has ≤ 1 axis or
@@ -167,7 +168,7 @@ def newton_schulz(x: jax.Array, coeffs: Sequence[float] = NS_COEFFS, steps: int 
       ValueError: for fewer than 2 axes or not 3 coefficients.
     """
     if x.ndim < 2:
-        raise ValueError(f"newton_schulz needs an array with >= 2 axes (a matrix or a batch of them), got shape {x.shape}.")
+        raise ValueError(f"newton_schulz needs an array with >= 2 axes (a matrix or a batch), got shape {x.shape}.")
     if len(coeffs) != 3:
         raise ValueError(f"newton_schulz needs 3 coefficients (a, b, c), got {coeffs!r}.")
     a, b, c = (float(v) for v in coeffs)
@@ -362,7 +363,8 @@ class Celo2:
             set_(field, check_bool(owner, field, getattr(self, field)))
         if self.adam_regex is not None:
             if not isinstance(self.adam_regex, str):
-                raise TypeError(f"Celo2.adam_regex must be None or a regex string (e.g. '/b$'), got {self.adam_regex!r}.")
+                got = self.adam_regex
+                raise TypeError(f"Celo2.adam_regex must be None or a regex string (e.g. '/b$'), got {got!r}.")
             try:
                 re.compile(self.adam_regex)
             except re.error as err:
@@ -501,7 +503,7 @@ class Celo2:
         return normalize_last_two_axes(step, param.ndim), acc
 
     def adam_step(self, grad: jax.Array, moments: AdamMoments, count: jax.Array):
-        """``(direction, new moments)`` of the AdamW branch for one leaf (``count``: updates so far, this one included)."""
+        """``(direction, new moments)`` of the AdamW branch for one leaf (``count``: updates including this one)."""
         dtype = moments.mu.dtype
         g = grad.astype(dtype)
         mu = self.adam_b1 * moments.mu + (1.0 - self.adam_b1) * g
