@@ -70,6 +70,7 @@ LEARNED: dict[str, tuple[str, str]] = {
     "star": ("components.optimizers.star", "STAR"),
     "celo": ("components.optimizers.celo", "Celo"),
     "celo_adam": ("components.optimizers.celo_adam", "CeloAdam"),
+    "celo2": ("components.optimizers.celo2", "Celo2"),
     "velo": ("components.optimizers.velo", "VeLO"),
     "l3rs": ("components.optimizers.l3rs", "L3RS"),
 }

@@ -50,6 +50,8 @@ def test_dvc_lock_records_the_params_the_models_give():
 PARAMS_HASHES = {
     "celo_cpu.yaml": "32f89bf8c539ed37",
     "celo_gpu.yaml": "7e37cdae5671853f",
+    "celo2_cpu.yaml": "0b4d3475405d659d",
+    "celo2_gpu.yaml": "54f15bfbdbf287a9",
     "default.yaml": "25049edb91ffb07f",
     "l3rs_cpu.yaml": "f518f1ea3f42f1c9",
     "l3rs_gpu.yaml": "35be03ac5bb74175",

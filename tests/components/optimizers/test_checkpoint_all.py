@@ -20,6 +20,7 @@ CONFIGS = {
     "star": {"nominal_estimator": "Adam", "meta_weight_decay": 0.5},
     "celo": {"lstm_hidden_size": 8, "train_phase": 1},
     "celo_adam": {"lstm_hidden_size": 8},
+    "celo2": {"weight_decay": 0.1, "adam_regex": "/b$", "orthogonalize": False, "ns_coeffs": [3.0, -3.2, 1.2]},
     "velo": {"lstm_hidden_size": 8, "param_inits": 3},
     "l3rs": {"num_layers": 2, "base_directions": ["adam", "lion"]},
 }

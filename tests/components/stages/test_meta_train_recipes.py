@@ -113,9 +113,7 @@ def test_single_task_recipes_star_and_l3rs(prepared):
     assert isinstance(family, SingleTaskFamily) and family.name == "fashion_mnist_mlp_2x32"
     result = meta_train.run(star, root, StageContext(log=lambda _: None))
     assert np.isfinite(result.metrics["meta_loss_last"])
-    assert json.loads((root / paths.MODEL_DIR / "config.json").read_text())["data_hashes"].keys() == {
-        "fashion_mnist_8"
-    }
+    assert json.loads((root / paths.MODEL_DIR / "config.json").read_text())["data_hashes"].keys() == {"fashion_mnist_8"}
 
     # L3RS: specialised to one fine-tuning task (pre-trained by the pretrain stage), full ES over whole runs
     l3rs = _preset(
@@ -168,3 +166,33 @@ def test_resume_after_a_finished_run_reproduces_it(prepared):
     other = _preset("tiny", num_outer_steps=4, log_every=2, checkpoint_every=2, sigma=0.02)
     with pytest.raises(ValueError, match="main.npz was written by a run with other settings"):
         meta_train.run(other, root, StageContext(log=lambda _: None, resume=True))
+
+
+def test_celo2_recipe_runs_through_the_stage_and_saves_a_loadable_celo2(prepared):
+    params = _preset(
+        "celo2_cpu",
+        num_tasks=1,
+        trunc_length=4,
+        min_unroll=8,
+        max_unroll=16,
+        num_outer_steps=4,
+        log_every=2,
+        steps_per_call=2,
+        checkpoint_every=None,
+    )
+    root = prepared(params)
+    families, _ = inputs.build_families(params, root)
+    assert len(families) == 4  # Celo's task distribution: one estimator per dataset
+    # one family keeps the test to one compilation (as the Celo recipe test does)
+    task_family = params.meta_train.task_family.model_copy(update={"estimator_per_dataset": False})
+    params = params.model_copy(update={"meta_train": params.meta_train.model_copy(update={"task_family": task_family})})
+    result = meta_train.run(params, root, StageContext(log=lambda _: None))
+    lopt, theta, config = load_meta(root / paths.MODEL_DIR)
+    assert lopt.name == "celo2" and lopt.orthogonalize and lopt.mult_1d == 20.0
+    k_init = jax.random.split(jax.random.PRNGKey(params.seed), 3)[0]  # meta_train's init key
+    init = jax.device_get(lopt.init_meta_params(k_init))
+    leaves = list(zip(jax.tree_util.tree_leaves(init), jax.tree_util.tree_leaves(theta), strict=True))
+    assert all(np.all(np.isfinite(b)) for _, b in leaves)
+    assert sum(not np.array_equal(a, b) for a, b in leaves) >= 10  # PES moved the MLP's weights
+    assert [s for s, _ in result.curves["meta_loss"]] == [2, 4]
+    assert np.isfinite(result.metrics["meta_loss_last"])
