@@ -47,7 +47,7 @@ The maths, for parameter tensor (= pytree leaf, "layer") ``l`` of ``L`` with gra
 
    * mixing weights ``μ_{l,·} = softmax(z_{l,·} + log μ⁰)`` — positive, ``Σ_p μ_{l,p} = 1``, and
      ``μ = μ⁰`` (``initial_mixing``) at ``z = 0``;
-   * rate ``λ_l = λ₀ · exp(10·tanh(o_l/10))`` with ``λ₀ = exp(log_rate)``, a meta-learned scalar
+   * rate ``λ_l = λ₀ · exp(10·tanh(o_l/10))`` with ``λ₀ = exp(log_rate)``, a meta-learned scalar (shape ``[1]``)
      initialised at ``initial_rate``.
 5. The update: ``Δθ_l = −λ_l · Σ_p μ_{l,p} · d̂_{l,p}``.
 
@@ -312,7 +312,7 @@ class L3RS:
         """Initial meta-parameters θ.
 
         Returns:
-          ``{"embeddings": [L, D], "mlp": {"w0", "b0", …}, "log_rate": []}``; ``w{i}`` has shape
+          ``{"embeddings": [L, D], "mlp": {"w0", "b0", …}, "log_rate": [1]}``; ``w{i}`` has shape
           ``[fan_in, fan_out]`` and is drawn as ``TruncNormal(−2, 2)/sqrt(fan_in)`` (the last one
           further ×1e-3), biases are 0, embeddings ``N(0, 1)`` and ``log_rate = log(initial_rate)``.
         """
@@ -328,7 +328,7 @@ class L3RS:
         return {
             "embeddings": jax.random.normal(key_embed, (self.num_layers, self.embedding_dim), jnp.float32),
             "mlp": mlp,
-            "log_rate": jnp.log(jnp.float32(self.initial_rate)),
+            "log_rate": jnp.log(jnp.full((1,), self.initial_rate, jnp.float32)),
         }
 
     def _check_num_leaves(self, leaves: list, where: str) -> None:
@@ -356,8 +356,10 @@ class L3RS:
                 "Use meta-params made for this model by the same L3RS (under jax.vmap, call make inside the vmap)."
             )
         got = tuple(jnp.shape(meta_params["log_rate"]))
-        if got != ():
-            raise ValueError(f"L3RS.make: meta_params['log_rate'] has shape {got}, expected () (one global log rate).")
+        if got != (1,):
+            raise ValueError(
+                f"L3RS.make: meta_params['log_rate'] has shape {got}, expected (1,) (one global log rate)."
+            )
         got = tuple(jnp.shape(meta_params["mlp"][f"b{len(self.layer_sizes) - 2}"]))
         if got != (self.layer_sizes[-1],):
             raise ValueError(
@@ -389,7 +391,7 @@ class L3RS:
         num_mlp_layers = len(self.layer_sizes) - 1
 
         def init_fn(params):
-            return self._init_state(jnp.exp(jnp.asarray(meta_params["log_rate"], jnp.float32)), params)
+            return self._init_state(jnp.exp(jnp.asarray(meta_params["log_rate"], jnp.float32)[0]), params)
 
         def update_fn(updates, state, params=None, **extra_args):
             loss = loss_arg(params, extra_args)

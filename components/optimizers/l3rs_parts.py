@@ -204,7 +204,8 @@ def mixing_and_rates(meta_params: dict, status: jax.Array, log_mixing0: jax.Arra
     """The shared MLP on ``[e_l, status_l]``: mixing weights ``μ`` ``[L, K]`` and rates ``λ`` ``[L]``.
 
     The MLP's ``K + 1`` outputs per layer are ``K`` mixing logits ``z_l`` and one rate output ``o_l``:
-    ``μ_l = softmax(z_l + log μ⁰)`` and ``λ_l = exp(log_rate) · exp(cap·tanh(o_l/cap))``.
+    ``μ_l = softmax(z_l + log μ⁰)`` and ``λ_l = exp(log_rate) · exp(cap·tanh(o_l/cap))`` (``log_rate``
+    has shape ``[1]``: checkpoints store no 0-d arrays).
     """
     mlp = meta_params["mlp"]
     x = jnp.concatenate([meta_params["embeddings"].astype(jnp.float32), status], axis=1)
@@ -213,7 +214,7 @@ def mixing_and_rates(meta_params: dict, status: jax.Array, log_mixing0: jax.Arra
         if i < num_mlp_layers - 1:
             x = jax.nn.relu(x)
     mixing = jax.nn.softmax(x[:, :-1] + log_mixing0, axis=-1)
-    log_rate = meta_params["log_rate"] + RATE_SOFT_CAP * jnp.tanh(x[:, -1] / RATE_SOFT_CAP)
+    log_rate = meta_params["log_rate"][0] + RATE_SOFT_CAP * jnp.tanh(x[:, -1] / RATE_SOFT_CAP)
     return mixing, jnp.exp(log_rate)
 
 

@@ -57,7 +57,7 @@ def test_defaults_sizes_and_config_round_trip():
     meta_params = lopt.init_meta_params(jax.random.key(1))
     shapes = jax.tree.map(jnp.shape, meta_params)
     assert shapes["embeddings"] == (4, 8)
-    assert shapes["log_rate"] == ()
+    assert shapes["log_rate"] == (1,)
     assert shapes["mlp"] == {"w0": (26, 32), "b0": (32,), "w1": (32, 32), "b1": (32,), "w2": (32, 5), "b2": (5,)}
     assert {x.dtype for x in jax.tree.leaves(meta_params)} == {jnp.dtype(jnp.float32)}
     np.testing.assert_allclose(np.exp(meta_params["log_rate"]), 1e-3, rtol=1e-6)
@@ -106,7 +106,7 @@ def test_make_rejects_bad_arguments():
         lopt.make({k: v for k, v in meta_params.items() if k != "log_rate"}, num_steps=10)
     with pytest.raises(ValueError, match=r"'embeddings'\] has shape \(3, 8\), expected \(2, 8\)"):
         lopt.make(L3RS(num_layers=3).init_meta_params(jax.random.key(0)), num_steps=10)
-    with pytest.raises(ValueError, match=r"'log_rate'\] has shape \(2,\), expected \(\)"):
+    with pytest.raises(ValueError, match=r"'log_rate'\] has shape \(2,\), expected \(1,\)"):
         lopt.make(dict(meta_params, log_rate=jnp.zeros(2)), num_steps=10)
     two = L3RS(num_layers=2, base_directions=("sgd", "adam")).init_meta_params(jax.random.key(0))
     with pytest.raises(ValueError, match=r"last bias has shape \(3,\), expected \(5,\): 4 mixing logits"):
@@ -246,7 +246,7 @@ class NumpyL3RS:
         logits = x[:, :-1] + np.log(np.asarray(self.lopt.initial_mixing))
         mixing = np.exp(logits - logits.max(axis=1, keepdims=True))
         mixing /= mixing.sum(axis=1, keepdims=True)
-        rates = np.exp(self.theta["log_rate"] + 10.0 * np.tanh(x[:, -1] / 10.0))
+        rates = np.exp(self.theta["log_rate"][0] + 10.0 * np.tanh(x[:, -1] / 10.0))
         updates = {}
         for layer, name in enumerate(self.names):
             g = np.asarray(grads[name], np.float64)
@@ -477,7 +477,7 @@ def test_meta_gradient_through_a_20_step_unroll_is_finite_and_reaches_every_meta
     for name in ("w0", "w1", "w2", "b2"):
         assert np.any(grads["mlp"][name] != 0), name
     assert np.all(grads["mlp"]["b2"] != 0)  # every mixing logit and the rate output
-    assert grads["log_rate"] < 0  # a larger step lowers the loss early on
+    assert grads["log_rate"][0] < 0  # a larger step lowers the loss early on
 
 
 # ----------------------------------------------------------------------------- fresh optimizer
