@@ -3,8 +3,9 @@
 Re-implementation of the update rule of Kristiansen, Sandler, Zhmoginov, Miller, Goyal, Lee and
 Vladymyrov, "Narrowing the Focus: Learned Optimizers for Pretrained Models" (arXiv 2408.09310, 2024)
 as an optax transformation; ``research/algorithms.md`` §5 and its 2026-12 addition ("L3RS as
-published"). Sources: the abstract and introduction of arXiv 2408.09310 (the only parts of the paper
-text that could be retrieved here), the ICLR-2025 reviews summarised in §5, and the third-party
+published"). Sources: the abstract and introduction of arXiv 2408.09310 (v1 and v3; the only parts of
+the paper text that could be retrieved here), the ICLR-2025 OpenReview record (its summary names Adam
+and SGD as examples of the base optimizers) and the reviews summarised in §5, and the third-party
 summary of the paper's rule in the 2026-12 addition: ``Δθ_l = λ_l Σ_p μ_{l,p} d̂_{l,p}`` with
 normalised directions ``d̂``, mixing weights ``μ_{l,·}`` normalised across the base optimizers, a
 separate per-layer rate ``λ_l`` and EMAs of the inputs at several timescales. Every detail those

@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_EMA_DECAYS",
     "DIRECTIONS",
     "NORM_EPS",
+    "RATE_SOFT_CAP",
     "Direction",
     "check_decay",
     "check_directions",
@@ -43,7 +44,8 @@ NORM_EPS = 1e-12
 """``ε`` of the direction normalisation ``d̂ = d / (RMS(d) + ε)`` (module docstring of :mod:`.l3rs`)."""
 
 _LOG_FLOOR = 1e-12  # floor of the norms and losses inside the log features
-RATE_SOFT_CAP = 10.0  # λ = λ0 · exp(cap · tanh(o / cap))
+RATE_SOFT_CAP = 10.0
+"""Soft cap of the rate output: ``λ = λ₀ · exp(cap · tanh(o / cap))``."""
 
 
 # --------------------------------------------------------------------------- base directions
