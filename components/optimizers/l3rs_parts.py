@@ -1,11 +1,12 @@
-"""The parts of :mod:`.l3rs`: its base directions, its per-layer status features and its coefficient MLP.
+"""The parts of :mod:`.l3rs`: its base directions, its multi-timescale status features, its head.
 
 See :mod:`.l3rs` for the maths; everything here is a pure function of arrays (the directions read
-their hyperparameters from the :class:`~.l3rs.L3RS` object they are given).
+their hyperparameters from the :class:`~.l3rs.L3RS` object they are given). The progress features
+are :func:`.features.fractional_tanh_embedding`, shared with VeLO / Celo.
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import NamedTuple
 
@@ -17,28 +18,34 @@ from components.optimizers.per_parameter import check_int
 
 __all__ = [
     "BASE_DIRECTIONS",
-    "DEFAULT_LEARNING_RATES",
+    "DEFAULT_EMA_DECAYS",
     "DIRECTIONS",
-    "FRACTION_SHIFTS",
+    "NORM_EPS",
+    "RATE_SOFT_CAP",
     "Direction",
     "check_decay",
     "check_directions",
+    "check_ema_decays",
     "check_hidden_sizes",
-    "float_tuple",
-    "layer_coefficients",
-    "fractional_tanh_embedding",
+    "check_mixing",
+    "direction_rms",
     "l3rs_status_features",
     "layer_rms",
     "layer_status",
     "loss_arg",
+    "mixing_and_rates",
     "safe_sqrt",
 ]
 
-FRACTION_SHIFTS: tuple[float, ...] = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
-"""Shifts ``s`` of the progress features ``tanh(10·(t/T − s))`` (VeLO / Celo)."""
+DEFAULT_EMA_DECAYS: tuple[float, ...] = (0.9, 0.99, 0.999)
+"""Decays ``β_i = 1 − 10^{−i}`` of the status EMAs: timescales of 10, 100 and 1000 steps."""
+
+NORM_EPS = 1e-12
+"""``ε`` of the direction normalisation ``d̂ = d / (RMS(d) + ε)`` (module docstring of :mod:`.l3rs`)."""
 
 _LOG_FLOOR = 1e-12  # floor of the norms and losses inside the log features
-_EXP_SOFT_CAP = 10.0  # exp transform: c = c0 · exp(cap · tanh(o / cap))
+RATE_SOFT_CAP = 10.0
+"""Soft cap of the rate output: ``λ = λ₀ · exp(cap · tanh(o / cap))``."""
 
 
 # --------------------------------------------------------------------------- base directions
@@ -94,19 +101,21 @@ DIRECTIONS: dict[str, Direction] = {
 }
 
 BASE_DIRECTIONS: tuple[str, ...] = tuple(DIRECTIONS)
-"""Names of the available base directions (see the module docstring for their maths)."""
-
-DEFAULT_LEARNING_RATES: dict[str, float] = {"sgd": 1e-2, "momentum": 1e-2, "adam": 1e-3, "lion": 1e-4}
-"""Initial base learning rate ``η_k`` of each direction (module docstring: why these)."""
+"""Names of the available base directions (see the :mod:`.l3rs` docstring for their maths)."""
 
 
-# --------------------------------------------------------------------------- features
+def layer_rms(x: jax.Array) -> jax.Array:
+    """``‖x‖ / sqrt(size)`` in at least float32, zero-safe (its derivative at ``x = 0`` is 0)."""
+    x = x.astype(F.accumulator_dtype(x.dtype))
+    return safe_sqrt(jnp.mean(x * x))
 
 
-def fractional_tanh_embedding(fraction: jax.Array) -> jax.Array:
-    """Progress features ``tanh(10·(t/T − s))`` for ``s`` in :data:`FRACTION_SHIFTS`, shape ``[9]``."""
-    fraction = jnp.asarray(fraction, jnp.float32)
-    return jnp.tanh(10.0 * (fraction - jnp.asarray(FRACTION_SHIFTS, jnp.float32)))
+def direction_rms(d: jax.Array) -> jax.Array:
+    """The normaliser ``RMS(d) + ε`` of a base direction (:data:`NORM_EPS`), float32 scalar."""
+    return (layer_rms(d) + NORM_EPS).astype(jnp.float32)
+
+
+# --------------------------------------------------------------------------- status features
 
 
 def log_floor(x: jax.Array) -> jax.Array:
@@ -114,35 +123,37 @@ def log_floor(x: jax.Array) -> jax.Array:
 
 
 def l3rs_status_features(
-    fraction: jax.Array, loss_ema: jax.Array, first_loss: jax.Array, grad_rms: jax.Array, weight_rms: jax.Array
+    step: jax.Array,
+    num_steps: jax.Array,
+    loss_ema: jax.Array,
+    first_loss: jax.Array,
+    grad_rms: jax.Array,
+    weight_rms: jax.Array,
 ) -> jax.Array:
     """Training-status features, one row per layer.
 
     Args:
-      fraction: progress ``t/T`` (scalar).
-      loss_ema: bias-corrected EMA of the loss (scalar).
+      step: pre-update step ``t`` (scalar).
+      num_steps: horizon ``T`` (scalar, floored at 1).
+      loss_ema: bias-corrected loss EMAs, one per timescale, shape ``[M]``.
       first_loss: the loss at the first update (scalar).
-      grad_rms: bias-corrected EMAs of the per-layer gradient RMS, shape ``[L]``.
-      weight_rms: bias-corrected EMAs of the per-layer weight RMS, shape ``[L]``.
+      grad_rms: bias-corrected EMAs of the per-layer gradient RMS, shape ``[L, M]``.
+      weight_rms: bias-corrected EMAs of the per-layer weight RMS, shape ``[L, M]``.
 
     Returns:
-      ``[L, S]`` float32 rows ``[tanh(10(t/T − s)) (9), log(|L̂|/|ℓ_0|), log Ĝ_l, log Ŵ_l]``.
+      ``[L, 9 + 3M]`` float32 rows ``[tanh(10(t/T − s)) (9), log(|L̂_i|/|ℓ_0|) (M), log Ĝ_{l,i} (M),
+      log Ŵ_{l,i} (M)]``.
     """
     num_layers = grad_rms.shape[0]
-    time = jnp.broadcast_to(fractional_tanh_embedding(fraction), (num_layers, len(FRACTION_SHIFTS)))
+    time = F.fractional_tanh_embedding(step, num_steps)
     loss = log_floor(jnp.abs(loss_ema)) - log_floor(jnp.abs(first_loss))
     columns = [
-        time,
-        jnp.broadcast_to(loss.astype(jnp.float32), (num_layers, 1)),
-        log_floor(grad_rms)[:, None],
-        log_floor(weight_rms)[:, None],
+        jnp.broadcast_to(time, (num_layers, time.shape[0])),
+        jnp.broadcast_to(loss.astype(jnp.float32), (num_layers, loss.shape[0])),
+        log_floor(grad_rms),
+        log_floor(weight_rms),
     ]
     return jnp.concatenate([c.astype(jnp.float32) for c in columns], axis=1)
-
-
-def layer_rms(x: jax.Array) -> jax.Array:
-    x = x.astype(F.accumulator_dtype(x.dtype))
-    return safe_sqrt(jnp.mean(x * x)).astype(jnp.float32)
 
 
 def loss_arg(params, extra_args: dict) -> jax.Array:
@@ -162,16 +173,24 @@ def loss_arg(params, extra_args: dict) -> jax.Array:
     return loss.astype(jnp.float32)
 
 
-def layer_status(beta: float, state, loss, grads, param_leaves, horizon) -> tuple[tuple, jax.Array]:
-    """``((count, first_loss, loss_ema, grad_rms_ema, weight_rms_ema), [L, S] status features)``."""
+def layer_status(decays: Sequence[float], state, loss, grads, param_leaves, num_steps) -> tuple[tuple, jax.Array]:
+    """``((count, first_loss, loss_ema, grad_rms_ema, weight_rms_ema), [L, S] status features)``.
+
+    Every EMA runs at each decay in ``decays`` (the last axis, ``M``) and is bias-corrected by
+    ``1 − β_i^{t+1}`` for the features (the state keeps the uncorrected sums).
+    """
+    beta = jnp.asarray(decays, jnp.float32)  # [M]
     count = state.iteration + 1
-    correction = 1.0 - jnp.power(jnp.float32(beta), count.astype(jnp.float32))
+    correction = 1.0 - jnp.power(beta, count.astype(jnp.float32))  # [M]
     first_loss = jnp.where(state.iteration == 0, loss, state.first_loss)
+    grad_rms = jnp.stack([layer_rms(g).astype(jnp.float32) for g in grads])[:, None]  # [L, 1]
+    weight_rms = jnp.stack([layer_rms(p).astype(jnp.float32) for p in param_leaves])[:, None]
     loss_ema = beta * state.loss_ema + (1.0 - beta) * loss
-    grad_rms_ema = beta * state.grad_rms_ema + (1.0 - beta) * jnp.stack([layer_rms(g) for g in grads])
-    weight_rms_ema = beta * state.weight_rms_ema + (1.0 - beta) * jnp.stack([layer_rms(p) for p in param_leaves])
+    grad_rms_ema = beta * state.grad_rms_ema + (1.0 - beta) * grad_rms
+    weight_rms_ema = beta * state.weight_rms_ema + (1.0 - beta) * weight_rms
     status = l3rs_status_features(
-        state.iteration.astype(jnp.float32) / horizon,
+        state.iteration,
+        num_steps,
         loss_ema / correction,
         first_loss,
         grad_rms_ema / correction,
@@ -180,17 +199,25 @@ def layer_status(beta: float, state, loss, grads, param_leaves, horizon) -> tupl
     return (count, first_loss, loss_ema, grad_rms_ema, weight_rms_ema), status
 
 
-def layer_coefficients(meta_params: dict, status: jax.Array, c0: jax.Array, transform: str, num_mlp_layers: int):
-    """The shared MLP on ``[e_l, status_l]``: the ``[L, K]`` coefficients."""
+# --------------------------------------------------------------------------- the head
+
+
+def mixing_and_rates(meta_params: dict, status: jax.Array, log_mixing0: jax.Array, num_mlp_layers: int):
+    """The shared MLP on ``[e_l, status_l]``: mixing weights ``μ`` ``[L, K]`` and rates ``λ`` ``[L]``.
+
+    The MLP's ``K + 1`` outputs per layer are ``K`` mixing logits ``z_l`` and one rate output ``o_l``:
+    ``μ_l = softmax(z_l + log μ⁰)`` and ``λ_l = exp(log_rate) · exp(cap·tanh(o_l/cap))`` (``log_rate``
+    has shape ``[1]``: checkpoints store no 0-d arrays).
+    """
     mlp = meta_params["mlp"]
     x = jnp.concatenate([meta_params["embeddings"].astype(jnp.float32), status], axis=1)
     for i in range(num_mlp_layers):
         x = x @ mlp[f"w{i}"] + mlp[f"b{i}"]
         if i < num_mlp_layers - 1:
             x = jax.nn.relu(x)
-    if transform == "exp":
-        return c0 * jnp.exp(_EXP_SOFT_CAP * jnp.tanh(x / _EXP_SOFT_CAP))
-    return c0 + x
+    mixing = jax.nn.softmax(x[:, :-1] + log_mixing0, axis=-1)
+    log_rate = meta_params["log_rate"][0] + RATE_SOFT_CAP * jnp.tanh(x[:, -1] / RATE_SOFT_CAP)
+    return mixing, jnp.exp(log_rate)
 
 
 # --------------------------------------------------------------------------- checks of L3RS's fields
@@ -202,17 +229,32 @@ def check_decay(field: str, value) -> float:
     return float(value)
 
 
-def float_tuple(field: str, values, length: int, names: tuple[str, ...]) -> tuple[float, ...]:
+def check_ema_decays(values) -> tuple[float, ...]:
+    if isinstance(values, str) or not hasattr(values, "__iter__"):
+        raise TypeError(f"L3RS.ema_decays must be a sequence of decays, e.g. (0.9, 0.99, 0.999), got {values!r}.")
+    out = tuple(check_decay("ema_decays[]", v) for v in values)
+    if not out:
+        raise ValueError("L3RS.ema_decays must hold at least one decay, e.g. (0.9, 0.99, 0.999).")
+    return out
+
+
+def check_mixing(values, names: tuple[str, ...]) -> tuple[float, ...]:
+    """``initial_mixing``: one positive weight per base direction, summing to 1."""
     if isinstance(values, str) or not hasattr(values, "__len__"):
-        raise TypeError(f"L3RS.{field} must be a sequence of floats (one per base direction) or None, got {values!r}.")
-    out = tuple(float(v) for v in values)
-    if len(out) != length:
-        raise ValueError(
-            f"L3RS.{field} needs one value per base direction {names}, got {len(out)} values {values!r}. "
-            f"Pass {length} values in the order of base_directions, or None for the defaults."
+        raise TypeError(
+            f"L3RS.initial_mixing must be a sequence of floats (one per base direction) or None, got {values!r}."
         )
-    if not all(math.isfinite(v) for v in out):
-        raise ValueError(f"L3RS.{field} must be finite, got {values!r}.")
+    out = tuple(float(v) for v in values)
+    if len(out) != len(names):
+        raise ValueError(
+            f"L3RS.initial_mixing needs one weight per base direction {names}, got {len(out)} values {values!r}. "
+            f"Pass {len(names)} values in the order of base_directions, or None for the default."
+        )
+    if not all(math.isfinite(v) and v > 0 for v in out) or abs(sum(out) - 1.0) > 1e-6:
+        raise ValueError(
+            f"L3RS.initial_mixing must be positive weights summing to 1 (a softmax can only produce those), "
+            f"got {values!r} (sum {sum(out)!r}). Divide them by their sum."
+        )
     return out
 
 
