@@ -138,7 +138,8 @@ def save(directory: str | os.PathLike, lopt: Any, meta_params: Any, metadata: di
         config_text = json.dumps(config, indent=2, sort_keys=True)
     except TypeError as err:
         raise ValueError(f"save: config/metadata must be JSON-serialisable ({err}).") from err
-    weights = {k: np.ascontiguousarray(np.asarray(v)) for k, v in _flatten(meta_params).items()}
+    # np.ascontiguousarray would turn a 0-d leaf into shape (1,): np.array(order="C") keeps every shape
+    weights = {k: np.array(v, order="C") for k, v in _flatten(meta_params).items()}
     from safetensors.numpy import save_file  # noqa: PLC0415 - optional on bare GPU workers
 
     directory.parent.mkdir(parents=True, exist_ok=True)
