@@ -18,13 +18,14 @@ Making one takes two commands, so that a meta-training of hours or days can be s
 * ``l2o zoo add NAME [--from PATH]`` (:func:`add`) packages the current state: from the workspace (default) or one
   of its checkpoints (``checkpoints/meta_train/<phase>.npz``) -- the meta-parameters of the latest checkpoint,
   ``outer_steps_done`` < ``outer_steps_planned`` while it runs -- or from any finished ``meta_train`` output
-  directory (e.g. ``models/lopt``). Then ``models/zoo/index.json`` is rewritten, ``models/zoo`` is ``dvc add``-ed
-  (``models/zoo.dvc``, committed to git) and pushed to the default DVC remote when there is one.
+  directory (e.g. ``models/lopt``). Then ``models/zoo/index.json`` is rewritten, the entry is ``dvc add``-ed
+  (``models/zoo/<name>.dvc``) and pushed to the default DVC remote when there is one.
 
-*Inferred*: the issue asks for a DVC-tracked zoo; a ``.dvc`` file (not a ``dvc.yaml`` output) keeps ``dvc status``
-clean, because the zoo is an input of the pipeline, not something a stage produces. ``index.json`` (one line of
-lineage per entry) keeps the folder non-empty, so the ``evaluate`` stage's dependency on it exists even when
-the zoo has no entries yet.
+*Inferred*: the issue asks for a DVC-tracked zoo. One ``.dvc`` file per entry (not a ``dvc.yaml`` output: the zoo is
+an input of the pipeline, no stage produces it) keeps ``dvc status`` clean and lets entries be added one at a
+time. ``models/zoo/index.json`` (the listing's rows: lineage summary and weights sha256) and the ``.dvc`` files are
+in git, so ``models/zoo`` exists in every clone -- the ``evaluate`` stage depends on the whole folder even when the
+zoo has no entries, and a ``git diff`` shows what an ``l2o zoo add`` changed.
 """
 
 import dataclasses
@@ -380,24 +381,30 @@ def write_index(root: Path) -> Path:
     return path
 
 
-def track(root: Path, log=print) -> dict:
-    """Rewrite the index, ``dvc add models/zoo`` and push it to the default remote (if the repository has one).
+def track(root: Path, names: list[str] | None = None, log=print) -> dict:
+    """Rewrite ``models/zoo/index.json``, ``dvc add`` each entry (``models/zoo/<name>.dvc``) and push them to the
+    default DVC remote when the repository has one.
 
-    Returns ``{"dvc_file": ..., "pushed": n or None}``.
+    Returns ``{"dvc_files": [...], "pushed": n or None}``.
     """
     from flows import dvc_glue  # noqa: PLC0415
 
-    write_index(root)
+    root = Path(root)
+    index = write_index(root)
+    zoo = root / zoo_lib.ZOO_SUBDIR
+    names = zoo_lib.entries(zoo) if names is None else names
     repo = dvc_glue.open_repo(root)
-    target = str(zoo_lib.ZOO_SUBDIR)
-    dvc_glue._quiet(repo.add, str(Path(root) / target))
-    out = {"dvc_file": f"{target}.dvc", "pushed": None}
-    if dvc_glue.default_remote(repo):
-        out["pushed"] = dvc_glue._quiet(repo.push, targets=[str(Path(root) / f"{target}.dvc")])
+    for n in names:
+        dvc_glue._quiet(repo.add, str(zoo / n))
+    dvc_files = [str((zoo / f"{n}.dvc").relative_to(root)) for n in names]
+    out = {"dvc_files": dvc_files, "pushed": None}
+    if names and dvc_glue.default_remote(repo):
+        out["pushed"] = dvc_glue._quiet(repo.push, targets=[str(root / f) for f in dvc_files])
         log(f"zoo: pushed {out['pushed']} object(s) to the default DVC remote")
-    else:
-        log("zoo: no default DVC remote configured: `dvc remote add -d NAME URL`, then `dvc push models/zoo.dvc`")
-    log(f"zoo: models/zoo tracked by {out['dvc_file']}; commit it: git add {out['dvc_file']} models/.gitignore")
+    elif names:
+        log("zoo: no default DVC remote configured: `dvc remote add -d NAME URL`, then `dvc push models/zoo/*.dvc`")
+    git_files = " ".join([str(index.relative_to(root)), *dvc_files, str(zoo_lib.ZOO_SUBDIR / ".gitignore")])
+    log(f"zoo: {len(names)} entr{'y' if len(names) == 1 else 'ies'} tracked by DVC; commit them: git add {git_files}")
     return out
 
 
