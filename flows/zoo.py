@@ -174,7 +174,8 @@ def _meta_params_from_checkpoint(path: Path, lopt):
         names = sorted(k for k in f.files if k.startswith("leaf_"))
         if len(names) < len(leaves):
             raise ZooError(f"checkpoint {path} holds {len(names)} arrays, fewer than {lopt.name}'s meta-parameters")
-        values = [np.asarray(f[n]) for n in names[: len(leaves)]]
+        names = names[: len(leaves)]
+        values = [np.asarray(f[n]) for n in names]
     for v, t, n in zip(values, leaves, names, strict=True):
         if v.shape != t.shape or v.dtype != t.dtype:
             raise ZooError(

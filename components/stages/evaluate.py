@@ -69,7 +69,7 @@ from components.evaluation.protocol import RULES, finite_or_none
 from components.evaluation.summary import aggregate_all, flat_numbers, headline
 from components.optimizers import load
 from components.optimizers.zoo import entry_dir
-from components.stages.common import StageContext, StageResult, atomic_write_json, load_prepared
+from components.stages.common import StageContext, StageResult, atomic_write_json, load_prepared, sha256_file
 from components.stages.distribution import task_relations
 from components.stages.inputs import load_pretrained
 from components.stages.params import PipelineParams, params_hash
@@ -253,10 +253,29 @@ _RULES_DOC = {
 }
 
 
-def _document(params: PipelineParams, results: list[dict], names: list[str], agg: dict) -> dict:
-    """``metrics/evaluation.json``: the per-task summaries, the aggregates and the protocol's settings."""
+def _zoo_entries(params: PipelineParams, root: Path) -> dict:
+    """Per zoo entry of ``evaluate.zoo``: its architecture, weights hash and meta-training budget (lineage)."""
+    out = {}
+    for entry in params.evaluate.zoo:
+        path = entry_dir(entry, root / ZOO_DIR)
+        config = json.loads((path / "config.json").read_text())
+        z = config.get("zoo") or {}
+        keep = ("outer_steps_done", "outer_steps_planned", "complete", "wall_time_seconds", "device", "git_commit")
+        out[entry] = {
+            "architecture": config["architecture"],
+            "weights_sha256": sha256_file(path / "weights.safetensors"),
+            **{k: z.get(k) for k in keep},
+        }
+    return out
+
+
+def _document(params: PipelineParams, results: list[dict], names: list[str], agg: dict, root: Path) -> dict:
+    """``metrics/evaluation.json``: the per-task summaries, the aggregates and the protocol's settings (and, only
+    with ``evaluate.zoo``, the zoo entries' lineage under ``zoo_entries``)."""
     ev = params.evaluate
+    zoo = {"zoo_entries": _zoo_entries(params, root)} if ev.zoo else {}
     return {
+        **zoo,
         "optimizers": {o: kind_of(o) for o in names},
         "optimizer_order": names,  # display order (the file's keys are sorted)
         "baselines": list(ev.baselines),
@@ -359,7 +378,7 @@ def run(params: PipelineParams, root: Path, context: StageContext | None = None)
     summaries = {r["name"]: r["summary"] for r in results}
     variants = family_variants(names) if ev.zoo else None  # no zoo: the papers' VARIANTS, as before
     agg = aggregate_all(summaries, names, n_resamples=ev.bootstrap_samples, seed=params.seed, variants=variants)
-    atomic_write_json(root / EVAL_METRICS, _document(params, results, names, agg))
+    atomic_write_json(root / EVAL_METRICS, _document(params, results, names, agg, root))
     atomic_write_json(root / HEADLINE, headline(agg))
     metrics = {"seconds": time.perf_counter() - t0, **_tracked_metrics(results, names, agg)}
     context.log(_headline_line(agg, learned_names(params)))
