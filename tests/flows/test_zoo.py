@@ -106,7 +106,7 @@ def test_partial_entry_then_resume_then_complete(zoo_project, mirror):
     assert z["git_commit"] == head and z["sessions"] == 1 and z["wall_time_seconds"] > 0
     assert z["device"].startswith("cpu") and z["params"]["meta_train"]["num_outer_steps"] == 6
     manifest = json.loads((ws / "data/prepared/manifest.json").read_text())
-    assert z["data_hashes"] == {"digits": manifest["datasets"]["digits_8"]["sha256"]}
+    assert z["data_hashes"] == {"digits": manifest["datasets"]["digits"]["sha256"]}
     assert [s for s, _ in z["curves"]["meta_loss"]] == [2, 4]
     assert (root / "models/zoo/t1.dvc").is_file() and "/t1" in (root / "models/zoo/.gitignore").read_text()
     index = json.loads((root / "models/zoo/index.json").read_text())
@@ -245,3 +245,13 @@ def test_evaluate_stage_runs_a_zoo_entry_beside_the_fresh_optimizer(zoo_project,
     missing = load_params(root / PARAMS_FILE, ["evaluate.zoo=[nope]"])
     with pytest.raises(FileNotFoundError, match=r"no zoo entry 'nope'.*\['t1'\]"):
         evaluate.run(missing, root)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[2] / "params" / "zoo").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_zoo_params_files_are_valid_and_checkpointed(path):
+    from flows.params_io import load_params
+
+    params = load_params(path)
+    assert params.meta_train.checkpoint_every, f"{path.name}: `l2o zoo train` needs meta_train.checkpoint_every"
