@@ -124,6 +124,13 @@ def train(root: Path, name: str, params: PipelineParams, *, params_file: str, re
             f" pass --resume to continue it, or delete {ws} to start over"
         )
     dumped = params.model_dump(mode="json")
+    if record is not None:
+        before = {k: record["params"].get(k) for k in ("seed", "meta_train")}
+        if before != {k: dumped[k] for k in ("seed", "meta_train")}:
+            raise ZooError(
+                f"{ws} was meta-trained with other seed / meta_train params (from {record['params_file']}): resume"
+                f" with the same params, or delete {ws} to start over with these"
+            )
     ws.mkdir(parents=True, exist_ok=True)
     if record is None or record.get("data") != dumped["data"] or not (ws / MANIFEST).is_file():
         log(f"zoo train {name}: prepare_data in {ws}")

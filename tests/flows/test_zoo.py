@@ -173,7 +173,7 @@ def test_entry_loads_in_a_plain_optax_loop_in_a_fresh_process(zoo_project, mirro
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    _, steps, loss = out.stdout.split("OK")[1].split()
+    steps, loss = out.stdout.split("OK")[1].split()
     assert steps == "6" and np.isfinite(float(loss))
 
 
@@ -182,6 +182,9 @@ def test_bad_sources_and_names_fail_clearly(zoo_project, mirror):
     assert out.returncode == 2 and "not an `l2o zoo train` workspace" in out.stderr
     out = _l2o(zoo_project, mirror, "zoo", "add", "bad.name", "--from", ".l2o/zoo/t1")
     assert out.returncode == 2 and "invalid zoo entry name" in out.stderr
+    out = _l2o(zoo_project, mirror, "zoo", "train", "t1", "--params", PARAMS_FILE, "--resume", "--set", "seed=5")
+    assert out.returncode == 2 and "other seed / meta_train params" in out.stderr, out.stderr
+    assert json.loads((zoo_project / ".l2o/zoo/t1/zoo_train.json").read_text())["params"]["seed"] == 0  # untouched
     no_ckpt = PARAMS.replace("  checkpoint_every: 2\n", "")
     (zoo_project / "params/zoo/nockpt.yaml").write_text(no_ckpt)
     out = _l2o(zoo_project, mirror, "zoo", "train", "t3", "--params", "params/zoo/nockpt.yaml")
