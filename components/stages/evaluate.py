@@ -17,6 +17,12 @@ per claim of the papers); this module reads files, runs the training programs an
   part is tuned): the hand-designed part of HUB, LGL2O and GL2O is the calibrate stage's guard at
   the rate it chose on meta-training tasks, under the selection rule of each comparison -- so no
   method of the family is tuned on the evaluation tasks.
+* **The zoo** (``evaluate.zoo``, empty by default): each pretrained entry of ``models/zoo`` (``l2o zoo``) joins
+  the learned family untuned and not re-trained, alone (``zoo.<entry>``), in HUB (``zoo.<entry>.hub``) and
+  under LGL2O (``zoo.<entry>.lgl2o``) with the same guard. *Inferred*: its "beats all" share counts the tuned
+  baselines and its own family, as the fresh optimizer's does, so adding entries leaves the papers' claims about
+  the fresh family as they were; the report ranks every learned optimizer by speedup
+  (:mod:`components.reporting.ranking`). ``evaluation.json`` records each entry's lineage (``zoo_entries``).
 * **Baselines** (``evaluate.baselines``, Celo's protocol): each runs over the whole
   ``evaluate.lr_grid`` and ``num_seeds`` seeds in *one* compiled program (``vmap`` over rates and
   seeds, ``lax.scan`` over steps); Adam's grid runs ``adam_horizon_multiplier`` (m) x ``T`` steps, the

@@ -206,9 +206,11 @@ def test_registered_in_mlflow_on_first_use_only(zoo_project, monkeypatch, tmp_pa
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_evaluate_stage_runs_a_zoo_entry_beside_the_fresh_optimizer(zoo_project, mirror):
+def test_evaluate_stage_runs_a_zoo_entry_beside_the_fresh_optimizer(zoo_project, mirror, monkeypatch, tmp_path):
     from components.stages import evaluate
     from flows.params_io import load_params
+    from flows.stage_exec import execute_stage
+    from flows.tracking import Tracker
 
     root = zoo_project
     ws = root / ".l2o/zoo/t1"
@@ -220,7 +222,12 @@ def test_evaluate_stage_runs_a_zoo_entry_beside_the_fresh_optimizer(zoo_project,
     params = load_params(root / PARAMS_FILE, ["evaluate.zoo=[t1]"])
     assert params.model_dump(mode="json")["evaluate"]["zoo"] == ["t1"]
     assert "zoo" not in load_params(root / PARAMS_FILE).model_dump(mode="json")["evaluate"]  # empty: not dumped
-    evaluate.run(params, root)
+    # through the orchestration's stage runner (what `l2o stage evaluate` / `l2o run` call), with a fresh MLflow store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker = Tracker(root, "zoo-eval-test")
+    result = execute_stage("evaluate", params, root, tracker=tracker, param_keys=["evaluate"], resume=False)
+    tags = tracker.client.get_run(result.tags["mlflow_run_id"]).data.tags
+    assert tags["l2o.zoo.t1"] == "models:/zoo-t1/1"  # registered on first use
     doc = json.loads((root / "metrics/evaluation.json").read_text())
     assert doc["optimizers"]["zoo.t1"] == "learned" and doc["optimizers"]["zoo.t1.hub"] == "hybrid"
     assert doc["optimizers"]["zoo.t1.lgl2o"] == "safeguarded"
