@@ -173,6 +173,11 @@ def execute_stage(
         uri = log_learned_optimizer(run_id, root / result.model_dir, result.tags["registered_name"])
         tracker.set_tags(run_id, {"l2o.model_uri": uri})
         log(f"{name}: registered learned optimizer {result.tags['registered_name']!r} ({uri})")
+    zoo_entries = params.evaluate.zoo if name == "evaluate" else []
+    if zoo_entries:  # zoo entries are registered in MLflow the first time the pipeline uses them
+        from flows import zoo  # noqa: PLC0415
+
+        tracker.set_tags(run_id, {f"l2o.zoo.{e}": zoo.register(root, e, log=log) for e in zoo_entries})
     tracker.finish(run_id)
     result.tags["mlflow_run_id"] = run_id
     return result

@@ -24,6 +24,7 @@ PROJECT_FILES = [
     "uv.lock",
     "prefect.yaml",
     ".gitignore",
+    "models/zoo/index.json",  # the zoo's git part: evaluate depends on models/zoo (no entries in a copy)
 ]
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -64,6 +65,7 @@ def make_project_copy(dest: Path, mirror: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in PROJECT_FILES:
         src = REPO / name
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=ignore)
         else:

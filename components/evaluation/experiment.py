@@ -50,6 +50,10 @@ __all__ = [
     "SAFEGUARDS",
     "LONG",
     "VARIANTS",
+    "ZOO_METHODS",
+    "base_method",
+    "zoo_method_names",
+    "family_variants",
     "ProtocolConfig",
     "TaskEvaluation",
     "learned_family",
@@ -70,6 +74,50 @@ SAFEGUARDS = ("lgl2o", "gl2o")
 LONG = ("learned", "hub", "lgl2o", "gl2o")
 # not each other's competitors in "beats all"
 VARIANTS = {"hub": ("hub_inverted",), "hub_inverted": ("hub",)}
+# what a zoo entry is evaluated as beside the fresh learned optimizer: alone, in HUB, under LGL2O (issue 19 item 5)
+ZOO_METHODS = ("learned", "hub", "lgl2o")
+_ZOO = "zoo"
+
+
+def zoo_method_names(entries, methods=tuple(LEARNED_KINDS)) -> list[str]:
+    """The optimizer names of zoo ``entries``: ``zoo.<entry>`` (alone), ``zoo.<entry>.hub``, ``zoo.<entry>.lgl2o``.
+
+    Only the :data:`ZOO_METHODS` also in ``methods`` (so a run without HUB evaluates no zoo HUB either).
+    Entry names hold no ``.`` (:data:`components.optimizers.zoo.NAME_PATTERN`), so names parse back.
+    """
+    return [
+        f"{_ZOO}.{e}" if m == "learned" else f"{_ZOO}.{e}.{m}" for e in entries for m in ZOO_METHODS if m in methods
+    ]
+
+
+def base_method(name: str) -> str | None:
+    """The method of the learned family an optimizer name is (``zoo.x.hub`` -> ``hub``), ``None`` for baselines."""
+    if name in LEARNED_KINDS:
+        return name
+    parts = name.split(".")
+    if parts[0] == _ZOO and len(parts) == 2 and parts[1]:
+        return "learned"
+    if parts[0] == _ZOO and len(parts) == 3 and parts[1] and parts[2] in LEARNED_KINDS:
+        return parts[2]
+    return None
+
+
+def _family_of(name: str) -> str:
+    return name.split(".")[1] if name.startswith(f"{_ZOO}.") else ""
+
+
+def family_variants(names) -> dict[str, tuple[str, ...]]:
+    """ "Beats all" non-competitors: :data:`VARIANTS`, and the members of *other* learned families (the fresh
+    one, each zoo entry's), so adding zoo entries leaves the fresh family's "beats all" as the papers define it:
+    against the tuned baselines and its own family. The ranking of every learned optimizer is by speedup."""
+    learned = [o for o in names if base_method(o) is not None]
+    out = {}
+    for o in learned:
+        others = tuple(p for p in learned if _family_of(p) != _family_of(o))
+        own = tuple(f"{_ZOO}.{_family_of(o)}.{v}" if _family_of(o) else v for v in VARIANTS.get(base_method(o), ()))
+        if others or own:
+            out[o] = (*own, *others)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +134,11 @@ class ProtocolConfig:
     methods: tuple[str, ...] = tuple(LEARNED_KINDS)
 
     def __post_init__(self):
-        unknown = [o for o in self.methods if o not in LEARNED_KINDS]
+        unknown = [o for o in self.methods if base_method(o) is None]
         if unknown or "learned" not in self.methods:
             raise ValueError(
-                f"methods must include 'learned' and be among {list(LEARNED_KINDS)}, got {list(self.methods)}"
+                f"methods must include 'learned' and be among {list(LEARNED_KINDS)} (or zoo method names,"
+                f" zoo_method_names), got {list(self.methods)}"
             )
 
 
@@ -165,7 +214,7 @@ class _Trained:
         """Optimizer ``o``'s runs at the rate of ``rule``, cut to ``T`` steps and ``E + 1`` evaluation points."""
         if o in self.grids:
             return _pick(self.grids[o], self.tuned[o][rule].index, T, E + 1)
-        if o == "learned":
+        if base_method(o) == "learned":
             return _pick(self.runs[o], 0, T, E + 1)
         return _pick(self.runs[o], self.at[rule], T, E + 1)
 
@@ -214,7 +263,9 @@ def _train_all(task, train, sets, keys, cfg: ProtocolConfig, family, guard: str,
     rates = {r: float(guard_rates[r]) for r in RULES}
     unique = sorted(set(rates.values()))
     at = {r: unique.index(rates[r]) for r in RULES}
-    runs = {o: curves(f, [0.0] if o == "learned" else unique) for o, f in family(T).items() if o in cfg.methods}
+    runs = {
+        o: curves(f, [0.0] if base_method(o) == "learned" else unique) for o, f in family(T).items() if o in cfg.methods
+    }
     if guard in grids and all(any(math.isclose(u, lr, rel_tol=1e-6) for lr in lrs) for u in unique):
         idx = [next(i for i, lr in enumerate(lrs) if math.isclose(u, lr, rel_tol=1e-6)) for u in unique]
         runs["guard"] = {kk: v[np.asarray(idx)] for kk, v in grids[guard].items()}
@@ -223,9 +274,15 @@ def _train_all(task, train, sets, keys, cfg: ProtocolConfig, family, guard: str,
     long_runs = {}
     if k > 1:
         long_f = family(k * T)
-        for o in (o for o in LONG if o in cfg.methods):
-            long_runs[o] = curves(long_f[o], [0.0] if o == "learned" else [rates["train"]], k)
+        for o in _long_methods(cfg.methods):
+            long_runs[o] = curves(long_f[o], [0.0] if base_method(o) == "learned" else [rates["train"]], k)
     return _Trained(grids, tuned, runs, long_runs, rates, at, time.perf_counter() - t0)
+
+
+def _long_methods(methods) -> list[str]:
+    """The methods run at k x the horizon: :data:`LONG` (in its order), then the zoo entries' of :data:`LONG`."""
+    zoo = [o for o in methods if o not in LEARNED_KINDS and base_method(o) in LONG]
+    return [*(o for o in LONG if o in methods), *zoo]
 
 
 def _rule_rows(tr: _Trained, cfg: ProtocolConfig, names: list[str], metric_keys: list[str]) -> tuple[dict, dict]:
@@ -266,9 +323,9 @@ def _long_rows(tr: _Trained, cfg: ProtocolConfig) -> dict:
     for o in tr.long_runs:
         rr = _pick(tr.long_runs[o], 0)
         long_rows[o] = train_rule_row(rr["batch_loss"], adam_grid, long_seeds, smoothing=cfg.smoothing)
-        if o in SAFEGUARDS:
+        if base_method(o) in SAFEGUARDS:
             long_rows[o]["fallback_fraction"] = summarize_runs(rr["fallback"])
-        if o != "learned":
+        if base_method(o) != "learned":
             long_rows[o]["learning_rate"] = tr.rates["train"]
     return long_rows
 
@@ -343,10 +400,10 @@ def _annotate(row: dict, o: str, run: dict, rule: str, tuned: dict, rates: dict)
     if o in tuned:
         row["learning_rate"] = tuned[o][rule].learning_rate
         row["lr_at_grid_edge"] = tuned[o][rule].at_edge
-    elif o != "learned":
+    elif base_method(o) != "learned":
         row["learning_rate"] = rates[rule]
     row["rule"] = rule
-    if o in SAFEGUARDS:
+    if base_method(o) in SAFEGUARDS:
         row["fallback_fraction"] = summarize_runs(run["fallback"])
     if "hand_share" in run:  # HUB: mean share of the L1 mass of the step that came from the hand optimizer
         row["hand_share"] = summarize_runs(run["hand_share"])

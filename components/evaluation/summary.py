@@ -10,13 +10,19 @@ import math
 
 from components.evaluation.aggregate import aggregate_long, aggregate_train, aggregate_validation
 from components.evaluation.claims import claims
-from components.evaluation.experiment import LONG, REFERENCE, VARIANTS
+from components.evaluation.experiment import LEARNED_KINDS, LONG, REFERENCE, VARIANTS, base_method
 
 __all__ = ["aggregate_all", "headline", "flat_numbers"]
 
 
-def aggregate_all(summaries: dict[str, dict], names: list[str], *, n_resamples: int = 2000, seed: int = 0) -> dict:
+def aggregate_all(
+    summaries: dict[str, dict], names: list[str], *, n_resamples: int = 2000, seed: int = 0, variants=None
+) -> dict:
     """Across tasks under each rule (:mod:`components.evaluation.aggregate`), by distribution, and the claim tables.
+
+    ``variants`` (default :data:`~components.evaluation.experiment.VARIANTS`) are the "beats all"
+    non-competitors; with zoo entries the stage passes
+    :func:`~components.evaluation.experiment.family_variants`.
 
     Returns:
       ``train`` / ``validation`` / ``long`` (per optimizer), ``by_distribution``
@@ -24,14 +30,15 @@ def aggregate_all(summaries: dict[str, dict], names: list[str], *, n_resamples: 
       ``None`` when a group is empty) and ``claims`` (:func:`components.evaluation.claims.claims`).
     """
     ci = dict(n_resamples=n_resamples, seed=seed)
+    variants = VARIANTS if variants is None else variants
 
     def both(tasks):
         tr = {t: summaries[t]["train"] for t in tasks}
         va = {t: summaries[t]["validation"] for t in tasks}
         return {
             "tasks": list(tasks),
-            "train": aggregate_train(tr, names, reference=REFERENCE, variants=VARIANTS, **ci),
-            "validation": aggregate_validation(va, names, reference=REFERENCE, variants=VARIANTS),
+            "train": aggregate_train(tr, names, reference=REFERENCE, variants=variants, **ci),
+            "validation": aggregate_validation(va, names, reference=REFERENCE, variants=variants),
         }
 
     tasks = list(summaries)
@@ -39,7 +46,16 @@ def aggregate_all(summaries: dict[str, dict], names: list[str], *, n_resamples: 
     del out["tasks"]
     long = {t: s["long"] for t, s in summaries.items() if s.get("long")}
     out["long"] = (
-        aggregate_long(long, [REFERENCE, *(o for o in LONG if o in names)], reference=REFERENCE, **ci)
+        aggregate_long(
+            long,
+            [
+                REFERENCE,
+                *(o for o in LONG if o in names),
+                *(o for o in names if o not in LEARNED_KINDS and base_method(o) in LONG),  # zoo entries
+            ],
+            reference=REFERENCE,
+            **ci,
+        )
         if len(long) == len(tasks)
         else None
     )

@@ -13,7 +13,8 @@ reader never sees a half-written checkpoint. :func:`load` rebuilds the learned o
 ``init_meta_params`` template; it returns a :class:`TrainedOptimizer` (the learned optimizer, its
 meta-parameters and the config) whose ``make(num_steps=…)`` is the ready optax transformation.
 
-``load`` reads a local directory (or a ``file:`` URI) and nothing else: the library never reaches
+``load`` reads a local directory (or a ``file:`` URI, or ``zoo:<name>``: the entry
+``models/zoo/<name>`` of the zoo, :mod:`~.zoo`) and nothing else: the library never reaches
 the pipeline's MLflow registry. The pipeline resolves a registered model name
 (``models:/<name>/<version>``) to its directory first (``flows.mlflow_models.resolve_checkpoint``).
 
@@ -39,7 +40,7 @@ import jax
 import numpy as np
 import optax
 
-from components.optimizers import registry
+from components.optimizers import registry, zoo
 
 __all__ = ["CONFIG_FILE", "FORMAT_VERSION", "WEIGHTS_FILE", "TrainedOptimizer", "load", "save"]
 
@@ -182,9 +183,11 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-def _directory(path_or_uri: str | os.PathLike) -> Path:
-    """The local directory of a path or a ``file:`` URI."""
+def _directory(path_or_uri: str | os.PathLike, zoo_dir: str | os.PathLike | None = None) -> Path:
+    """The local directory of a path, a ``file:`` URI or a ``zoo:<name>`` entry."""
     text = str(os.fspath(path_or_uri))
+    if text.startswith(zoo.ZOO_PREFIX):
+        return zoo.entry_dir(text, zoo_dir)
     if text.startswith("file:"):
         return Path(unquote(urlparse(text).path))
     if text.startswith("models:") or "://" in text:
@@ -197,11 +200,13 @@ def _directory(path_or_uri: str | os.PathLike) -> Path:
     return Path(text)
 
 
-def load(path_or_uri: str | os.PathLike) -> TrainedOptimizer:
+def load(path_or_uri: str | os.PathLike, *, zoo_dir: str | os.PathLike | None = None) -> TrainedOptimizer:
     """Reads a checkpoint directory.
 
     Args:
-      path_or_uri: the checkpoint directory (a path or a ``file:`` URI), as written by :func:`save`.
+      path_or_uri: the checkpoint directory (a path or a ``file:`` URI), as written by :func:`save`, or
+        ``"zoo:<name>"``: the zoo entry ``<name>`` (:func:`components.optimizers.zoo.entry_dir`).
+      zoo_dir: the zoo folder for ``zoo:`` names (default: ``models/zoo`` of this repository).
 
     Returns:
       A :class:`TrainedOptimizer`: the rebuilt learned optimizer, its meta-parameters (a pytree of
@@ -209,11 +214,12 @@ def load(path_or_uri: str | os.PathLike) -> TrainedOptimizer:
       parsed ``config.json``; ``.make(num_steps=…)`` gives the optax transformation.
 
     Raises:
-      FileNotFoundError: if the directory or one of its files is missing, or ``path_or_uri`` is a
-        registered-model reference (the pipeline resolves those to directories first).
+      FileNotFoundError: if the directory or one of its files is missing, ``path_or_uri`` is a
+        registered-model reference (the pipeline resolves those to directories first), or a ``zoo:``
+        name the zoo does not hold (the message lists the entries).
       ValueError: if the files are corrupted or the weights do not match the architecture.
     """
-    path = _directory(path_or_uri)
+    path = _directory(path_or_uri, zoo_dir)
     if not path.is_dir():
         raise FileNotFoundError(
             f"{str(path_or_uri)!r} is not a learned-optimizer checkpoint directory. Pass the directory written by "

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from components.reporting.cells import DASH, escape, figure
 from components.reporting.plots import display_order
+from components.reporting.ranking import ranking_section
 from components.reporting.summary_sections import (
     claims_section,
     distribution_section,
@@ -110,11 +111,12 @@ def _verdicts(agg: Mapping, ours: list[str], labels: Mapping, k: int) -> str:
     )
 
 
-def _nav(claims: str, stability: str, tuning: str) -> str:
+def _nav(claims: str, stability: str, tuning: str, ranking: str = "") -> str:
     """The page's table of contents (sections the run has no content for are left out)."""
     sections = [
         ("provenance", "Provenance"),
         ("headline", "Headline"),
+        *([("ranking", "Ranking")] if ranking else []),
         *([("claims", "Paper claims")] if claims else []),
         ("distribution", "In / out of distribution"),
         *([("stability", "Stability")] if stability else []),
@@ -217,19 +219,20 @@ def render_report(
     claims = claims_section(evaluation, names, colors, labels)
     tuning = lr_tuning_section(evaluation, [o for o in names if kinds.get(o) == "baseline"], colors, labels)
     figs = _summary_figures(figures)
+    ranking = ranking_section(evaluation, colors, labels)  # "" without zoo entries
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,"><title>{escape(title)}</title><style>{_CSS}</style></head><body>
 <header><h1>{escape(title)}</h1>
 {protocol_lede(evaluation, (params.get("evaluate") or {}).get("smoothing"))}
-{_nav(claims, stability, tuning)}</header>
+{_nav(claims, stability, tuning, ranking)}</header>
 <main>
 <h2 id=provenance>Provenance</h2>
 {provenance_list(evaluation, provenance)}
 <h2 id=headline>Headline: learned optimizers vs tuned baselines</h2>
 <ul class=verdict>{verdicts}</ul>
 {headline_tables(evaluation, names, colors, labels)}
-{DEFINITIONS}
+{ranking}{DEFINITIONS}
 {figs["aggregate"]}
 {figs["profile"]}
 {figs["algoperf"]}

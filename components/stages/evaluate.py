@@ -17,6 +17,12 @@ per claim of the papers); this module reads files, runs the training programs an
   part is tuned): the hand-designed part of HUB, LGL2O and GL2O is the calibrate stage's guard at
   the rate it chose on meta-training tasks, under the selection rule of each comparison -- so no
   method of the family is tuned on the evaluation tasks.
+* **The zoo** (``evaluate.zoo``, empty by default): each pretrained entry of ``models/zoo`` (``l2o zoo``) joins
+  the learned family untuned and not re-trained, alone (``zoo.<entry>``), in HUB (``zoo.<entry>.hub``) and
+  under LGL2O (``zoo.<entry>.lgl2o``) with the same guard. *Inferred*: its "beats all" share counts the tuned
+  baselines and its own family, as the fresh optimizer's does, so adding entries leaves the papers' claims about
+  the fresh family as they were; the report ranks every learned optimizer by speedup
+  (:mod:`components.reporting.ranking`). ``evaluation.json`` records each entry's lineage (``zoo_entries``).
 * **Baselines** (``evaluate.baselines``, Celo's protocol): each runs over the whole
   ``evaluate.lr_grid`` and ``num_seeds`` seeds in *one* compiled program (``vmap`` over rates and
   seeds, ``lax.scan`` over steps); Adam's grid runs ``adam_horizon_multiplier`` (m) x ``T`` steps, the
@@ -56,19 +62,32 @@ import numpy as np
 
 from components.evaluation.experiment import (
     LEARNED_KINDS,
+    ZOO_METHODS,
     ProtocolConfig,
     TaskEvaluation,
+    base_method,
     evaluate_on_task,
+    family_variants,
     learned_family,
+    zoo_method_names,
 )
 from components.evaluation.protocol import RULES, finite_or_none
 from components.evaluation.summary import aggregate_all, flat_numbers, headline
 from components.optimizers import load
-from components.stages.common import StageContext, StageResult, atomic_write_json, load_prepared
+from components.optimizers.zoo import entry_dir
+from components.stages.common import StageContext, StageResult, atomic_write_json, load_prepared, sha256_file
 from components.stages.distribution import task_relations
 from components.stages.inputs import load_pretrained
 from components.stages.params import PipelineParams, params_hash
-from components.stages.paths import CURVES_DIR, EVAL_METRICS, EVAL_PLOTS_DIR, HEADLINE, MODEL_DIR, SAFEGUARD
+from components.stages.paths import (
+    CURVES_DIR,
+    EVAL_METRICS,
+    EVAL_PLOTS_DIR,
+    HEADLINE,
+    MODEL_DIR,
+    SAFEGUARD,
+    ZOO_DIR,
+)
 from components.tasks.language import token_bounds, token_windows
 from components.tasks.spec import dataset_info, eval_sets, make_task, task_data
 from components.tasks.suite import get_spec
@@ -85,13 +104,23 @@ __all__ = [
 VERSION = "3"
 
 
+def zoo_names(params: PipelineParams) -> list[str]:
+    """The optimizer names of ``evaluate.zoo``'s entries (``zoo.<entry>``, ``zoo.<entry>.hub``, ...)."""
+    return zoo_method_names(params.evaluate.zoo, params.evaluate.methods)
+
+
+def learned_names(params: PipelineParams) -> list[str]:
+    """The fresh learned family, then every zoo entry's."""
+    return [*params.evaluate.methods, *zoo_names(params)]
+
+
 def optimizer_names(params: PipelineParams) -> list[str]:
-    """Every optimizer the stage evaluates: the learned family, then the baselines in params order."""
-    return [*params.evaluate.methods, *params.evaluate.baselines]
+    """Every optimizer the stage evaluates: the learned family, the zoo entries', then the baselines in params order."""
+    return [*learned_names(params), *params.evaluate.baselines]
 
 
 def kind_of(o: str) -> str:
-    return LEARNED_KINDS.get(o, "baseline")
+    return LEARNED_KINDS.get(base_method(o) or "", "baseline")
 
 
 def task_setup(params: PipelineParams, root: Path, name: str):
@@ -147,10 +176,11 @@ def evaluate_job(job: EvalJob) -> dict:
     """Evaluate one task from the files of the project at ``job.root`` (what a runner executes)."""
     root = Path(job.root)
     lopt, meta_params, _ = load(root / MODEL_DIR)
+    zoo = {e: load(f"zoo:{e}", zoo_dir=root / ZOO_DIR) for e in job.params.evaluate.zoo}
     safeguard = json.loads((root / SAFEGUARD).read_text())
     relation = task_relations(job.params).get(job.task)
     print(f"evaluate: {job.task}: started", flush=True)  # in the worker's output: progress while tasks run
-    result = evaluate_task(job.params, root, job.task, lopt, meta_params, safeguard, relation)
+    result = evaluate_task(job.params, root, job.task, lopt, meta_params, safeguard, relation, zoo=zoo)
     print(f"evaluate: {job.task}: done in {result.seconds:.0f}s", flush=True)
     return dataclasses.asdict(result)
 
@@ -171,19 +201,40 @@ def protocol_config(params: PipelineParams, name: str) -> ProtocolConfig:
         horizon_multiplier=ev.horizon_multiplier,
         adam_horizon_multiplier=ev.adam_horizon_multiplier,
         smoothing=ev.smoothing,
-        methods=tuple(ev.methods),
+        methods=tuple(learned_names(params)),
     )
 
 
 def evaluate_task(
-    params: PipelineParams, root: Path, name: str, lopt, meta_params, safeguard: dict, relation: dict | None = None
+    params: PipelineParams,
+    root: Path,
+    name: str,
+    lopt,
+    meta_params,
+    safeguard: dict,
+    relation: dict | None = None,
+    *,
+    zoo: dict | None = None,
 ) -> TaskEvaluation:
-    """Task ``name`` with its data from ``root``, through :func:`components.evaluation.experiment.evaluate_on_task`."""
+    """Task ``name`` with its data from ``root``, through :func:`components.evaluation.experiment.evaluate_on_task`.
+
+    ``zoo`` maps zoo entry names to their loaded checkpoints (``TrainedOptimizer``); each joins the learned
+    family as ``zoo.<entry>`` (alone), ``zoo.<entry>.hub`` and ``zoo.<entry>.lgl2o``, with the same guard.
+    """
     task, train, sets, _ = task_setup(params, root, name)
     keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(params.seed), 2), params.evaluate.num_seeds)
-    family = learned_family(
-        lambda n: lopt.make(meta_params, num_steps=n), safeguard["guard"], safeguard.get("loss_batch", "same")
-    )
+    guard, loss_batch = safeguard["guard"], safeguard.get("loss_batch", "same")
+    fresh = learned_family(lambda n: lopt.make(meta_params, num_steps=n), guard, loss_batch)
+    entries = {e: learned_family(lambda n, t=t: t.make(num_steps=n), guard, loss_batch) for e, t in (zoo or {}).items()}
+
+    def family(num_steps: int) -> dict:
+        out = fresh(num_steps)
+        for e, fam in entries.items():
+            members = fam(num_steps)
+            for m in ZOO_METHODS:
+                out[zoo_method_names([e], (m,))[0]] = members[m]
+        return out
+
     return evaluate_on_task(
         name,
         task,
@@ -208,10 +259,29 @@ _RULES_DOC = {
 }
 
 
-def _document(params: PipelineParams, results: list[dict], names: list[str], agg: dict) -> dict:
-    """``metrics/evaluation.json``: the per-task summaries, the aggregates and the protocol's settings."""
+def _zoo_entries(params: PipelineParams, root: Path) -> dict:
+    """Per zoo entry of ``evaluate.zoo``: its architecture, weights hash and meta-training budget (lineage)."""
+    out = {}
+    for entry in params.evaluate.zoo:
+        path = entry_dir(entry, root / ZOO_DIR)
+        config = json.loads((path / "config.json").read_text())
+        z = config.get("zoo") or {}
+        keep = ("outer_steps_done", "outer_steps_planned", "complete", "wall_time_seconds", "device", "git_commit")
+        out[entry] = {
+            "architecture": config["architecture"],
+            "weights_sha256": sha256_file(path / "weights.safetensors"),
+            **{k: z.get(k) for k in keep},
+        }
+    return out
+
+
+def _document(params: PipelineParams, results: list[dict], names: list[str], agg: dict, root: Path) -> dict:
+    """``metrics/evaluation.json``: the per-task summaries, the aggregates and the protocol's settings (and, only
+    with ``evaluate.zoo``, the zoo entries' lineage under ``zoo_entries``)."""
     ev = params.evaluate
+    zoo = {"zoo_entries": _zoo_entries(params, root)} if ev.zoo else {}
     return {
+        **zoo,
         "optimizers": {o: kind_of(o) for o in names},
         "optimizer_order": names,  # display order (the file's keys are sorted)
         "baselines": list(ev.baselines),
@@ -303,6 +373,8 @@ def run(params: PipelineParams, root: Path, context: StageContext | None = None)
         if not needed.exists():
             raise FileNotFoundError(f"{needed} not found: run the meta_train and calibrate stages first (`l2o run`)")
     ev = params.evaluate
+    for entry in ev.zoo:  # before any task runs: an unknown entry fails at once, listing the zoo
+        entry_dir(entry, root / ZOO_DIR)
     jobs = [EvalJob(params, str(root.resolve()), name) for name in ev.tasks]
     results = context.map_fn(evaluate_job, jobs)
     names = optimizer_names(params)
@@ -310,11 +382,12 @@ def run(params: PipelineParams, root: Path, context: StageContext | None = None)
         context.log(r["line"])
     _write_task_files(root, results, names, ev.tasks)
     summaries = {r["name"]: r["summary"] for r in results}
-    agg = aggregate_all(summaries, names, n_resamples=ev.bootstrap_samples, seed=params.seed)
-    atomic_write_json(root / EVAL_METRICS, _document(params, results, names, agg))
+    variants = family_variants(names) if ev.zoo else None  # no zoo: the papers' VARIANTS, as before
+    agg = aggregate_all(summaries, names, n_resamples=ev.bootstrap_samples, seed=params.seed, variants=variants)
+    atomic_write_json(root / EVAL_METRICS, _document(params, results, names, agg, root))
     atomic_write_json(root / HEADLINE, headline(agg))
     metrics = {"seconds": time.perf_counter() - t0, **_tracked_metrics(results, names, agg)}
-    context.log(_headline_line(agg, ev.methods))
+    context.log(_headline_line(agg, learned_names(params)))
     return StageResult(
         stage="evaluate",
         version=VERSION,

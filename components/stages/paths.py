@@ -14,6 +14,7 @@ path                    written by      what
 ``META_METRICS``        meta_train      summary metrics
 ``META_PLOT``           meta_train      the meta-loss curve for ``dvc plots``
 ``SAFEGUARD``           calibrate       the guard and its learning rate per selection rule
+``ZOO_DIR``             l2o zoo add     pretrained learned optimizers, ``<name>/`` (an input of evaluate)
 ``EVAL_METRICS``        evaluate        per-task results, aggregates, claim tables
 ``HEADLINE``            evaluate        the flat headline numbers (``dvc metrics``)
 ``CURVES_DIR``          evaluate        ``<task>.json`` learning curves
@@ -35,6 +36,7 @@ __all__ = [
     "META_METRICS",
     "META_PLOT",
     "SAFEGUARD",
+    "ZOO_DIR",
     "EVAL_METRICS",
     "HEADLINE",
     "CURVES_DIR",
@@ -52,6 +54,7 @@ CHECKPOINT_DIR = Path("checkpoints/meta_train")
 META_METRICS = Path("metrics/meta_train.json")
 META_PLOT = Path("plots/meta_train.json")
 SAFEGUARD = Path("models/safeguard.json")
+ZOO_DIR = Path("models/zoo")  # = components.optimizers.zoo.ZOO_SUBDIR
 EVAL_METRICS = Path("metrics/evaluation.json")
 HEADLINE = Path("metrics/headline.json")
 CURVES_DIR = Path("metrics/curves")

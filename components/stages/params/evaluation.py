@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, model_serializer, model_validator
 
 from components.stages.params.common import EvalTaskName, LogGrid, SuiteName, _check_optimizer, _Section
 
@@ -81,6 +81,11 @@ class EvaluateParams(_Section):
         description="the seed papers' methods built from the trained learned optimizer (untuned): the learned"
         " optimizer alone, HUB and inverted HUB, LGL2O and GL2O with the calibrated guard; must include learned",
     )
+    zoo: list[str] = Field(
+        default=[],
+        description="zoo entries (models/zoo/<name>, `l2o zoo`) evaluated beside the freshly trained optimizer,"
+        " untuned and not re-trained, each alone, in HUB and under LGL2O (those of `methods`); empty: none",
+    )
     num_steps: PositiveInt | None = Field(default=None, description="training steps of every task (unset: its own)")
     horizon_multiplier: PositiveInt = Field(
         default=1, description="k: also train k x each task's horizon (1: no long-horizon runs)"
@@ -108,6 +113,15 @@ class EvaluateParams(_Section):
     smoothing: float = Field(default=0.95, ge=0.0, lt=1.0, description="EMA for the speedup metric")
     bootstrap_samples: PositiveInt = Field(default=2000, description="stratified bootstrap resamples for the CIs")
     runner: RunnerParams = RunnerParams()
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_zoo(self, handler):
+        # an empty zoo is left out of dumps, so params.yaml, params hashes and every output recording them stay
+        # exactly what they were before the zoo existed (the committed default experiment is byte-identical)
+        data = handler(self)
+        if not self.zoo:
+            data.pop("zoo", None)
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -146,6 +160,12 @@ class EvaluateParams(_Section):
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baselines {unknown}: choose from {sorted(BASELINES)} (`l2o optimizers`)")
+        from components.optimizers.zoo import check_name  # noqa: PLC0415
+
+        for entry in self.zoo:
+            check_name(entry)
+        if len(set(self.zoo)) != len(self.zoo):
+            raise ValueError(f"zoo entries must be unique, got {self.zoo}")
         if len(set(self.baselines)) != len(self.baselines):
             raise ValueError(f"baselines must be unique, got {self.baselines}")
         if "learned" not in self.methods or len(set(self.methods)) != len(self.methods):
