@@ -183,56 +183,9 @@ def newton_schulz(x: jax.Array, coeffs: Sequence[float] = NS_COEFFS, steps: int 
     return y if wide else jnp.swapaxes(y, -2, -1)
 
 
-def celo2_feature_groups(
-    param: jax.Array,
-    grad: jax.Array,
-    momentum: Sequence[jax.Array],
-    rms: Sequence[jax.Array],
-    fac_g: Sequence[jax.Array],
-    factored: F.FactoredAccumulator,
-) -> list[list[jax.Array]]:
-    """Celo2's un-normalised feature channels of one tensor, in the reference's groups.
-
-    Args:
-      param: the parameter tensor.
-      grad: its ±1000-clipped gradient.
-      momentum, rms, fac_g, factored: the accumulators updated with ``grad`` and the Adafactor-
-        preconditioned gradients (:func:`.features.update_accumulators`).
-
-    Returns:
-      9 groups for a tensor with < 2 axes, 14 for a matrix (see the module docstring); each channel
-      broadcastable to ``param.shape``.
-    """
-    dtype = F.accumulator_dtype(param.dtype)
-    g = grad.astype(dtype)
-    p = param.astype(dtype)
-    rsqrt_v = [jax.lax.rsqrt(v + 1e-8) for v in rms]
-    groups = [
-        [g],
-        [jnp.clip(g, -0.1, 0.1)],
-        [p],
-        list(momentum),
-        list(rms),
-        [m * r for m, r in F.pair_decays(momentum, rsqrt_v, "momentum and RMS accumulators")],
-        rsqrt_v,
-        list(fac_g),
-        [g * r for r in rsqrt_v],
-    ]
-    dims = F.factored_dims(param.shape)
-    if dims is None:
-        return groups
-    d1, d0 = dims
-    rows = [jnp.expand_dims(r, d0) for r in factored.v_row]
-    cols = [jnp.expand_dims(c, d1) for c in factored.v_col]
-    factors = [F.factored_preconditioner(r, c, dims) for r, c in zip(factored.v_row, factored.v_col, strict=True)]
-    pairs = F.pair_decays(momentum, factors, "momentum and Adafactor accumulators")
-    return groups + [
-        rows,
-        cols,
-        [jax.lax.rsqrt(r + 1e-8) for r in rows],
-        [jax.lax.rsqrt(c + 1e-8) for c in cols],
-        [m * rf * cf for m, (rf, cf) in pairs],
-    ]
+# Celo2's un-normalised feature channels of one tensor, in the reference's groups (Celo's, with
+# rsqrt(rms + 1e-8) and only the first 9 groups for tensors with < 2 axes): see the module docstring
+celo2_feature_groups = functools.partial(V.hyper_feature_groups, rms_eps=1e-8, vector_groups=False)
 
 
 def celo2_features(*args) -> list[jax.Array]:

@@ -122,8 +122,15 @@ def hyper_feature_groups(
     rms: Sequence[jax.Array],
     fac_g: Sequence[jax.Array],
     factored: F.FactoredAccumulator,
+    *,
+    rms_eps: float = 1e-6,
+    vector_groups: bool = True,
 ) -> list[list[jax.Array]]:
     """The un-normalised feature channels of one tensor, grouped as the reference's first layer.
+
+    ``rms_eps`` is the ε of ``rsqrt(rms + ε)`` (Celo / AdafacMLP: 1e-6; Celo2: 1e-8); with
+    ``vector_groups=False`` a tensor with < 2 axes gets only the first 9 groups (Celo2) instead of
+    the ``v_diag`` stand-ins for the row/column groups.
 
     Args:
       param: the parameter tensor.
@@ -143,7 +150,7 @@ def hyper_feature_groups(
     dtype = F.accumulator_dtype(param.dtype)
     g = grad.astype(dtype)
     p = param.astype(dtype)
-    rsqrt_rms = [jax.lax.rsqrt(v + 1e-6) for v in rms]
+    rsqrt_rms = [jax.lax.rsqrt(v + rms_eps) for v in rms]
     groups = [
         [g],
         [jnp.clip(g, -0.1, 0.1)],
@@ -156,6 +163,8 @@ def hyper_feature_groups(
         [g * r for r in rsqrt_rms],
     ]
     dims = F.factored_dims(param.shape)
+    if dims is None and not vector_groups:
+        return groups
     if dims is None:
         v = list(factored.v_full)
         inv = [jax.lax.rsqrt(x + 1e-8) for x in v]
