@@ -7,7 +7,7 @@ data hashes, meta-training curves, outer steps done of planned, wall time, devic
 reads one like any checkpoint, so a zoo optimizer drops into a plain optax loop::
 
     from components.optimizers import load
-    opt = load("zoo:small_fc_mnist").make(num_steps=1000)   # an optax.GradientTransformationExtraArgs
+    opt = load("zoo:small_fc_lopt").make(num_steps=1000)   # an optax.GradientTransformationExtraArgs
 
 Where the zoo is: ``zoo_dir`` when given (a stage passes ``<project root>/models/zoo``), else
 ``models/zoo`` of the repository this package lives in (``components/`` sits at the repository root).
@@ -42,7 +42,7 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ValueError(
             f"invalid zoo entry name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter or digit"
-            " (e.g. small_fc_mnist)"
+            " (e.g. small_fc_lopt)"
         )
     return name
 
