@@ -132,6 +132,7 @@ def train(root: Path, name: str, params: PipelineParams, *, params_file: str, re
                 f" with the same params, or delete {ws} to start over with these"
             )
     ws.mkdir(parents=True, exist_ok=True)
+    _use_project_mirror(root)
     if record is None or record.get("data") != dumped["data"] or not (ws / MANIFEST).is_file():
         log(f"zoo train {name}: prepare_data in {ws}")
         stage_module("prepare_data").run(params, ws, stage_context(log, resume=False))
@@ -167,6 +168,19 @@ def train(root: Path, name: str, params: PipelineParams, *, params_file: str, re
     atomic_write_json(record_path, record)
     log(f"zoo train {name}: done; package it with `l2o zoo add {name}`")
     return ws
+
+
+def _use_project_mirror(root: Path) -> None:
+    """Point ``$L2O_DATA_MIRROR`` at the project's mirror (``<root>/../shared/datasets``) when it is unset.
+
+    The stages look for ``../shared/datasets`` beside the folder they run in, which for the workspace
+    ``<root>/.l2o/zoo/<name>`` is not the project's: without this they would try the canonical URLs.
+    """
+    from components.stages.fetch import MIRROR_ENV, resolve_mirror  # noqa: PLC0415
+
+    mirror = resolve_mirror(root)
+    if mirror is not None and not os.environ.get(MIRROR_ENV):
+        os.environ[MIRROR_ENV] = str(mirror)
 
 
 # --- l2o zoo add -------------------------------------------------------------------------------------------------
