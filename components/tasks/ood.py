@@ -8,8 +8,12 @@ steps (``params/default.yaml``: 1000; ``params/celo_*.yaml``: Celo's preset). Su
 :class:`~components.tasks.spec.TaskSpec` that *declares* the axes of
 :data:`~components.tasks.distribution.OOD_AXES` it is out by and why (``declared_axes``,
 ``ood_reason``); ``l2o tasks`` and :func:`~components.tasks.suite.describe_tasks` show the
-declaration beside the relation the registry computes, and a test checks that the computed relation
-against every shipped meta-training distribution contains the declared axes.
+declaration beside the relation the registry computes. The declaration is against *the zoo*: the
+image-MLP meta-training families of the shipped params files (``default``, ``tiny``, ``celo_*``;
+those without a single ``task_family.task``) and Celo's preset; a test checks that the relation
+computed against each of them contains the declared axes, and that every task is out of every
+shipped params file's distribution by architecture at least (STAR's and L3RS's single-task
+distributions included, where a larger MLP can make, e.g., the wide MLP in range by size).
 
 =================================  ===================================================  ==============================
 task                               what is new to the zoo                               declared axes
@@ -135,7 +139,8 @@ class OODTaskSpec(TaskSpec):
 
     Attributes (besides the spec's):
       declared_axes: the axes of :data:`~components.tasks.distribution.OOD_AXES` the task is out by
-        against every shipped meta-training distribution (a test checks the computed relation).
+        against the zoo's meta-training distributions (module docstring; a test checks the computed
+        relation).
       ood_reason: one sentence: what about the task the zoo never saw.
 
     Raises:
