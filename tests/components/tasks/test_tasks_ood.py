@@ -267,3 +267,34 @@ def test_params_can_name_the_suite_and_need_its_data():
     assert picked.evaluate.tasks == ["mnist_mlp_autoencoder", "digits_mlp"]
     with pytest.raises(ValueError, match="needs prepared dataset 'tiny_shakespeare'.*add 'tiny_shakespeare'"):
         PipelineParams.model_validate({"evaluate": {"suite": "ood"}})
+
+
+def test_the_default_learned_optimizer_steps_on_the_new_parameter_trees():
+    """small_fc_lopt (the default experiment's) on the ResNet's nested blocks and 4-D kernels and the autoencoder."""
+    from components.optimizers.registry import create_learned
+
+    lopt = create_learned("small_fc_lopt")
+    opt = lopt.make(lopt.init_meta_params(jax.random.PRNGKey(0)), num_steps=3)
+    for name in ("fashion_mnist_resnet_16x32", "mnist_mlp_autoencoder"):
+        spec = get_spec(name)
+        task = build_task(spec, batch_size=8)
+        batch = task.batch(_synthetic_data(spec), jax.random.PRNGKey(1))
+
+        @jax.jit
+        def run(params, task=task, batch=batch):
+            def step(carry, _):
+                params, state = carry
+                loss, grads = jax.value_and_grad(task.loss)(params, batch)
+                updates, state = opt.update(grads, state, params, loss=loss)
+                return (optax.apply_updates(params, updates), state), loss
+
+            return jax.lax.scan(step, (params, opt.init(params)), None, 3)
+
+        params = task.init(jax.random.PRNGKey(0))
+        (final, _), losses = run(params)
+        assert bool(jnp.all(jnp.isfinite(losses)))
+        assert jax.tree_util.tree_structure(final) == jax.tree_util.tree_structure(params)
+        assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree_util.tree_leaves(final))
+        assert any(
+            bool(jnp.any(a != b)) for a, b in zip(jax.tree_util.tree_leaves(final), jax.tree_util.tree_leaves(params))
+        )
