@@ -29,8 +29,9 @@ task                               what is new to the zoo                       
                                    input (no labels), 64 outputs, a 16-wide bottleneck
 =================================  ===================================================  ==============================
 
-Sizes, chosen so that one training run takes seconds (MLPs) to well under a minute (ResNet, char
-LM) on a 2-core CPU at the task's own horizon, like the 8x8 held-out tasks: the image tasks read
+Sizes, chosen so that one training run takes seconds (MLPs) to about a minute (ResNet, char LM) on
+a 2-core CPU at the task's own horizon, like the 8x8 held-out tasks (Adam, two seeds, on a CPU
+shared with other jobs: ``benchmarks/results/task_baselines_cpu_ood.txt``): the image tasks read
 the 8x8 variants the default experiment already prepares (``mnist_8``, ``fashion_mnist_8``), the
 char LM tiny-shakespeare; nothing else is downloaded.
 
@@ -41,9 +42,9 @@ Inferred details (the issue names the kinds, not their settings):
   8x is out by size without doubt. Two hidden layers, ReLU, as the issue asks.
 * *ResNet*: on Fashion-MNIST 8x8 (not MNIST, where any network is near its ceiling within a few
   hundred steps) with channels 16 -> 32 and one block per stage: the smallest ResNet with both an
-  identity block (stage 1, 8x8) and a projection block (stage 2, stride 2 to 4x4). Two blocks per
-  stage measured ~75 ms per step on the 2-core CPU (over a minute for the horizon); one block per
-  stage ~30 ms. 1000 steps at batch 128 like the other 8x8 tasks. Block details:
+  identity block (stage 1, 8x8) and a projection block (stage 2, stride 2 to 4x4). Measured with
+  Adam on the shared 2-core CPU: two blocks per stage ~75 ms per step (well over a minute for the
+  horizon), one block per stage ~30 ms. 1000 steps at batch 128 like the other 8x8 tasks. Block details:
   :mod:`components.tasks.residual`.
 * *Char LM horizon*: "4x the horizon the zoo was trained for" read as 4x the longest meta-training
   unroll of any shipped preset, ``META_TRAIN_MAX_HORIZON`` (Celo's 2000): 8000 steps, out of every
