@@ -377,6 +377,8 @@ def _cmd_tasks(args, root: Path) -> int:
     for r in rows:
         data = r["dataset"] + (f" <- {r['pretrain_dataset']}" if r.get("pretrain_dataset") else "")
         relation = "in-distribution" if r["in_distribution"] else "OOD: " + ", ".join(r["ood"])
+        if r.get("declared_ood"):  # components.tasks.ood: declared out of the zoo's distribution
+            relation += "  [declared OOD: " + ", ".join(r["declared_ood"]["axes"]) + "]"
         print(
             f"  {r['name']:<40} {r['kind']:<18} {data:<42} {r['num_params']:>10,}"
             f" {r['num_steps']:>6} {r['batch_size']:>5}  {relation}"

@@ -15,8 +15,11 @@ The protocol every task follows (``init`` / ``loss`` / ``batch`` / ``accuracy`` 
   the tasks and data they make;
 * ``distribution``: :class:`MetaTrainDistribution` (what a meta-training family covers) and
   :func:`distribution_relation` (how a spec relates to it: in distribution, or out by which axes);
-* ``suite``: the named specs and suites (held-out evaluation, smoke, legacy, convex): what
-  ``params.evaluate.tasks`` / ``evaluate.suite`` name.
+* ``suite``: the named specs and suites (held-out evaluation, smoke, legacy, convex, ood): what
+  ``params.evaluate.tasks`` / ``evaluate.suite`` name;
+* ``ood``: the out-of-distribution suite's specs (:class:`OODTaskSpec`, declared OOD) and the records
+  of its new kinds, whose tasks live in ``residual`` (:class:`ResNetTask`, a pre-activation ResNet)
+  and ``autoencoder`` (:class:`AutoencoderTask`, an MLP autoencoder).
 """
 
 from components.tasks.augment import (
@@ -28,6 +31,7 @@ from components.tasks.augment import (
     sample_log_scales,
     with_batch_size,
 )
+from components.tasks.autoencoder import AutoencoderTask
 from components.tasks.base import MODELS, ImageData, ImageMLPFamily, Task, normalize_loss, stack_datasets
 from components.tasks.convex import (
     LinearModelFamily,
@@ -61,7 +65,9 @@ from components.tasks.families import (
 )
 from components.tasks.finetune import FineTuneTask, finetune, pretrain, pretrain_with_losses
 from components.tasks.language import CharLMTask, TokenData, token_windows
+from components.tasks.ood import OOD_TASKS, AutoencoderArch, OODTaskSpec, ResNetArch
 from components.tasks.protocol import FamilyProtocol, TaskProtocol, clip_loss, num_params, param_shapes
+from components.tasks.residual import ResNetTask
 from components.tasks.spec import (
     Conv1DArch,
     ConvArch,
@@ -112,6 +118,8 @@ __all__ = [
     "linear_model",
     "FineTuneTask",
     "finetune",
+    "ResNetTask",
+    "AutoencoderTask",
     "pretrain",
     "pretrain_with_losses",
     # augmentation
@@ -143,6 +151,10 @@ __all__ = [
     "TransformerArch",
     "QuadraticArch",
     "LinearArch",
+    "ResNetArch",
+    "AutoencoderArch",
+    "OODTaskSpec",
+    "OOD_TASKS",
     "DatasetInfo",
     "dataset_info",
     "SUITE_TASKS",

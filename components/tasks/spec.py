@@ -3,7 +3,9 @@
 A :class:`TaskSpec` is plain data: a prepared dataset name (``components.data``: ``mnist_28``,
 ``cifar10_jpeg_gray_8``, ``mnist1d``, ``tiny_shakespeare``; ``""`` for synthetic problems), an
 architecture record (:class:`MLPArch`, :class:`ConvArch`, :class:`Conv1DArch`,
-:class:`TransformerArch`, :class:`QuadraticArch`, :class:`LinearArch`), a batch size and a default
+:class:`TransformerArch`, :class:`QuadraticArch`, :class:`LinearArch`, or a record defined beside
+its task that has ``kind`` and ``build(name, *, example_shape, num_classes, batch_size) -> task``,
+e.g. :class:`components.tasks.ood.ResNetArch`), a batch size and a default
 horizon (training steps), plus a :class:`Pretrain` record for fine-tuning tasks. :func:`make_task`
 turns it into a task; :meth:`TaskSpec.num_params` counts its parameters from the dataset's known
 shapes, without data (``jax.eval_shape``). :func:`task_data` and :func:`eval_sets` turn prepared
@@ -196,6 +198,8 @@ def _base_task(spec: TaskSpec, dataset: str, batch_size: int, token_range, examp
     arch, info = spec.arch, dataset_info(dataset)
     shape = tuple(example_shape) if example_shape is not None else info.example_shape
     classes = num_classes if num_classes is not None else info.num_classes
+    if hasattr(arch, "build"):  # a record defined beside its task (components.tasks.ood) builds it itself
+        return arch.build(spec.name, example_shape=shape, num_classes=classes, batch_size=batch_size)
     if isinstance(arch, (MLPArch, ConvArch, Conv1DArch)):
         if shape is None:
             raise ValueError(f"task {spec.name!r}: a {arch.kind} needs an image or sequence dataset, got {dataset!r}")

@@ -11,7 +11,10 @@ Suites (:data:`SUITES`):
   the others are out of it by at least one axis;
 * ``legacy``: the four original ``EVAL_TASKS`` names, same architectures;
 * ``convex``: noisy quadratics and linear models for safeguard experiments;
-* ``smoke``: one small task of each kind, for quick checks of the whole pipeline.
+* ``smoke``: one small task of each kind, for quick checks of the whole pipeline;
+* ``ood``: the out-of-distribution generalisation suite (:mod:`components.tasks.ood`): a wide MLP, a
+  ResNet, a char LM at 4x the zoo's longest unroll and an MLP autoencoder, each *declared* out of
+  distribution (``declared_ood`` of :func:`describe_tasks`' rows).
 
 How the pipeline uses a spec (I/O in the stage, everything else in the library)::
 
@@ -27,6 +30,7 @@ How the pipeline uses a spec (I/O in the stage, everything else in the library):
 from typing import Any
 
 from components.tasks.distribution import MetaTrainDistribution, celo_distribution, distribution_relation
+from components.tasks.ood import OOD_SUITE, OOD_TASKS
 from components.tasks.spec import (
     Conv1DArch,
     ConvArch,
@@ -88,6 +92,8 @@ def describe_tasks(names, distribution: MetaTrainDistribution | None = None) -> 
     Each row's ``ood`` (the out-of-distribution axes) and ``in_distribution`` come from
     :func:`~components.tasks.distribution.distribution_relation` against ``distribution``
     (``None``: :func:`~components.tasks.distribution.celo_distribution`); ``relation`` is the whole dict.
+    ``declared_ood`` is ``{"axes": [...], "reason": str}`` for a task declared out of distribution
+    (:class:`~components.tasks.ood.OODTaskSpec`), else ``None``.
     """
     dist = distribution if distribution is not None else celo_distribution()
     rows = []
@@ -105,14 +111,24 @@ def describe_tasks(names, distribution: MetaTrainDistribution | None = None) -> 
                 "ood": relation["ood_axes"],
                 "in_distribution": relation["in_distribution"],
                 "relation": relation,
+                "declared_ood": _declared(s),
                 "description": s.description,
             }
         )
     return rows
 
 
+def _declared(spec: TaskSpec) -> dict | None:
+    axes = getattr(spec, "declared_axes", None)
+    return {"axes": list(axes), "reason": spec.ood_reason} if axes else None
+
+
 # -- the registry ---------------------------------------------------------------------------------
 def _specs(*specs: TaskSpec) -> dict[str, TaskSpec]:
+    names = [s.name for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"task names registered twice: {twice}; give each spec its own name")
     return {s.name: s for s in specs}
 
 
@@ -232,6 +248,8 @@ SUITE_TASKS: dict[str, TaskSpec] = _specs(
         "logistic_d50", "", LinearArch("logistic", 50, num_examples=512, l2=1e-3), 64, 1000,
         "L2-regularised logistic regression, 512 examples, batch 64",
     ),
+    # the out-of-distribution generalisation suite (components.tasks.ood)
+    *OOD_TASKS,
 )
 
 SUITES: dict[str, tuple[str, ...]] = {
@@ -274,5 +292,6 @@ SUITES: dict[str, tuple[str, ...]] = {
         "least_squares_d50_sgd",
         "logistic_d50",
     ),
+    "ood": OOD_SUITE,
 }
 # fmt: on

@@ -141,7 +141,7 @@ BAD_CASES = {
     "unknown_suite": (
         {"evaluate": {"suite": "heldin"}},
         [],
-        ["evaluate.suite: unknown suite 'heldin'; choose one of ['convex', 'heldout', 'legacy', 'smoke']"],
+        ["evaluate.suite: unknown suite 'heldin'; choose one of ['convex', 'heldout', 'legacy', 'ood', 'smoke']"],
     ),
     "suite_and_tasks": (
         {"evaluate": {"suite": "legacy", "tasks": ["digits_mlp"]}},
@@ -288,3 +288,16 @@ def test_tasks_command_lists_tasks_with_parameter_counts(capsys):
     assert line.split()[-2:] == ["OOD:", "horizon"]
     assert main(["tasks", "--suite", "nope"]) == 2
     assert "unknown suite 'nope'" in capsys.readouterr().err
+
+
+def test_tasks_command_lists_the_ood_suite_with_its_declaration(capsys):
+    assert main(["tasks", "--suite", "ood"]) == 0
+    out = capsys.readouterr().out
+    assert "suite ood: 4 tasks, relation to the Celo preset's meta-training (no params file); 0 in distribution" in out
+    line = next(ln for ln in out.splitlines() if " shakespeare_char_lm_4x_horizon " in ln)
+    assert line.split()[1:5] == ["char_lm", "tiny_shakespeare", "18,017", "8000"]
+    assert line.endswith("OOD: dataset, architecture, horizon  [declared OOD: dataset, architecture, horizon]")
+    line = next(ln for ln in out.splitlines() if " mnist_mlp_autoencoder " in ln)
+    assert line.split()[1] == "mlp_autoencoder" and line.endswith("[declared OOD: architecture]")
+    assert main(["tasks", "--suite", "heldout"]) == 0
+    assert "declared OOD" not in capsys.readouterr().out
