@@ -60,6 +60,9 @@ Choices where the reference was unclear or that we made differently:
   only labels dense matrices. Checked at ``init``.
 * The reference's optional global gradient clipping (``clip_grad``, off in its commands) is not
   exposed; compose ``optax.clip_by_global_norm`` before it if needed.
+* ``impl="auto"`` resolves to the stacked-matmul ``"reference"`` form at µLO's hidden width 32
+  (:attr:`MuSmallFcLOpt.resolved_impl`): the elementwise ``"fused"`` form that suits small_fc_lopt's
+  4-wide layers grows quadratically with the width.
 * µVeLO (``src/mup_hyper.py``) is not implemented here; the paper defines no µP Celo/Celo2.
 
 Example:
@@ -221,7 +224,9 @@ class MuSmallFcLOpt(AdafacFeatures):
         naming convention only.
       require_roles: raise at ``init`` on tensors without a role (True); False leaves them unscaled.
       initial_momentum_decays, initial_rms_decays, initial_adafactor_decays: as small_fc_lopt.
-      impl: how the per-parameter MLP is evaluated (:mod:`.fused`), as small_fc_lopt.
+      impl: how the per-parameter MLP is evaluated (:mod:`.fused`), as small_fc_lopt, except that
+        ``"auto"`` picks ``"reference"`` (stacked matmul) for hidden layers wider than 8
+        (:attr:`resolved_impl`).
     """
 
     hidden_size: int = 32
@@ -234,6 +239,21 @@ class MuSmallFcLOpt(AdafacFeatures):
     impl: str = "auto"
 
     name: ClassVar[str] = "mup_small_fc_lopt"
+    fused_max_hidden: ClassVar[int] = 8
+    """Widest hidden layer for which ``impl="auto"`` picks the elementwise ``"fused"`` form."""
+
+    @property
+    def resolved_impl(self) -> str:
+        """``impl``, with ``"auto"`` resolved: ``"reference"`` for hidden layers wider than 8, else as small_fc_lopt.
+
+        The fused form unrolls every unit as scalar-weighted sums of channels (``C·H + H² + 2H``
+        terms per tensor, ~2,100 at µLO's ``H = 32`` against ~150 at small_fc_lopt's 4), which makes
+        XLA programs — and their meta-gradients — too large to compile in reasonable memory; at
+        that width the stacked matmul is the efficient form.
+        """
+        if self.impl == "auto" and self.hidden_size > self.fused_max_hidden:
+            return "reference"
+        return super().resolved_impl
 
     def __post_init__(self):
         owner = "MuSmallFcLOpt"
