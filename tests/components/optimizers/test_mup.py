@@ -118,7 +118,7 @@ def test_three_steps_match_numpy_reference(impl, hidden_size):
 
 
 def test_is_small_fc_lopt_times_the_factor():
-    mu, plain = MuSmallFcLOpt(), SmallFcLOpt(hidden_size=32, step_mult=0.01)
+    mu, plain = MuSmallFcLOpt(), SmallFcLOpt(hidden_size=32, step_mult=0.01, impl="reference")
     theta = random_meta_params(mu, jax.random.key(5))
     params, grads = tree_of(2), tree_of(3)
     u_mu, _ = mu.make(theta, num_steps=10).update(grads, mu.make(theta, num_steps=10).init(params), params)
