@@ -182,3 +182,28 @@ def test_mulo_step_moves_preactivations_by_a_width_independent_amount():
     plain_ratio = change[(False, 512)] / change[(False, 64)]
     assert 0.5 < mu_ratio < 2.0, change
     assert plain_ratio > 4.0, change
+
+
+def test_mulo_meta_trains_on_two_narrow_widths():
+    """µLO's multi-width recipe: one µP family per width, one PES estimator each, gradients averaged."""
+    from components.meta import MetaTrainConfig, meta_train  # noqa: PLC0415
+    from components.optimizers import create_learned  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    x = rng.random((256, 4, 4, 1)).astype(np.float32)
+    y = np.argmax(x.reshape(256, -1) @ rng.normal(size=(16, 10)), -1).astype(np.int32)
+    data = ImageData(jnp.asarray(x[None]), jnp.asarray(y[None]), jnp.asarray([256], jnp.int32))
+    families = [MuPMLPFamily(("synthetic",), (4, 4, 1), 10, 16, width=w, depth=2) for w in (8, 16)]
+    cfg = MetaTrainConfig(
+        num_outer_steps=2, num_tasks=2, trunc_length=4, min_unroll=8, max_unroll=16, sigma=0.05, outer_lr=1e-2,
+        log_every=1, checkpoint_every=None,
+    )  # fmt: skip
+    lopt = create_learned("mup_small_fc_lopt", hidden_size=4)
+    theta0 = lopt.init_meta_params(jax.random.key(0))
+    result = meta_train(
+        lopt, families, [data, data], cfg, key=jax.random.PRNGKey(0), log=lambda m: None, init_meta_params=theta0
+    )
+    losses = [v for _, v in result.curves["meta_loss"]]
+    assert len(losses) == 2 and np.all(np.isfinite(losses))
+    moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(result.meta_params), jax.tree.leaves(theta0))]
+    assert max(moved) > 0.0 and all(np.isfinite(moved))
