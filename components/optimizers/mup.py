@@ -162,8 +162,7 @@ def _flat_roles(params: Any, roles: Mapping[str, str] | None, require: bool):
     unknown = sorted(set(explicit) - paths)
     if unknown:
         raise ValueError(
-            f"mup_small_fc_lopt: roles names {unknown}, which are not leaves of the params; leaves are "
-            f"{sorted(paths)}."
+            f"mup_small_fc_lopt: roles names {unknown}, which are not leaves of the params; leaves are {sorted(paths)}."
         )
     if require and missing:
         raise ValueError(
@@ -303,9 +302,7 @@ class MuSmallFcLOpt(AdafacFeatures):
         def update_fn(updates, state, params=None, **extra_args):
             new_updates, state = inner.update(updates, state, params, **extra_args)
             scales = self.update_scales(params)
-            new_updates = jax.tree.map(
-                lambda u, s: u if s == 1.0 else u * jnp.asarray(s, u.dtype), new_updates, scales
-            )
+            new_updates = jax.tree.map(lambda u, s: u if s == 1.0 else u * jnp.asarray(s, u.dtype), new_updates, scales)
             return new_updates, state
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -3,8 +3,9 @@
 A :class:`TaskSpec` is plain data: a prepared dataset name (``components.data``: ``mnist_28``,
 ``cifar10_jpeg_gray_8``, ``mnist1d``, ``tiny_shakespeare``; ``""`` for synthetic problems), an
 architecture record (:class:`MLPArch`, :class:`ConvArch`, :class:`Conv1DArch`,
-:class:`TransformerArch`, :class:`QuadraticArch`, :class:`LinearArch`, µP MLPs' :class:`MuPMLPArch`), a batch size and a default
-horizon (training steps), plus a :class:`Pretrain` record for fine-tuning tasks. :func:`make_task`
+:class:`TransformerArch`, :class:`QuadraticArch`, :class:`LinearArch`, or µP MLPs'
+:class:`MuPMLPArch` from :mod:`components.tasks.mup`), a batch size and a default horizon (training
+steps), plus a :class:`Pretrain` record for fine-tuning tasks. :func:`make_task`
 turns it into a task; :meth:`TaskSpec.num_params` counts its parameters from the dataset's known
 shapes, without data (``jax.eval_shape``). :func:`task_data` and :func:`eval_sets` turn prepared
 arrays (loaded by a stage) into what the task and the evaluation runner take. The named registry
