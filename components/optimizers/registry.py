@@ -67,6 +67,7 @@ LEARNED: dict[str, tuple[str, str]] = {
     "mlp_lopt": ("components.optimizers.mlp_lopt", "MLPLOpt"),
     "adafac_mlp_lopt": ("components.optimizers.small_fc_lopt", "SmallFcLOpt"),
     "small_fc_lopt": ("components.optimizers.small_fc_lopt", "SmallFcLOpt"),
+    "mup_small_fc_lopt": ("components.optimizers.mup", "MuSmallFcLOpt"),
     "star": ("components.optimizers.star", "STAR"),
     "celo": ("components.optimizers.celo", "Celo"),
     "celo_adam": ("components.optimizers.celo_adam", "CeloAdam"),

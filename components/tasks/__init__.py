@@ -65,6 +65,7 @@ from components.tasks.families import (
 )
 from components.tasks.finetune import FineTuneTask, finetune, pretrain, pretrain_with_losses
 from components.tasks.language import CharLMTask, TokenData, token_windows
+from components.tasks.mup import MuPMLPArch, MuPMLPFamily, MuPMLPTask, mup_mlp_task
 from components.tasks.ood import OOD_TASKS, AutoencoderArch, OODTaskSpec, ResNetArch
 from components.tasks.protocol import FamilyProtocol, TaskProtocol, clip_loss, num_params, param_shapes
 from components.tasks.residual import ResNetTask
@@ -122,6 +123,9 @@ __all__ = [
     "AutoencoderTask",
     "pretrain",
     "pretrain_with_losses",
+    "MuPMLPTask",
+    "MuPMLPArch",
+    "mup_mlp_task",
     # augmentation
     "LEVELS",
     "ReparamTask",
@@ -133,6 +137,7 @@ __all__ = [
     # families
     "ImageMLPFamily",
     "ImageFamily",
+    "MuPMLPFamily",
     "NoisyQuadraticFamily",
     "LinearModelFamily",
     "CELO_DATASETS",

@@ -3,10 +3,11 @@
 A :class:`TaskSpec` is plain data: a prepared dataset name (``components.data``: ``mnist_28``,
 ``cifar10_jpeg_gray_8``, ``mnist1d``, ``tiny_shakespeare``; ``""`` for synthetic problems), an
 architecture record (:class:`MLPArch`, :class:`ConvArch`, :class:`Conv1DArch`,
-:class:`TransformerArch`, :class:`QuadraticArch`, :class:`LinearArch`, or a record defined beside
-its task that has ``kind`` and ``build(name, *, example_shape, num_classes, batch_size) -> task``,
-e.g. :class:`components.tasks.ood.ResNetArch`), a batch size and a default
-horizon (training steps), plus a :class:`Pretrain` record for fine-tuning tasks. :func:`make_task`
+:class:`TransformerArch`, :class:`QuadraticArch`, :class:`LinearArch`, µP MLPs'
+:class:`MuPMLPArch` from :mod:`components.tasks.mup`, or a record defined beside its task that has
+``kind`` and ``build(name, *, example_shape, num_classes, batch_size) -> task``, e.g.
+:class:`components.tasks.ood.ResNetArch`), a batch size and a default horizon (training steps), plus a
+:class:`Pretrain` record for fine-tuning tasks. :func:`make_task`
 turns it into a task; :meth:`TaskSpec.num_params` counts its parameters from the dataset's known
 shapes, without data (``jax.eval_shape``). :func:`task_data` and :func:`eval_sets` turn prepared
 arrays (loaded by a stage) into what the task and the evaluation runner take. The named registry
@@ -25,6 +26,7 @@ from components.tasks.base import ImageData, Task, stack_datasets
 from components.tasks.convex import linear_model, noisy_quadratic
 from components.tasks.finetune import finetune
 from components.tasks.language import CharLMTask, TokenData, token_bounds, token_windows
+from components.tasks.mup import MuPMLPArch, mup_mlp_task
 from components.tasks.protocol import num_params
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "TransformerArch",
     "QuadraticArch",
     "LinearArch",
+    "MuPMLPArch",
     "Pretrain",
     "TaskSpec",
     "DatasetInfo",
@@ -114,7 +117,7 @@ class LinearArch:
         return self.model
 
 
-Arch = MLPArch | ConvArch | Conv1DArch | TransformerArch | QuadraticArch | LinearArch
+Arch = MLPArch | ConvArch | Conv1DArch | TransformerArch | QuadraticArch | LinearArch | MuPMLPArch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +211,13 @@ def _base_task(spec: TaskSpec, dataset: str, batch_size: int, token_range, examp
         return Task(
             spec.name, arch.kind, tuple(hidden), arch.activation, shape, classes, batch_size, norm=arch.norm, **extra
         )
+    if isinstance(arch, MuPMLPArch):
+        if shape is None:
+            raise ValueError(f"task {spec.name!r}: a µP MLP needs an image or sequence dataset, got {dataset!r}")
+        return mup_mlp_task(
+            spec.name, shape, classes, batch_size, width=arch.width, depth=arch.depth,
+            input_mult=arch.input_mult, output_mult=arch.output_mult, activation=arch.activation,
+        )  # fmt: skip
     if isinstance(arch, TransformerArch):
         if info.kind != "text":
             raise ValueError(f"task {spec.name!r}: a char_lm needs a text dataset, got {dataset!r}")

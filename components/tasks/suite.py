@@ -15,6 +15,7 @@ Suites (:data:`SUITES`):
 * ``ood``: the out-of-distribution generalisation suite (:mod:`components.tasks.ood`): a wide MLP, a
   ResNet, a char LM at 4x the zoo's longest unroll and an MLP autoencoder, each *declared* out of
   distribution (``declared_ood`` of :func:`describe_tasks`' rows).
+* ``mup``: µP MLPs of widths 32 to 1024 (:mod:`components.tasks.mup`), µLO's narrow-to-wide transfer.
 
 How the pipeline uses a spec (I/O in the stage, everything else in the library)::
 
@@ -36,6 +37,7 @@ from components.tasks.spec import (
     ConvArch,
     LinearArch,
     MLPArch,
+    MuPMLPArch,
     Pretrain,
     QuadraticArch,
     TaskSpec,
@@ -230,6 +232,15 @@ SUITE_TASKS: dict[str, TaskSpec] = _specs(
         pretrain=Pretrain("tiny_shakespeare", 2000, 1e-3, 32, token_range=(0.0, 0.5), reinit_head=False),
         token_range=(0.5, 1.0),
     ),
+    # µP MLPs (components.tasks.mup; µLO): 3 hidden layers on Fashion-MNIST 8x8, narrow for meta-training,
+    # wider and longer for evaluation (the reference meta-trains mumlp-w128-d3 for 1000 steps, tests to 5000)
+    *(
+        TaskSpec(
+            f"mup_mlp_w{w}_d3", "fashion_mnist_8", MuPMLPArch(w, 3), 128, steps,
+            f"µP MLP, 3 hidden layers of {w} on Fashion-MNIST 8x8 (µLO; train narrow, test wide)",
+        )
+        for w, steps in ((32, 1000), (128, 2000), (512, 3000), (1024, 5000))
+    ),
     # synthetic problems for safeguard experiments
     TaskSpec("noisy_quadratic_d100", "", QuadraticArch(100), 1, 1000, "noisy quadratic, h in [0.01, 1], B=1"),
     TaskSpec(
@@ -285,6 +296,8 @@ SUITES: dict[str, tuple[str, ...]] = {
         "noisy_quadratic_d100",
         "logistic_d50",
     ),
+    # µLO's width transfer: meta-train on the narrowest (mup_mlp_w32_d3), evaluate on all
+    "mup": ("mup_mlp_w32_d3", "mup_mlp_w128_d3", "mup_mlp_w512_d3", "mup_mlp_w1024_d3"),
     "convex": (
         "noisy_quadratic_d100",
         "noisy_quadratic_rotated_d100",

@@ -55,6 +55,7 @@ PARAMS_HASHES = {
     "default.yaml": "25049edb91ffb07f",
     "l3rs_cpu.yaml": "f518f1ea3f42f1c9",
     "l3rs_gpu.yaml": "35be03ac5bb74175",
+    "mulo_cpu.yaml": "9d3fbb3268d1c577",
     "star_cpu.yaml": "c539cd48cb1cd7fd",
     "star_gpu.yaml": "4e99f83cb087489a",
     "tiny.yaml": "352ed208b544d57b",
@@ -141,7 +142,10 @@ BAD_CASES = {
     "unknown_suite": (
         {"evaluate": {"suite": "heldin"}},
         [],
-        ["evaluate.suite: unknown suite 'heldin'; choose one of ['convex', 'heldout', 'legacy', 'ood', 'smoke']"],
+        [
+            "evaluate.suite: unknown suite 'heldin';"
+            " choose one of ['convex', 'heldout', 'legacy', 'mup', 'ood', 'smoke']"
+        ],
     ),
     "suite_and_tasks": (
         {"evaluate": {"suite": "legacy", "tasks": ["digits_mlp"]}},

@@ -17,6 +17,7 @@ from components.optimizers import load, registry, save
 CONFIGS = {
     "mlp_lopt": {"hidden_size": 8},
     "small_fc_lopt": {"hidden_size": 6, "exp_mult": 0.01},
+    "mup_small_fc_lopt": {"hidden_size": 6, "hidden_lr_mult": 2.0, "roles": {"w": "hidden", "b": "bias"}},
     "star": {"nominal_estimator": "Adam", "meta_weight_decay": 0.5},
     "celo": {"lstm_hidden_size": 8, "train_phase": 1},
     "celo_adam": {"lstm_hidden_size": 8},

@@ -77,6 +77,10 @@ NUM_STEPS = 100  # the horizon learned optimizers are told
 LEARNED_SETTINGS: dict[str, Callable[[int], dict]] = {
     "l3rs": lambda n: {"num_layers": n},
     "velo": lambda n: {"lstm_hidden_size": 16, "param_inits": 4},
+    # µP roles of the structural problem's leaves (hidden tensors get 1/fan_in), or of the single "x"
+    "mup_small_fc_lopt": lambda n: {
+        "roles": {"scalar": "bias", "bias": "bias", "kernel": "hidden", "conv": "hidden"} if n == 4 else {"x": "input"}
+    },
 }
 
 
