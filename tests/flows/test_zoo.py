@@ -265,3 +265,23 @@ def test_zoo_params_files_are_valid_and_checkpointed(path):
 
     params = load_params(path)
     assert params.meta_train.checkpoint_every, f"{path.name}: `l2o zoo train` needs meta_train.checkpoint_every"
+
+
+def test_train_workspace_reads_the_project_mirror(tmp_path, monkeypatch):
+    """The workspace .l2o/zoo/<name> has no ../shared/datasets beside it: zoo train points the stages at the
+    project's mirror (an explicit $L2O_DATA_MIRROR stays as it is)."""
+    from components.stages.fetch import MIRROR_ENV, resolve_mirror
+    from flows.zoo import _use_project_mirror, workspace
+
+    project, shared = tmp_path / "proj", tmp_path / "shared" / "datasets"
+    project.mkdir()
+    shared.mkdir(parents=True)
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    assert resolve_mirror(workspace(project, "x")) is None  # what the stages would see without the fix
+    _use_project_mirror(project)
+    assert resolve_mirror(workspace(project, "x")) == shared.resolve()
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.setenv(MIRROR_ENV, str(other))
+    _use_project_mirror(project)
+    assert resolve_mirror(workspace(project, "x")) == other.resolve()
