@@ -7,7 +7,7 @@ import typing
 from typing import Any, Literal
 
 import annotated_types
-from pydantic import Field, PositiveFloat, PositiveInt, create_model, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, create_model, model_serializer, model_validator
 
 from components.meta.config import DEFAULT_LOPT, MetaTrainConfig
 from components.stages.params.common import EvalTaskName, PreparedName, _check_optimizer, _norm, _Section
@@ -136,6 +136,15 @@ class _MetaTrainRules(_Section):
 
     def phase_steps(self, phase: "MetaTrainPhase") -> int:
         return phase.num_outer_steps or self.num_outer_steps
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_norm_clip(self, handler):
+        # grad_clip_norm came after the params files: unset, it is left out of dumps, so the params.yaml and
+        # params hash of every experiment that does not use it stay what they were
+        data = handler(self)
+        if self.grad_clip_norm is None:
+            data.pop("grad_clip_norm", None)
+        return data
 
     @model_validator(mode="after")
     def _lengths(self):
