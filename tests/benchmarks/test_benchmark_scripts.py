@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import meta_train_throughput, optimizer_step
@@ -47,3 +48,23 @@ def test_optimizer_step_times_every_impl_against_adam(tmp_path, capsys):
         assert row["ms"] > 0 and math.isfinite(row["ratio_to_adam"])
     table = capsys.readouterr().out
     assert "small_fc_lopt[single_pass]" in table and "1.00x" in table
+
+
+def test_seed_study_speedup_reads_the_recorded_envelope():
+    """meta_train_seeds' speedup: the step at which the recorded (subsampled) tuned-Adam envelope reaches
+    the candidate's smoothed final loss, over the horizon; censored at the envelope's end; 0 when not finite."""
+    from benchmarks.meta_train_seeds import parse_variants, speedup_from_envelope
+
+    envelope = {"steps": [1, 11, 21, 31], "loss": [4.0, 3.0, 2.0, 1.0]}  # Adam reaches 2.5 at step 16
+    flat = np.full((2, 10), 2.5)
+    got = speedup_from_envelope(flat, envelope, num_steps=10, decay=0.0)
+    assert got == {"speedup": pytest.approx(1.6), "censored": False, "target_loss": 2.5}
+    assert speedup_from_envelope(np.full((2, 10), 0.5), envelope, 10, 0.0)["censored"] is True
+    assert speedup_from_envelope(np.full((2, 10), 0.5), envelope, 10, 0.0)["speedup"] == pytest.approx(4.1)
+    assert speedup_from_envelope(np.full((2, 10), np.nan), envelope, 10, 0.0)["speedup"] == 0.0
+    assert parse_variants([["fast", "outer_lr=0.01", "grad_clip_norm=null"]]) == {
+        "base": {},
+        "fast": {"outer_lr": 0.01, "grad_clip_norm": None},
+    }
+    with pytest.raises(SystemExit, match="not KEY=VALUE"):
+        parse_variants([["bad", "outer_lr"]])
