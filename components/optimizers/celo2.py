@@ -111,6 +111,7 @@ import optax
 
 from components.optimizers import features as F
 from components.optimizers import velo_mlp as V
+from components.optimizers.features import leaf_path
 from components.optimizers.per_parameter import (
     check_bool,
     check_decays,
@@ -194,19 +195,6 @@ def celo2_features(*args) -> list[jax.Array]:
 
 
 # --------------------------------------------------------------------------- routing
-
-
-def leaf_path(path: Sequence[Any]) -> str:
-    """A key path as ``/``-joined names: dict keys, attribute names, sequence indices as numbers."""
-    parts = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
 
 
 def _is_adam_leaf(path: str, shape: tuple[int, ...], adam_regex: str | None) -> bool:

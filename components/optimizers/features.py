@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "leaf_path",
     "FRACTION_SHIFTS",
     "pair_decays",
     "Accumulators",
@@ -414,3 +415,17 @@ def pair_decays(a: Sequence, b: Sequence, what: str) -> list[tuple]:
         f"The learned optimizer's features combine {what}; their numbers of decays must be equal or one of "
         f"them 1, got {len(a)} and {len(b)}. Change the initial_*_decays so that they are compatible."
     )
+
+
+def leaf_path(path) -> str:
+    """A key path (``jax.tree_util.tree_flatten_with_path``) as ``/``-joined names: dict keys, attribute
+    names and sequence indices (as numbers), e.g. ``"dense0/w"`` or ``"layers/0/b"``."""
+    parts = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)

@@ -88,8 +88,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from components.optimizers.per_parameter import check_bool, check_float, dataclass_config, exp_magnitude_step
-from components.optimizers.small_fc_lopt import AdafacFeatures
+from components.optimizers.features import leaf_path
+from components.optimizers.per_parameter import check_bool, check_float, dataclass_config
+from components.optimizers.small_fc_lopt import SmallFcLOpt
 
 __all__ = ["ROLES", "MuSmallFcLOpt", "leaf_path", "mup_roles", "mup_update_scales"]
 
@@ -98,19 +99,6 @@ ROLES: tuple[str, ...] = ("input", "hidden", "output", "bias")
 weights, biases."""
 
 _LAYER_KEY = re.compile(r"^mup_(input|hidden\d*|output)$")
-
-
-def leaf_path(path) -> str:
-    """A key path (from ``jax.tree_util.tree_flatten_with_path``) as ``"a/b/0"``."""
-    parts = []
-    for entry in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-        else:
-            parts.append(str(entry))
-    return "/".join(parts)
 
 
 def _convention_role(keys: list[str]) -> str | None:
@@ -208,7 +196,7 @@ def mup_update_scales(
 
 
 @dataclasses.dataclass(frozen=True)
-class MuSmallFcLOpt(AdafacFeatures):
+class MuSmallFcLOpt(SmallFcLOpt):
     """µLO: small_fc_lopt with µP's per-layer update scaling (``MuAdafacMLPLOpt``).
 
     See the module docstring for the update's maths, how roles are found, and the reference.
@@ -228,14 +216,13 @@ class MuSmallFcLOpt(AdafacFeatures):
         (:attr:`resolved_impl`).
     """
 
+    # small_fc_lopt's fields (hidden_layers, exp_mult, impl as there), with µLO's defaults where they differ
     hidden_size: int = 32
-    hidden_layers: int = 2
-    exp_mult: float = 0.001
     step_mult: float = 0.01
     hidden_lr_mult: float = 1.0
+    """µP: a hidden weight matrix's update is multiplied by ``hidden_lr_mult / fan_in``."""
     roles: Any = None
     require_roles: bool = True
-    impl: str = "auto"
 
     name: ClassVar[str] = "mup_small_fc_lopt"
     fused_max_hidden: ClassVar[int] = 8
@@ -279,10 +266,6 @@ class MuSmallFcLOpt(AdafacFeatures):
     def features(self, hyper, param, grad, acc):
         # the reference replaces non-finite gradients before the accumulators see them
         return super().features(hyper, param, jnp.nan_to_num(grad), acc)
-
-    def output(self, hyper, step, index, param, grad, acc, outputs):
-        """small_fc_lopt's ``−d · exp(exp_mult·s) · step_mult`` (``μ`` is applied by :meth:`make`)."""
-        return exp_magnitude_step(outputs, self.exp_mult, self.step_mult)
 
     def make(self, meta_params: Any, *, num_steps) -> optax.GradientTransformationExtraArgs:
         """The engine's small_fc_lopt step, then each tensor's update times its ``μ``.
