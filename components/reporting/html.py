@@ -178,6 +178,12 @@ def _footer(provenance: Mapping, k: int) -> str:
     return footer
 
 
+_PER_TASK_HEAD = """<h2 id=tasks>Per-task results</h2>
+<p class=note>Mean &plusmn; std over seeds. Bold: best of the task in that column. Training-loss columns at the train
+rule's rates (speedup and final-loss ratio from the smoothed training loss of the seed-averaged run; &ldquo;&ge;&rdquo;:
+censored); held-out columns at the last evaluation point of the task's horizon, at the validation rule's rates.</p>"""
+
+
 def render_report(
     *,
     title: str,
@@ -239,10 +245,7 @@ def render_report(
 {claims}
 {distribution_section(evaluation, names, colors, labels)}
 {stability}
-<h2 id=tasks>Per-task results</h2>
-<p class=note>Mean &plusmn; std over seeds. Bold: best of the task in that column. Training-loss columns at the train
-rule's rates (speedup and final-loss ratio from the smoothed training loss of the seed-averaged run; &ldquo;&ge;&rdquo;:
-censored); held-out columns at the last evaluation point of the task's horizon, at the validation rule's rates.</p>
+{_PER_TASK_HEAD}
 {per_task_tables(evaluation, names, colors, labels)}
 {figs["speedup"]}
 <h2 id=curves>Learning curves</h2>
