@@ -360,7 +360,9 @@ def test_checksum_mismatch_stops_the_pipeline(project, tmp_path, mirror):
     assert "prepare_data" in proc.stderr and "train-labels-idx1-ubyte.gz" in proc.stderr
     assert "sha256" in proc.stderr
     assert not (project / "data" / "prepared").exists()
-    assert not (project / "models").exists() and not (project / "reports").exists()
+    # nothing written downstream: models/ holds only what the project ships (the zoo's index), no stage output
+    models = sorted(str(f.relative_to(project / "models")) for f in (project / "models").rglob("*") if f.is_file())
+    assert models == ["zoo/index.json"] and not (project / "reports").exists()
 
 
 def _free_port() -> int:
