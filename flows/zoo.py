@@ -42,6 +42,7 @@ import numpy as np
 from components.optimizers import create_learned, save
 from components.optimizers import zoo as zoo_lib
 from components.optimizers.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load
+from components.stages import meta_train as meta_train_stage
 from components.stages.common import atomic_write_json, git_commit, sha256_file
 from components.stages.params import PipelineParams, params_hash
 from components.stages.paths import CHECKPOINT_DIR, MANIFEST, META_METRICS, MODEL_DIR
@@ -242,7 +243,9 @@ def _from_workspace(ws: Path, only: Path | None) -> tuple:
     phase, ckpt = latest
     lopt = create_learned(mt.lopt, **mt.phase_hyperparams(phase))
     meta_params = _meta_params_from_checkpoint(ckpt, lopt)
-    manifest = _read_json(ws / MANIFEST) or {"datasets": {}}
+    manifest = _read_json(ws / MANIFEST)
+    if manifest is None:
+        raise ZooError(f"{ws} has no {MANIFEST}: its data were never prepared; run `l2o zoo train` there again")
     sessions = record["sessions"]
     lineage = {
         "source": "l2o zoo train workspace",
@@ -252,7 +255,8 @@ def _from_workspace(ws: Path, only: Path | None) -> tuple:
         "params_hash": params_hash(params),
         "git_commit": sessions[-1]["git_commit"],
         "git_commits": sorted({s["git_commit"] for s in sessions}),
-        "data_hashes": _data_hashes(params, manifest),
+        # what the meta_train stage records in its checkpoint, from the same helper
+        "data_hashes": meta_train_stage._data_hashes(params, manifest),
         "curves": curves,
         "phases": rows,
         "outer_steps_done": done,
@@ -262,23 +266,6 @@ def _from_workspace(ws: Path, only: Path | None) -> tuple:
         "device": sessions[-1]["device"],
     }
     return lopt, meta_params, lineage
-
-
-def _data_hashes(params: PipelineParams, manifest: dict) -> dict:
-    """The sha256 of every dataset meta-training read (what the meta_train stage records in its checkpoint)."""
-    fam = params.meta_train.task_family
-    if fam.task is not None:
-        from components.tasks.suite import get_spec  # noqa: PLC0415
-
-        spec = get_spec(fam.task)
-        names = [n for n in (spec.dataset, spec.pretrain.dataset if spec.pretrain else None) if n]
-    else:
-        names = list(fam.datasets)
-    out = {}
-    for n in names:
-        key = params.data.require(n, "meta_train.task_family")
-        out[n] = manifest["datasets"].get(key, {}).get("sha256", "unknown")
-    return out
 
 
 def _from_model_dir(path: Path) -> tuple:
