@@ -21,6 +21,8 @@ import os
 import sys
 from pathlib import Path
 
+from flows import zoo_cli
+
 __all__ = ["main"]
 
 RESUME_HELP = "meta_train continues from its last checkpoint (meta_train.checkpoint_every) instead of starting over"
@@ -132,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help='print the comparison as JSON instead (non-finite numbers as "NaN", "Infinity", "-Infinity")',
     )
-    _zoo_arguments(sub)
+    zoo_cli.add_arguments(sub)
     from flows.team import lifecycle, reproduce, submit, workers  # noqa: PLC0415
 
     lifecycle.add_arguments(sub)
@@ -140,68 +142,6 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_arguments(sub)
     reproduce.add_arguments(sub)
     return p
-
-
-def _zoo_arguments(sub) -> None:
-    z = sub.add_parser(
-        "zoo",
-        help="the zoo of pretrained learned optimizers (models/zoo): list, meta-train, package, track",
-        description="Without a subcommand: list the entries (name, optimizer, outer steps done/planned, wall time,"
-        " device, commit). An entry loads anywhere with components.optimizers.load('zoo:NAME').",
-    )
-    zsub = z.add_subparsers(dest="zoo_command")
-    zsub.add_parser("list", help="list the entries with their lineage (the default)")
-    zt = zsub.add_parser(
-        "train",
-        help="meta-train an entry in its own workspace .l2o/zoo/NAME (prepare_data and meta_train stages only;"
-        " the committed results are not touched)",
-    )
-    zt.add_argument("name")
-    zt.add_argument("--params", required=True, help="params YAML of the meta-training (e.g. params/zoo/NAME.yaml)")
-    zt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    zt.add_argument("--resume", action="store_true", help="continue the workspace's meta-training from its checkpoint")
-    za = zsub.add_parser("add", help="package the current state of a meta-training as models/zoo/NAME")
-    za.add_argument("name")
-    za.add_argument(
-        "--from",
-        dest="source",
-        default=None,
-        help="a `l2o zoo train` workspace (default: .l2o/zoo/NAME), one of its checkpoints"
-        " (checkpoints/meta_train/<phase>.npz) or a finished meta_train output directory (e.g. models/lopt)",
-    )
-    za.add_argument("--force", action="store_true", help="replace an existing entry")
-    za.add_argument("--no-dvc", dest="dvc", action="store_false", help="do not `dvc add` / push models/zoo")
-    zsub.add_parser("track", help="rewrite models/zoo/index.json, `dvc add models/zoo`, push to the default remote")
-
-
-def _cmd_zoo(args, root: Path) -> int:
-    from components.optimizers.zoo import ZOO_SUBDIR  # noqa: PLC0415
-    from flows import zoo  # noqa: PLC0415
-    from flows.preflight import RepositoryBusy  # noqa: PLC0415
-
-    command = args.zoo_command or "list"
-    try:
-        if command == "list":
-            print(zoo.format_listing(zoo.list_entries(root), root / ZOO_SUBDIR))
-        elif command == "train":
-            params = _load(args.params, args.overrides)
-            from flows.preflight import repository_lock  # noqa: PLC0415
-
-            with repository_lock(zoo.workspace(root, args.name), f"zoo train {args.name}"):
-                zoo.train(root, args.name, params, params_file=args.params, resume=args.resume)
-        elif command in ("add", "track"):
-            with _repository_lock(root):
-                if command == "add":
-                    zoo.add(root, args.name, Path(args.source) if args.source else None, force=args.force)
-                if command == "track" or args.dvc:
-                    zoo.track(root)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"l2o: error: zoo {command}: {exc}", file=sys.stderr)
-        return 2
-    except RepositoryBusy as exc:
-        print(f"l2o: error: {exc}", file=sys.stderr)
-        return 3
-    return 0
 
 
 def _load(path: str, overrides: list[str]):
@@ -467,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         "optimizers": _cmd_optimizers,
         "tasks": _cmd_tasks,
         "compare": _cmd_compare,
-        "zoo": _cmd_zoo,
+        "zoo": zoo_cli.cmd_zoo,
         "up": lifecycle.cmd_up,
         "down": lifecycle.cmd_down,
         "status": lifecycle.cmd_status,

@@ -28,12 +28,6 @@ in git, so ``models/zoo`` exists in every clone -- the ``evaluate`` stage depend
 zoo has no entries, and a ``git diff`` shows what an ``l2o zoo add`` changed.
 """
 
-import dataclasses
-import datetime
-import json
-import os
-import platform
-import time
 from pathlib import Path
 
 import jax
@@ -43,9 +37,10 @@ from components.optimizers import create_learned, save
 from components.optimizers import zoo as zoo_lib
 from components.optimizers.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load
 from components.stages import meta_train as meta_train_stage
-from components.stages.common import atomic_write_json, git_commit, sha256_file
+from components.stages.common import atomic_write_json, atomic_write_text, git_commit, sha256_file
 from components.stages.params import PipelineParams, params_hash
 from components.stages.paths import CHECKPOINT_DIR, MANIFEST, META_METRICS, MODEL_DIR
+from flows.zoo_train import RECORD, WORKSPACES, ZooError, device_string, now, read_json, train, workspace
 
 __all__ = [
     "WORKSPACES",
@@ -59,129 +54,14 @@ __all__ = [
     "format_listing",
     "write_index",
     "track",
+    "materialize",
+    "ZOO_REMOTE",
     "register",
 ]
 
-WORKSPACES = Path(".l2o/zoo")  # under the project root; .l2o/ is git-ignored
-RECORD = "zoo_train.json"
 INDEX = "index.json"
-
-
-class ZooError(ValueError):
-    """A zoo command cannot proceed; the message says why and what to do."""
-
-
-def workspace(root: Path, name: str) -> Path:
-    """``<root>/.l2o/zoo/<name>``: where ``l2o zoo train`` meta-trains entry ``name``."""
-    return Path(root) / WORKSPACES / zoo_lib.check_name(name)
-
-
-def device_string() -> str:
-    """What runs JAX here, e.g. ``cpu: 2 x cpu (x86_64, 2 CPU cores)`` or ``gpu: 1 x NVIDIA H100 ...``."""
-    devices = jax.devices()
-    kind = getattr(devices[0], "device_kind", devices[0].platform)
-    return f"{jax.default_backend()}: {len(devices)} x {kind} ({platform.machine()}, {os.cpu_count()} CPU cores)"
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-# --- l2o zoo train ------------------------------------------------------------------------------------------------
-
-
-def _needs_pretrain(params: PipelineParams) -> bool:
-    task = params.meta_train.task_family.task
-    if task is None:
-        return False
-    from components.tasks.suite import get_spec  # noqa: PLC0415
-
-    return get_spec(task).is_finetune
-
-
-def train(root: Path, name: str, params: PipelineParams, *, params_file: str, resume: bool, log=print) -> Path:
-    """Meta-train zoo entry ``name`` in its workspace; returns the workspace.
-
-    Raises:
-      ZooError: ``meta_train.checkpoint_every`` is unset, or the workspace holds a run and ``resume`` is off.
-    """
-    from flows.stage_exec import stage_context, stage_module  # noqa: PLC0415
-
-    if not params.meta_train.checkpoint_every:
-        raise ZooError(
-            "l2o zoo train needs checkpoints to resume and to ship a partly trained optimizer: set"
-            " meta_train.checkpoint_every in the params file (or --set meta_train.checkpoint_every=50)"
-        )
-    ws = workspace(root, name)
-    record_path = ws / RECORD
-    record = _read_json(record_path)
-    if record is not None and not resume:
-        raise ZooError(
-            f"{ws} already holds a meta-training of {name!r} ({record['outer_steps_planned']} outer steps planned):"
-            f" pass --resume to continue it, or delete {ws} to start over"
-        )
-    dumped = params.model_dump(mode="json")
-    if record is not None:
-        before = {k: record["params"].get(k) for k in ("seed", "meta_train")}
-        if before != {k: dumped[k] for k in ("seed", "meta_train")}:
-            raise ZooError(
-                f"{ws} was meta-trained with other seed / meta_train params (from {record['params_file']}): resume"
-                f" with the same params, or delete {ws} to start over with these"
-            )
-    ws.mkdir(parents=True, exist_ok=True)
-    _use_project_mirror(root)
-    if record is None or record.get("data") != dumped["data"] or not (ws / MANIFEST).is_file():
-        log(f"zoo train {name}: prepare_data in {ws}")
-        stage_module("prepare_data").run(params, ws, stage_context(log, resume=False))
-    if _needs_pretrain(params) and (record is None or record.get("pretrain") != dumped["pretrain"]):
-        log(f"zoo train {name}: pretrain in {ws}")
-        stage_module("pretrain").run(params, ws, stage_context(log, resume=False))
-    sessions = (record or {}).get("sessions", [])
-    sessions.append({"started": _now(), "git_commit": git_commit(root), "device": device_string(), "seconds": 0.0})
-    record = {
-        "name": name,
-        "params_file": params_file,
-        "params": dumped,
-        "data": dumped["data"],
-        "pretrain": dumped["pretrain"],
-        "outer_steps_planned": sum(params.meta_train.phase_steps(p) for p in params.meta_train.phase_list()),
-        "sessions": sessions,
-    }
-    atomic_write_json(record_path, record)
-    context = stage_context(log, resume=resume)
-    inner_hook, t0 = context.on_outer_step, time.perf_counter()
-
-    def on_outer_step(done: int, total: int) -> None:
-        sessions[-1]["seconds"] = time.perf_counter() - t0
-        atomic_write_json(record_path, record)
-        if inner_hook is not None:  # the failure tests' kill hook ($L2O_FAULT_KILL_AT_OUTER_STEP)
-            inner_hook(done, total)
-
-    context = dataclasses.replace(context, on_outer_step=on_outer_step)
-    log(f"zoo train {name}: meta_train in {ws}" + (" (resuming)" if resume else ""))
-    stage_module("meta_train").run(params, ws, context)
-    sessions[-1]["seconds"] = time.perf_counter() - t0
-    sessions[-1]["finished"] = _now()
-    atomic_write_json(record_path, record)
-    log(f"zoo train {name}: done; package it with `l2o zoo add {name}`")
-    return ws
-
-
-def _use_project_mirror(root: Path) -> None:
-    """Point ``$L2O_DATA_MIRROR`` at the project's mirror (``<root>/../shared/datasets``) when it is unset.
-
-    The stages look for ``../shared/datasets`` beside the folder they run in, which for the workspace
-    ``<root>/.l2o/zoo/<name>`` is not the project's: without this they would try the canonical URLs.
-    """
-    from components.stages.fetch import MIRROR_ENV, resolve_mirror  # noqa: PLC0415
-
-    mirror = resolve_mirror(root)
-    if mirror is not None and not os.environ.get(MIRROR_ENV):
-        os.environ[MIRROR_ENV] = str(mirror)
+ZOO_REMOTE = "zoo"  # the DVC remote the entries are pinned to, where the repository defines it
+ZOO_STORE = Path("models/zoo-store")  # this project's: committed to git, so a clone has the zoo offline
 
 
 # --- l2o zoo add -------------------------------------------------------------------------------------------------
@@ -211,7 +91,7 @@ def _from_workspace(ws: Path, only: Path | None) -> tuple:
     """``(lopt, meta_params, lineage)`` of the latest checkpoint of a workspace (or of checkpoint ``only``)."""
     from components.meta.checkpoint import read_header  # noqa: PLC0415
 
-    record = _read_json(ws / RECORD)
+    record = read_json(ws / RECORD)
     if record is None:
         raise ZooError(f"{ws} has no {RECORD}: it is not an `l2o zoo train` workspace")
     params = PipelineParams.model_validate(record["params"])
@@ -243,7 +123,7 @@ def _from_workspace(ws: Path, only: Path | None) -> tuple:
     phase, ckpt = latest
     lopt = create_learned(mt.lopt, **mt.phase_hyperparams(phase))
     meta_params = _meta_params_from_checkpoint(ckpt, lopt)
-    manifest = _read_json(ws / MANIFEST)
+    manifest = read_json(ws / MANIFEST)
     if manifest is None:
         raise ZooError(f"{ws} has no {MANIFEST}: its data were never prepared; run `l2o zoo train` there again")
     sessions = record["sessions"]
@@ -256,7 +136,7 @@ def _from_workspace(ws: Path, only: Path | None) -> tuple:
         "git_commit": sessions[-1]["git_commit"],
         "git_commits": sorted({s["git_commit"] for s in sessions}),
         # what the meta_train stage records in its checkpoint, from the same helper
-        "data_hashes": meta_train_stage._data_hashes(params, manifest),
+        "data_hashes": meta_train_stage.data_hashes(params, manifest),
         "curves": curves,
         "phases": rows,
         "outer_steps_done": done,
@@ -275,9 +155,9 @@ def _from_model_dir(path: Path) -> tuple:
     phases = config.get("phases") or []
     planned = phases[-1]["last_step"] if phases else mt.get("num_outer_steps")
     curves_file = path / "curves.json"
-    curves = _read_json(curves_file) or {}
+    curves = read_json(curves_file) or {}
     # the meta_train stage's summary beside models/lopt holds the wall time of the run that wrote it
-    metrics = _read_json(path.parent.parent / META_METRICS) if path.name == MODEL_DIR.name else None
+    metrics = read_json(path.parent.parent / META_METRICS) if path.name == MODEL_DIR.name else None
     backend = config.get("backend")
     lineage = {
         "source": "meta_train output directory",
@@ -329,7 +209,7 @@ def add(root: Path, name: str, source: Path | None = None, *, force: bool = Fals
         "name": name,
         **lineage,
         "complete": done is not None and done == planned,
-        "packaged": _now(),
+        "packaged": now(),
         "packaged_at_commit": git_commit(root),
     }
     save(target, lopt, meta_params, {"zoo": lineage})
@@ -390,11 +270,26 @@ def write_index(root: Path) -> Path:
     return path
 
 
-def track(root: Path, names: list[str] | None = None, log=print) -> dict:
-    """Rewrite ``models/zoo/index.json``, ``dvc add`` each entry (``models/zoo/<name>.dvc``) and push them to the
-    default DVC remote when the repository has one.
+def _pin_remote(dvc_file: Path, remote: str) -> None:
+    """Set ``remote: <remote>`` on the outputs of ``dvc_file``, so a plain ``dvc push`` / ``dvc pull`` uses it."""
+    import yaml  # noqa: PLC0415
 
-    Returns ``{"dvc_files": [...], "pushed": n or None}``.
+    doc = yaml.safe_load(dvc_file.read_text(encoding="utf-8"))
+    if all(out.get("remote") == remote for out in doc["outs"]):
+        return
+    for out in doc["outs"]:
+        out["remote"] = remote
+    atomic_write_text(dvc_file, yaml.safe_dump(doc, sort_keys=False))
+
+
+def track(root: Path, names: list[str] | None = None, log=print) -> dict:
+    """Rewrite ``models/zoo/index.json``, ``dvc add`` each entry (``models/zoo/<name>.dvc``) and push it.
+
+    Where the repository has a DVC remote named :data:`ZOO_REMOTE` (this project's: ``models/zoo-store``,
+    committed to git, so every clone has the zoo offline), each entry's output is pinned to it (``remote:`` in
+    its ``.dvc`` file) and pushed there; otherwise it is pushed to the default remote when there is one.
+
+    Returns ``{"dvc_files": [...], "pushed": n or None, "remote": name or None}``.
     """
     from flows import dvc_glue  # noqa: PLC0415
 
@@ -403,18 +298,41 @@ def track(root: Path, names: list[str] | None = None, log=print) -> dict:
     zoo = root / zoo_lib.ZOO_SUBDIR
     names = zoo_lib.entries(zoo) if names is None else names
     repo = dvc_glue.open_repo(root)
+    remote = ZOO_REMOTE if ZOO_REMOTE in repo.config.get("remote", {}) else dvc_glue.default_remote(repo)
     for n in names:
         dvc_glue._quiet(repo.add, str(zoo / n))
+        if remote == ZOO_REMOTE:
+            _pin_remote(zoo / f"{n}.dvc", ZOO_REMOTE)
     dvc_files = [str((zoo / f"{n}.dvc").relative_to(root)) for n in names]
-    out = {"dvc_files": dvc_files, "pushed": None}
-    if names and dvc_glue.default_remote(repo):
+    out = {"dvc_files": dvc_files, "pushed": None, "remote": remote}
+    if names and remote:
+        repo = dvc_glue.open_repo(root)  # re-read the pinned .dvc files
         out["pushed"] = dvc_glue._quiet(repo.push, targets=[str(root / f) for f in dvc_files])
-        log(f"zoo: pushed {out['pushed']} object(s) to the default DVC remote")
+        log(f"zoo: pushed {out['pushed']} object(s) to the DVC remote {remote!r}")
     elif names:
         log("zoo: no default DVC remote configured: `dvc remote add -d NAME URL`, then `dvc push models/zoo/*.dvc`")
-    git_files = " ".join([str(index.relative_to(root)), *dvc_files, str(zoo_lib.ZOO_SUBDIR / ".gitignore")])
+    extra = [str(ZOO_STORE)] if remote == ZOO_REMOTE else []
+    git_files = " ".join([str(index.relative_to(root)), *dvc_files, str(zoo_lib.ZOO_SUBDIR / ".gitignore"), *extra])
     log(f"zoo: {len(names)} entr{'y' if len(names) == 1 else 'ies'} tracked by DVC; commit them: git add {git_files}")
     return out
+
+
+def materialize(root: Path, names: list[str], log=print) -> list[str]:
+    """Check out (from the DVC cache or the entry's remote) the entries of ``names`` missing from ``models/zoo``.
+
+    A fresh clone has each entry's ``.dvc`` file but not its files; ``dvc pull`` of that file restores them
+    offline from ``models/zoo-store``. Entries without a ``.dvc`` file are left alone (loading them then
+    fails with the list of available entries). Returns the names restored.
+    """
+    from flows import dvc_glue  # noqa: PLC0415
+
+    zoo = Path(root) / zoo_lib.ZOO_SUBDIR
+    missing = [n for n in names if not (zoo / n / CONFIG_FILE).is_file() and (zoo / f"{n}.dvc").is_file()]
+    if missing:
+        repo = dvc_glue.open_repo(Path(root))
+        dvc_glue._quiet(repo.pull, targets=[str(zoo / f"{n}.dvc") for n in missing])
+        log(f"zoo: checked out {', '.join(missing)} (dvc pull models/zoo/<name>.dvc)")
+    return missing
 
 
 # --- MLflow: registered on first use -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import math
 
 from components.evaluation.aggregate import aggregate_long, aggregate_train, aggregate_validation
 from components.evaluation.claims import claims
-from components.evaluation.experiment import LEARNED_KINDS, LONG, REFERENCE, VARIANTS, base_method
+from components.evaluation.methods import LEARNED_KINDS, LONG, REFERENCE, VARIANTS, base_method
 
 __all__ = ["aggregate_all", "headline", "flat_numbers"]
 
@@ -20,9 +20,9 @@ def aggregate_all(
 ) -> dict:
     """Across tasks under each rule (:mod:`components.evaluation.aggregate`), by distribution, and the claim tables.
 
-    ``variants`` (default :data:`~components.evaluation.experiment.VARIANTS`) are the "beats all"
+    ``variants`` (default :data:`~components.evaluation.methods.VARIANTS`) are the "beats all"
     non-competitors; with zoo entries the stage passes
-    :func:`~components.evaluation.experiment.family_variants`.
+    :func:`~components.evaluation.methods.family_variants`.
 
     Returns:
       ``train`` / ``validation`` / ``long`` (per optimizer), ``by_distribution``

@@ -140,7 +140,7 @@ import functools
 import itertools
 import math
 from numbers import Real
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -153,6 +153,7 @@ from components.optimizers.l3rs_parts import (
     BASE_DIRECTIONS,
     DEFAULT_EMA_DECAYS,
     DIRECTIONS,
+    L3RSState,
     check_decay,
     check_directions,
     check_ema_decays,
@@ -175,32 +176,6 @@ _DEFAULT_SECONDARY = 0.01  # initial weight of every other direction
 
 
 # --------------------------------------------------------------------------- optimizer
-
-
-class L3RSState(NamedTuple):
-    """State of an ``l3rs`` transformation (``M`` = number of EMA decays, ``K`` = base directions).
-
-    Attributes:
-      iteration: int32 step counter ``t`` (0 before the first update).
-      first_loss: float32 loss at the first update (0 before it).
-      loss_ema: float32 ``[M]`` EMAs of the loss (not bias-corrected).
-      grad_rms_ema: float32 ``[L, M]`` EMAs of the per-layer gradient RMS (not bias-corrected).
-      weight_rms_ema: float32 ``[L, M]`` EMAs of the per-layer weight RMS (not bias-corrected).
-      mixing: float32 ``[L, K]`` mixing weights ``μ`` of the last update (``μ⁰`` before the first).
-      rates: float32 ``[L]`` rates ``λ`` of the last update (θ's ``exp(log_rate)`` before the
-        first). Kept with ``mixing`` for logging the learned per-layer schedules.
-      buffers: ``{direction name: tuple of params-shaped trees}`` — the accumulators of the base
-        directions that have any (``sgd`` has none).
-    """
-
-    iteration: jax.Array
-    first_loss: jax.Array
-    loss_ema: jax.Array
-    grad_rms_ema: jax.Array
-    weight_rms_ema: jax.Array
-    mixing: jax.Array
-    rates: jax.Array
-    buffers: dict
 
 
 @dataclasses.dataclass(frozen=True)

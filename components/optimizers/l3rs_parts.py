@@ -1,4 +1,4 @@
-"""The parts of :mod:`.l3rs`: its base directions, its multi-timescale status features, its head.
+"""The parts of :mod:`.l3rs`: its base directions, its multi-timescale status features, its head, its state.
 
 See :mod:`.l3rs` for the maths; everything here is a pure function of arrays (the directions read
 their hyperparameters from the :class:`~.l3rs.L3RS` object they are given). The progress features
@@ -23,6 +23,7 @@ __all__ = [
     "NORM_EPS",
     "RATE_SOFT_CAP",
     "Direction",
+    "L3RSState",
     "check_decay",
     "check_directions",
     "check_ema_decays",
@@ -280,3 +281,29 @@ def check_directions(names) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"L3RS.base_directions must not repeat a name, got {names}.")
     return names
+
+
+class L3RSState(NamedTuple):
+    """State of an ``l3rs`` transformation (``M`` = number of EMA decays, ``K`` = base directions).
+
+    Attributes:
+      iteration: int32 step counter ``t`` (0 before the first update).
+      first_loss: float32 loss at the first update (0 before it).
+      loss_ema: float32 ``[M]`` EMAs of the loss (not bias-corrected).
+      grad_rms_ema: float32 ``[L, M]`` EMAs of the per-layer gradient RMS (not bias-corrected).
+      weight_rms_ema: float32 ``[L, M]`` EMAs of the per-layer weight RMS (not bias-corrected).
+      mixing: float32 ``[L, K]`` mixing weights ``μ`` of the last update (``μ⁰`` before the first).
+      rates: float32 ``[L]`` rates ``λ`` of the last update (θ's ``exp(log_rate)`` before the
+        first). Kept with ``mixing`` for logging the learned per-layer schedules.
+      buffers: ``{direction name: tuple of params-shaped trees}`` — the accumulators of the base
+        directions that have any (``sgd`` has none).
+    """
+
+    iteration: jax.Array
+    first_loss: jax.Array
+    loss_ema: jax.Array
+    grad_rms_ema: jax.Array
+    weight_rms_ema: jax.Array
+    mixing: jax.Array
+    rates: jax.Array
+    buffers: dict

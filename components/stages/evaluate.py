@@ -60,17 +60,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from components.evaluation.experiment import (
-    LEARNED_KINDS,
-    ZOO_METHODS,
-    ProtocolConfig,
-    TaskEvaluation,
-    base_method,
-    evaluate_on_task,
-    family_variants,
-    learned_family,
-    zoo_method_names,
-)
+from components.evaluation.experiment import ProtocolConfig, TaskEvaluation, evaluate_on_task, learned_family
+from components.evaluation.methods import LEARNED_KINDS, ZOO_METHODS, base_method, family_variants, zoo_method_names
 from components.evaluation.protocol import RULES, finite_or_none
 from components.evaluation.summary import aggregate_all, flat_numbers, headline
 from components.optimizers import load

@@ -29,7 +29,7 @@ from components.stages.inputs import build_families
 from components.stages.params import PipelineParams, params_hash
 from components.stages.paths import CHECKPOINT_DIR, META_METRICS, META_PLOT, MODEL_DIR
 
-__all__ = ["VERSION", "run"]
+__all__ = ["VERSION", "data_hashes", "run"]
 
 VERSION = "2"
 
@@ -40,7 +40,8 @@ def lopt_from_params(params: PipelineParams, phase=None):
     return create_learned(mt.lopt, **hyper)
 
 
-def _data_hashes(params: PipelineParams, manifest: dict) -> dict[str, str]:
+def data_hashes(params: PipelineParams, manifest: dict) -> dict[str, str]:
+    """``{dataset: sha256}`` of the prepared datasets meta-training reads (as its checkpoints record them)."""
     fam = params.meta_train.task_family
     if fam.task is not None:
         from components.tasks.suite import get_spec  # noqa: PLC0415
@@ -209,12 +210,12 @@ def run(params: PipelineParams, root: Path, context: StageContext | None = None)
     mt = params.meta_train
     manifest = read_manifest(root)
     families, datas = build_families(params, root)
-    data_hashes = _data_hashes(params, manifest)
+    hashes = data_hashes(params, manifest)
     context.log(_plan_line(params, len(families)))
     t0 = time.perf_counter()
-    done = _train_phases(params, root, context, families, datas, data_hashes)
+    done = _train_phases(params, root, context, families, datas, hashes)
     seconds = time.perf_counter() - t0
-    _save_models(params, root, done, data_hashes)
+    _save_models(params, root, done, hashes)
     metrics = _write_metrics(root, done, seconds)
     head, tail = metrics["meta_loss_first"], metrics["meta_loss_last"]
     context.log(f"meta_train: meta-loss {head:.4f} -> {tail:.4f} in {seconds:.0f}s")

@@ -20,7 +20,7 @@ import numpy as np
 from components.tasks import models
 from components.tasks.protocol import clip_loss
 
-__all__ = ["ImageData", "stack_datasets", "Task", "ImageMLPFamily", "normalize_loss", "MODELS"]
+__all__ = ["ImageData", "stack_datasets", "ImageClassification", "Task", "ImageMLPFamily", "normalize_loss", "MODELS"]
 
 MODELS = ("mlp", "conv", "conv1d")
 
@@ -83,9 +83,37 @@ def _zero_scale() -> jax.Array:
     return jnp.zeros((), jnp.float32)
 
 
+class ImageClassification:
+    """The objective and data of an image classifier: mixed into a task class that has ``logits(params, x)``,
+    ``num_classes``, ``batch_size`` and ``dataset_index`` (:class:`Task`, :class:`.residual.ResNetTask`)."""
+
+    # -- objective ----------------------------------------------------------------------------
+    def loss(self, params: dict, batch: tuple[jax.Array, jax.Array], key: jax.Array | None = None) -> jax.Array:
+        """Mean softmax cross-entropy on ``batch = (x, y)``; ``key`` is unused (deterministic model)."""
+        del key
+        x, y = batch
+        logp = jax.nn.log_softmax(self.logits(params, x))
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    def accuracy(self, params: dict, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
+        x, y = batch
+        return jnp.mean(jnp.argmax(self.logits(params, x), axis=-1) == y)
+
+    def normalized_loss(self, loss: jax.Array) -> jax.Array:
+        """``clip(loss, 0, 1.5 ln num_classes)``, non-finite -> max (:func:`normalize_loss`)."""
+        return normalize_loss(loss, self.num_classes)
+
+    # -- data ---------------------------------------------------------------------------------
+    def batch(self, data: ImageData, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """A uniformly sampled minibatch (with replacement) from this task's dataset."""
+        n = data.n[self.dataset_index]
+        idx = jax.random.randint(key, (self.batch_size,), 0, n)
+        return data.x[self.dataset_index, idx], data.y[self.dataset_index, idx]
+
+
 @jax.tree_util.register_pytree_node_class
 @dataclasses.dataclass(frozen=True)
-class Task:
+class Task(ImageClassification):
     """A classification problem on labelled arrays: an MLP, a 2-D CNN or a 1-D CNN.
 
     Static attributes (pytree aux data):
@@ -190,29 +218,6 @@ class Task:
         if self.model == "conv":
             return models.apply_conv(params, x, self.activation, downsample=self.downsample)
         return models.apply_conv1d(params, x, self.activation, downsample=self.downsample)
-
-    # -- objective ----------------------------------------------------------------------------
-    def loss(self, params: dict, batch: tuple[jax.Array, jax.Array], key: jax.Array | None = None) -> jax.Array:
-        """Mean softmax cross-entropy on ``batch = (x, y)``; ``key`` is unused (deterministic model)."""
-        del key
-        x, y = batch
-        logp = jax.nn.log_softmax(self.logits(params, x))
-        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
-
-    def accuracy(self, params: dict, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
-        x, y = batch
-        return jnp.mean(jnp.argmax(self.logits(params, x), axis=-1) == y)
-
-    def normalized_loss(self, loss: jax.Array) -> jax.Array:
-        """``clip(loss, 0, 1.5 ln num_classes)``, non-finite -> max (:func:`normalize_loss`)."""
-        return normalize_loss(loss, self.num_classes)
-
-    # -- data ---------------------------------------------------------------------------------
-    def batch(self, data: ImageData, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """A uniformly sampled minibatch (with replacement) from this task's dataset."""
-        n = data.n[self.dataset_index]
-        idx = jax.random.randint(key, (self.batch_size,), 0, n)
-        return data.x[self.dataset_index, idx], data.y[self.dataset_index, idx]
 
 
 @dataclasses.dataclass(frozen=True)

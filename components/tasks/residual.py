@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from components.tasks import models
-from components.tasks.base import ImageData, normalize_loss
+from components.tasks.base import ImageClassification
 
 __all__ = ["init_resnet", "apply_resnet", "apply_block", "residual_branch", "conv2d", "block_names", "ResNetTask"]
 
@@ -191,7 +191,7 @@ def _zero_index() -> jax.Array:
 
 @jax.tree_util.register_pytree_node_class
 @dataclasses.dataclass(frozen=True)
-class ResNetTask:
+class ResNetTask(ImageClassification):
     """Image classification with the pre-activation ResNet of this module (softmax cross-entropy).
 
     Static attributes: ``name``, ``channels`` (one width per stage), ``blocks_per_stage``,
@@ -262,22 +262,3 @@ class ResNetTask:
 
     def logits(self, params: dict, x: jax.Array) -> jax.Array:
         return apply_resnet(params, x, self.activation)
-
-    def loss(self, params: dict, batch: tuple[jax.Array, jax.Array], key: jax.Array | None = None) -> jax.Array:
-        """Mean softmax cross-entropy on ``batch = (x, y)``; ``key`` is unused (deterministic model)."""
-        del key
-        x, y = batch
-        logp = jax.nn.log_softmax(self.logits(params, x))
-        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
-
-    def accuracy(self, params: dict, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
-        x, y = batch
-        return jnp.mean(jnp.argmax(self.logits(params, x), axis=-1) == y)
-
-    def normalized_loss(self, loss: jax.Array) -> jax.Array:
-        return normalize_loss(loss, self.num_classes)
-
-    def batch(self, data: ImageData, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """A uniformly sampled minibatch (with replacement) from this task's dataset."""
-        idx = jax.random.randint(key, (self.batch_size,), 0, data.n[self.dataset_index])
-        return data.x[self.dataset_index, idx], data.y[self.dataset_index, idx]

@@ -257,6 +257,43 @@ def test_evaluate_stage_runs_a_zoo_entry_beside_the_fresh_optimizer(zoo_project,
         evaluate.run(missing, root)
 
 
+def test_zoo_remote_in_git_gives_a_fresh_clone_the_zoo_offline(zoo_project, mirror, tmp_path):
+    """With the project's `zoo` remote (models/zoo-store, committed), a `git clone` restores the entry by itself."""
+    root = zoo_project
+    config = root / ".dvc/config"
+    config.write_text(config.read_text() + "['remote \"zoo\"']\n    url = ../models/zoo-store\n")
+    out = _l2o(root, mirror, "zoo", "track")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "DVC remote 'zoo'" in out.stdout, out.stdout
+    assert "remote: zoo" in (root / "models/zoo/t1.dvc").read_text()
+    assert any(p.is_file() for p in (root / "models/zoo-store").rglob("*")), "nothing pushed to models/zoo-store"
+    env = project_env(root, mirror)
+    subprocess.run(["git", "add", "-A"], cwd=root, env=env, check=True, capture_output=True)
+    subprocess.run(["git", "commit", "-qm", "zoo t1"], cwd=root, env=env, check=True, capture_output=True)
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(root), str(clone)], env=env, check=True, capture_output=True)
+    assert (clone / "models/zoo/t1.dvc").is_file() and not (clone / "models/zoo/t1").exists()
+    script = textwrap.dedent(
+        """
+        from pathlib import Path
+        import numpy as np, jax
+        from components.optimizers import load
+        from flows.zoo import materialize
+        assert materialize(Path.cwd(), ["t1"], log=print) == ["t1"]
+        assert materialize(Path.cwd(), ["t1"], log=print) == []  # already there: nothing to do
+        print("OK", load("zoo:t1", zoo_dir=Path.cwd() / "models/zoo").config["zoo"]["outer_steps_done"])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=clone, env=project_env(clone, mirror), capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split("OK")[1].split() == ["6"]
+    a, b = (load_file(str(r / "models/zoo/t1/weights.safetensors")) for r in (root, clone))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize(
     "path", sorted((Path(__file__).resolve().parents[2] / "params" / "zoo").glob("*.yaml")), ids=lambda p: p.name
 )
@@ -271,7 +308,7 @@ def test_train_workspace_reads_the_project_mirror(tmp_path, monkeypatch):
     """The workspace .l2o/zoo/<name> has no ../shared/datasets beside it: zoo train points the stages at the
     project's mirror (an explicit $L2O_DATA_MIRROR stays as it is)."""
     from components.stages.fetch import MIRROR_ENV, resolve_mirror
-    from flows.zoo import _use_project_mirror, workspace
+    from flows.zoo_train import _use_project_mirror, workspace
 
     project, shared = tmp_path / "proj", tmp_path / "shared" / "datasets"
     project.mkdir()
