@@ -78,10 +78,12 @@ class TaskFamilyParams(_Section):
         from components.tasks.spec import dataset_info  # noqa: PLC0415
 
         if self.task is not None:
+            # a field set to its default clashes with nothing: dumps hold every field, so a dumped params file
+            # (params.yaml, a zoo workspace's record) validates again
             fixed = sorted(
                 f
                 for f in ("preset", "datasets", "hidden_sizes", "batch_size", "param_scale_range")
-                if f in self.model_fields_set
+                if f in self.model_fields_set and _norm(getattr(self, f)) != _norm(type(self).model_fields[f].default)
             )
             if fixed:
                 raise ValueError(

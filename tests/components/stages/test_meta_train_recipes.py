@@ -196,3 +196,15 @@ def test_celo2_recipe_runs_through_the_stage_and_saves_a_loadable_celo2(prepared
     assert sum(not np.array_equal(a, b) for a, b in leaves) >= 10  # PES moved the MLP's weights
     assert [s for s, _ in result.curves["meta_loss"]] == [2, 4]
     assert np.isfinite(result.metrics["meta_loss_last"])
+
+
+@pytest.mark.parametrize("name", ["mulo_cpu", "star_cpu", "l3rs_cpu", "celo_cpu", "default"])
+def test_a_dump_of_the_params_validates_again(name):
+    """params.yaml and a zoo workspace's record hold model_dump(): every field, task-family defaults included."""
+    params = _preset(name)
+    dumped = params.model_dump(mode="json")
+    assert PipelineParams.model_validate(dumped) == params
+    if params.meta_train.task_family.task is not None:  # a real clash with the one task is still refused
+        dumped["meta_train"]["task_family"]["batch_size"] = params.meta_train.task_family.batch_size + 1
+        with pytest.raises(ValueError, match=r"fixes the model and data: remove \['batch_size'\]"):
+            PipelineParams.model_validate(dumped)
