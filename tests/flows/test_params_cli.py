@@ -52,7 +52,7 @@ PARAMS_HASHES = {
     "celo_gpu.yaml": "7e37cdae5671853f",
     "celo2_cpu.yaml": "0b4d3475405d659d",
     "celo2_gpu.yaml": "54f15bfbdbf287a9",
-    "default.yaml": "6ad0811fbb6e02e3",
+    "default.yaml": "f2d7789d5b3870c1",
     "l3rs_cpu.yaml": "f518f1ea3f42f1c9",
     "l3rs_gpu.yaml": "35be03ac5bb74175",
     "mulo_cpu.yaml": "9d3fbb3268d1c577",
