@@ -49,8 +49,10 @@ def stage_order(repo) -> list[str]:
     import networkx as nx  # noqa: PLC0415  (a DVC dependency)
 
     graph = repo.index.graph  # edges point from a stage to the stages it depends on
-    order = list(reversed(list(nx.lexicographical_topological_sort(graph, key=lambda s: s.name))))
-    return [s.name for s in order]
+    # the graph also holds the .dvc files' stages (the zoo's entries), which have no name: order by address, keep
+    # the pipeline's
+    order = list(reversed(list(nx.lexicographical_topological_sort(graph, key=lambda s: s.addressing))))
+    return [s.name for s in order if getattr(s, "name", None)]
 
 
 def _quiet(fn, *args, _level=logging.INFO, **kwargs):
@@ -77,7 +79,7 @@ def commit_stage(repo, name: str) -> None:
 
 
 def _stage(repo, name: str):
-    return next(s for s in repo.index.stages if s.name == name)
+    return next(s for s in repo.index.stages if getattr(s, "name", None) == name)
 
 
 def run_cache_key(repo, name: str) -> str | None:

@@ -66,7 +66,7 @@ def stage_param_keys(repo, name: str) -> list[str]:
     """Top-level params keys stage ``name`` depends on, as declared in ``dvc.yaml``."""
     from dvc.dependency.param import ParamsDependency  # noqa: PLC0415
 
-    stage = next(s for s in repo.index.stages if s.name == name)
+    stage = next(s for s in repo.index.stages if getattr(s, "name", None) == name)
     keys: list[str] = []
     for dep in stage.deps:
         if isinstance(dep, ParamsDependency):

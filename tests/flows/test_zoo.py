@@ -294,6 +294,18 @@ def test_zoo_remote_in_git_gives_a_fresh_clone_the_zoo_offline(zoo_project, mirr
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_pipeline_stage_order_ignores_the_zoo_dvc_files(zoo_project):
+    """The entries' .dvc files are unnamed stages in DVC's graph: the pipeline still sees dvc.yaml's stages only."""
+    import yaml
+
+    from flows.dvc_glue import open_repo, stage_order
+
+    assert (zoo_project / "models/zoo/t1.dvc").is_file()
+    order = stage_order(open_repo(zoo_project))
+    assert sorted(order) == sorted(yaml.safe_load((zoo_project / "dvc.yaml").read_text())["stages"])
+    assert order.index("meta_train") < order.index("evaluate") < order.index("report")
+
+
 @pytest.mark.parametrize(
     "path", sorted((Path(__file__).resolve().parents[2] / "params" / "zoo").glob("*.yaml")), ids=lambda p: p.name
 )
