@@ -56,10 +56,9 @@ def run_pipeline(
     """
     t0 = time.perf_counter()
     repo = dvc_glue.open_repo(root)
-    if params.evaluate.zoo:  # a fresh clone has the zoo's .dvc files, not its weights: check them out first
-        from flows.zoo import materialize  # noqa: PLC0415
+    from flows.zoo import materialize  # noqa: PLC0415
 
-        materialize(root, params.evaluate.zoo, log=log)
+    materialize(root, log=log)  # a fresh clone has the zoo's .dvc files, not its weights: check them out first
     order = dvc_glue.stage_order(repo)
     versions = component_versions(order)  # fails early if dvc.yaml names an unknown stage
     todo = order if force else dvc_glue.changed_stages(repo, order)

@@ -141,10 +141,10 @@ def execute_stage(
     own run, as the run its outputs belong to; ``resume`` ``None`` reads ``$L2O_RESUME``.
     """
     module = stage_module(name)
-    if name == "evaluate" and params.evaluate.zoo:  # e.g. `l2o stage evaluate` on a fresh clone
+    if name == "evaluate":  # e.g. `l2o stage evaluate` on a fresh clone: every zoo entry (see materialize)
         from flows.zoo import materialize  # noqa: PLC0415
 
-        materialize(root, params.evaluate.zoo, log=print)
+        materialize(root, log=print)
     dumped = params.model_dump(mode="json")
     tags = {
         "l2o.stage": name,

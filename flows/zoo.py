@@ -317,16 +317,20 @@ def track(root: Path, names: list[str] | None = None, log=print) -> dict:
     return out
 
 
-def materialize(root: Path, names: list[str], log=print) -> list[str]:
-    """Check out (from the DVC cache or the entry's remote) the entries of ``names`` missing from ``models/zoo``.
+def materialize(root: Path, names: list[str] | None = None, log=print) -> list[str]:
+    """Check out (from the DVC cache or the entry's remote) the entries of ``names`` (default: every entry with a
+    ``.dvc`` file) missing from ``models/zoo``.
 
     A fresh clone has each entry's ``.dvc`` file but not its files; ``dvc pull`` of that file restores them
-    offline from ``models/zoo-store``. Entries without a ``.dvc`` file are left alone (loading them then
-    fails with the list of available entries). Returns the names restored.
+    offline from ``models/zoo-store``. The pipeline checks out every entry, not only those ``evaluate.zoo``
+    names: the ``evaluate`` stage depends on the whole ``models/zoo`` folder, whose hash must not depend on which
+    entries a clone happens to hold. Entries without a ``.dvc`` file are left alone (loading them then fails
+    with the list of available entries). Returns the names restored.
     """
     from flows import dvc_glue  # noqa: PLC0415
 
     zoo = Path(root) / zoo_lib.ZOO_SUBDIR
+    names = sorted(p.stem for p in zoo.glob("*.dvc")) if names is None else names
     missing = [n for n in names if not (zoo / n / CONFIG_FILE).is_file() and (zoo / f"{n}.dvc").is_file()]
     if missing:
         repo = dvc_glue.open_repo(Path(root))
