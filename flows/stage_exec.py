@@ -122,6 +122,24 @@ def make_logger(name: str):
     return log
 
 
+def _warn_fresh_over_checkpoint(root: Path, log: Logger) -> None:
+    """One line when meta-training starts over although an earlier run left a checkpoint (say how to resume)."""
+    from components.meta.checkpoint import read_header  # noqa: PLC0415
+    from components.stages.paths import CHECKPOINT_DIR  # noqa: PLC0415
+
+    for path in sorted((Path(root) / CHECKPOINT_DIR).glob("*.npz")):
+        try:
+            step = read_header(path)["step"]
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint is overwritten like any other
+            step = "?"
+        log(
+            f"meta_train: {path.relative_to(root)} holds an earlier run's state at outer step {step}; this run starts"
+            " over and overwrites it. To continue that run instead, stop this one and use `l2o run --resume`"
+            " (or `l2o stage meta_train --resume`, `L2O_RESUME=1 dvc repro`)"
+        )
+        return
+
+
 def execute_stage(
     name: str,
     params: PipelineParams,
@@ -161,6 +179,8 @@ def execute_stage(
     try:
         # the report names the MLflow run it belongs to: the pipeline's, else this stage's own
         context = stage_context(log, map_fn=map_fn, run_id=parent_run_id or run_id, resume=resume)
+        if name == "meta_train" and not context.resume:
+            _warn_fresh_over_checkpoint(root, log)
         result = module.run(params, root, context)
     except BaseException as exc:
         tracker.finish(run_id, "FAILED")

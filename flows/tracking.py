@@ -1,6 +1,7 @@
 """MLflow glue: store location, runs with explicit ids (thread-safe), batched metric histories."""
 
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -53,12 +54,39 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(experiment_name, artifact_location=artifacts)
         else:
             self.experiment_id = exp.experiment_id
+        self.root = str(Path(root).resolve())
+        self.reaped = self.reap_orphans()
 
     def start(self, name: str, *, parent: str | None = None, tags: dict | None = None) -> str:
         tags = {k: str(v) for k, v in (tags or {}).items()}
         if parent:
             tags["mlflow.parentRunId"] = parent
+        # who runs it, so that the next command can tell a run whose process was killed (reap_orphans)
+        tags.update({OWNER_ROOT: self.root, OWNER_HOST: socket.gethostname(), OWNER_PROCESS: _process_id()})
         return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    def reap_orphans(self, log=print) -> list[str]:
+        """Mark KILLED this project's RUNNING runs (on this host) whose process is gone; returns their ids.
+
+        A run killed by SIGKILL, OOM or a power cut never reaches :meth:`finish` and would stay RUNNING in
+        MLflow forever. Every run records its owner (project root, host, pid + process start time); the next
+        command in the same project on the same host ends the runs whose owner no longer exists, with a tag
+        saying why. Runs of other hosts or projects are left alone (their processes cannot be checked here).
+        """
+        query = f"attributes.status = 'RUNNING' and tags.`{OWNER_HOST}` = '{socket.gethostname()}'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000)
+        reaped = []
+        for run in runs:
+            tags = run.data.tags
+            owner = tags.get(OWNER_PROCESS)
+            if tags.get(OWNER_ROOT) != self.root or owner is None or _process_alive(owner):
+                continue
+            self.client.set_tag(run.info.run_id, "l2o.ended_by", f"process {owner} was gone: marked KILLED later")
+            self.client.set_terminated(run.info.run_id, "KILLED")
+            reaped.append(run.info.run_id)
+        if reaped:
+            log(f"l2o: marked {len(reaped)} MLflow run(s) KILLED whose process is gone: {', '.join(reaped)}")
+        return reaped
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param  # noqa: PLC0415
@@ -94,6 +122,34 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
+
+
+OWNER_ROOT, OWNER_HOST, OWNER_PROCESS = "l2o.owner.root", "l2o.owner.host", "l2o.owner.process"
+
+
+def _process_id(pid: int | None = None) -> str:
+    """``"<pid>@<start time>"``: the start time tells a reused pid from the process that started a run."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}@{_start_time(pid)}"
+
+
+def _start_time(pid: int) -> str:
+    try:  # Linux: field 22 of /proc/<pid>/stat, the start time in clock ticks after boot
+        return open(f"/proc/{pid}/stat", encoding="ascii").read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def _process_alive(owner: str) -> bool:
+    pid_text, _, started = owner.partition("@")
+    try:
+        pid = int(pid_text)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, PermissionError):
+        return True  # unreadable or another user's: do not touch it
+    return started == "?" or _start_time(pid) in (started, "?")
 
 
 def _key(name: str) -> str:

@@ -188,6 +188,34 @@ def test_a_killed_meta_train_stage_resumes_through_the_dvc_repro_path(project, m
     assert killed.returncode == -9, killed.stdout[-3000:] + killed.stderr[-3000:]
     assert "killing this process at outer step 3" in killed.stdout
     assert not (project / "models" / "lopt").exists()
+
+    # the killed process never ended its MLflow run
+    from mlflow.tracking import MlflowClient
+
+    from flows.stage_exec import _warn_fresh_over_checkpoint
+
+    store = f"sqlite:///{project / '.mlflow' / 'mlflow.db'}"
+
+    def meta_train_runs():
+        client = MlflowClient(store)
+        exps = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(exps, filter_string="tags.`l2o.stage` = 'meta_train'")
+        return sorted(runs, key=lambda r: r.info.start_time)
+
+    (orphan,) = meta_train_runs()
+    assert orphan.info.status == "RUNNING"
+    # a plain re-run would start over: it says so, and how to resume, before it overwrites the checkpoint
+    lines = []
+    _warn_fresh_over_checkpoint(project, lines.append)
+    assert len(lines) == 1 and "outer step 2" in lines[0] and "l2o run --resume" in lines[0], lines
+
     resumed = _l2o(project, {**env, "L2O_RESUME": "1"}, "stage", "meta_train", "--params", "params/fault.yaml")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and (project / "models" / "lopt" / "config.json").exists()
+    assert "holds an earlier run's state" not in resumed.stdout  # resuming: no warning
+    # the next command in the project ended the orphan (its process is gone), and only it
+    assert f"marked 1 MLflow run(s) KILLED whose process is gone: {orphan.info.run_id}" in resumed.stdout
+    first, second = meta_train_runs()
+    assert first.info.run_id == orphan.info.run_id and first.info.status == "KILLED"
+    assert "was gone" in first.data.tags["l2o.ended_by"]
+    assert second.info.status == "FINISHED"
