@@ -78,7 +78,8 @@ def commit_stage(repo, name: str) -> None:
     _quiet(repo.commit, name, force=True)
 
 
-def _stage(repo, name: str):
+def stage_by_name(repo, name: str):
+    """The ``dvc.yaml`` stage ``name`` (the index also holds the unnamed stages of ``.dvc`` files)."""
     return next(s for s in repo.index.stages if getattr(s, "name", None) == name)
 
 
@@ -91,7 +92,7 @@ def run_cache_key(repo, name: str) -> str | None:
     """
     from dvc.stage.cache import _can_hash, _get_stage_hash  # noqa: PLC0415  (DVC's own key function)
 
-    stage = _stage(repo, name)
+    stage = stage_by_name(repo, name)
     recorded = [dep.hash_info for dep in stage.deps]  # what dvc.lock says: put back below
     try:
         _quiet(stage.save_deps)
@@ -110,7 +111,7 @@ def restore_stage(repo, name: str, *, pull: bool = False) -> bool:
     and record them in ``dvc.lock``; False when no run with the current dependencies was cached."""
     from dvc.stage.cache import RunCacheNotFoundError  # noqa: PLC0415
 
-    stage = _stage(repo, name)
+    stage = stage_by_name(repo, name)
     try:
         with repo.lock:  # checkout writes the workspace: DVC's own lock, as `dvc repro` holds it
             # quiet up to warnings: a miss is the common case ("Some of the cache files do not exist
@@ -147,7 +148,7 @@ def push_stage(repo, name: str) -> int:
     from dvc.stage.cache import _get_cache_hash, _get_stage_hash  # noqa: PLC0415
     from dvc.stage.serialize import to_single_stage_lockfile  # noqa: PLC0415
 
-    stage = _stage(repo, name)
+    stage = stage_by_name(repo, name)
     key = _get_stage_hash(stage)
     value = _get_cache_hash(to_single_stage_lockfile(stage))
     _quiet(repo.stage_cache.push, None)

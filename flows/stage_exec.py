@@ -66,7 +66,9 @@ def stage_param_keys(repo, name: str) -> list[str]:
     """Top-level params keys stage ``name`` depends on, as declared in ``dvc.yaml``."""
     from dvc.dependency.param import ParamsDependency  # noqa: PLC0415
 
-    stage = next(s for s in repo.index.stages if getattr(s, "name", None) == name)
+    from flows.dvc_glue import stage_by_name  # noqa: PLC0415
+
+    stage = stage_by_name(repo, name)
     keys: list[str] = []
     for dep in stage.deps:
         if isinstance(dep, ParamsDependency):

@@ -55,7 +55,7 @@ class Tracker:
         else:
             self.experiment_id = exp.experiment_id
         self.root = str(Path(root).resolve())
-        self.reaped = self.reap_orphans()
+        self.reap_orphans()
 
     def start(self, name: str, *, parent: str | None = None, tags: dict | None = None) -> str:
         tags = {k: str(v) for k, v in (tags or {}).items()}
@@ -127,10 +127,9 @@ class Tracker:
 OWNER_ROOT, OWNER_HOST, OWNER_PROCESS = "l2o.owner.root", "l2o.owner.host", "l2o.owner.process"
 
 
-def _process_id(pid: int | None = None) -> str:
-    """``"<pid>@<start time>"``: the start time tells a reused pid from the process that started a run."""
-    pid = os.getpid() if pid is None else pid
-    return f"{pid}@{_start_time(pid)}"
+def _process_id() -> str:
+    """``"<pid>@<start time>"`` of this process: the start time tells a reused pid from the run's owner."""
+    return f"{os.getpid()}@{_start_time(os.getpid())}"
 
 
 def _start_time(pid: int) -> str:
