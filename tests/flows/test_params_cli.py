@@ -91,6 +91,21 @@ def test_override_syntax_errors_are_listed():
 
 
 BAD_CASES = {
+    # issue 20: `outer_lr: .inf` used to validate and meta-train a NaN optimizer
+    "non_finite": (
+        {"meta_train": {"outer_lr": float("inf"), "lopt_hyperparams": {"step_mult": float("nan")}}},
+        ["evaluate.smoothing=-inf", "calibrate.lr_grid.max=inf"],
+        [
+            "meta_train.outer_lr: Input should be a finite number (got inf)",
+            "evaluate.smoothing: Input should be a finite number",
+            "calibrate.lr_grid.max: Input should be a finite number",
+        ],
+    ),
+    "non_finite_hyperparameter": (
+        {"meta_train": {"lopt_hyperparams": {"step_mult": float("inf")}}},
+        [],
+        ["meta_train.lopt_hyperparams: ['step_mult'] must be finite numbers (inf and nan are not allowed)"],
+    ),
     "unknown_key": (
         {"evaluate": {"num_seedz": 3}},
         [],

@@ -46,7 +46,8 @@ SuiteName = Annotated[str, AfterValidator(_check_suite_name)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: no float field takes inf or nan (`outer_lr: .inf` used to pass and train a NaN optimizer)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _norm(value):
@@ -54,6 +55,17 @@ def _norm(value):
     if isinstance(value, (list, tuple)):
         return [_norm(v) for v in value]
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _finite(value) -> bool:
+    """False for inf/nan anywhere inside a hyperparameter value (numbers, lists, nested dicts)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
 
 
 def _check_optimizer(name: str, hyperparams: dict, kind: str, where: str) -> None:
@@ -67,6 +79,9 @@ def _check_optimizer(name: str, hyperparams: dict, kind: str, where: str) -> Non
     if actual != kind:
         names = registry.available()["learned" if kind == "learned" else "baselines"]
         raise ValueError(f"{where}: {name!r} is a {actual}, expected a {kind} optimizer: one of {names}")
+    bad = [k for k, v in hyperparams.items() if not _finite(v)]
+    if bad:
+        raise ValueError(f"{where}_hyperparams: {bad} must be finite numbers (inf and nan are not allowed)")
     if kind == "learned":
         try:
             registry.create_learned(name, **hyperparams)
