@@ -9,7 +9,7 @@ from components.meta.inner import InnerState, draw_batches, inner_step, sample_l
 from components.meta.pes import PES, PESState
 from components.meta.sharding import task_mesh
 from components.meta.tbptt import TruncatedBackprop
-from components.meta.train import MetaTrainResult, meta_train, outer_optimizer
+from components.meta.train import MetaTrainResult, NonFiniteMetaParamsError, meta_train, outer_optimizer
 
 __all__ = [
     "CheckpointError",
@@ -20,6 +20,7 @@ __all__ = [
     "MetaTrainPhase",
     "MetaTrainPreset",
     "MetaTrainResult",
+    "NonFiniteMetaParamsError",
     "PES",
     "PESState",
     "TruncatedBackprop",

@@ -10,7 +10,11 @@ one, so an interrupted and resumed run ends with the same meta-params as an unin
 
 Several task families (Celo: one per dataset) each get their own estimator and persistent state; their
 meta-gradients are averaged. Non-finite meta-gradient entries are zeroed and counted (curve
-``nonfinite``) before clipping by value and AdamW.
+``nonfinite``) before clipping by value and AdamW. Estimates whose inner losses (meta-loss or training
+loss) are non-finite are counted too (curve ``nonfinite_loss``: per outer step, how many of the
+families' estimates had one). Non-finite *meta-parameters* end the run: after every compiled call the
+loop checks them and raises :class:`NonFiniteMetaParamsError` (naming the step and the fix) before any
+checkpoint of them is written.
 
 ``on_outer_step`` (a hook called after every compiled call, once its checkpoint is written) lets the
 caller watch progress or inject faults: the pipeline's tests kill the process from it to check
@@ -34,9 +38,13 @@ from components.meta.estimators import build_estimator
 from components.meta.frozen import penalty_gradient, trainable_mask
 from components.meta.sharding import describe, place_tasks, task_mesh
 
-__all__ = ["MetaTrainResult", "outer_optimizer", "meta_train", "progress_line"]
+__all__ = ["MetaTrainResult", "NonFiniteMetaParamsError", "outer_optimizer", "meta_train", "progress_line"]
 
-CURVES = ("meta_loss", "train_loss", "grad_norm", "nonfinite")
+CURVES = ("meta_loss", "train_loss", "grad_norm", "nonfinite", "nonfinite_loss")
+
+
+class NonFiniteMetaParamsError(RuntimeError):
+    """The meta-parameters became inf/nan: the run stops, nothing of them is saved."""
 
 
 @dataclasses.dataclass
@@ -46,6 +54,10 @@ class MetaTrainResult:
     seconds: float
     inner_steps: int
     resumed_from: int = 0  # the outer step restored from a checkpoint (0: a fresh run)
+    nonfinite_losses: int = 0  # estimates (family x outer step) whose inner loss was inf/nan
+    # the compiled loop's rate: inner steps and seconds after the first (compiling) call
+    timed_inner_steps: int = 0
+    timed_seconds: float = 0.0
 
 
 def outer_optimizer(cfg: MetaTrainConfig, mask: Any = None) -> optax.GradientTransformation:
@@ -119,6 +131,10 @@ def _outer_call(lopt, families: list, estimator, opt: optax.GradientTransformati
             "grad_norm": optax.global_norm(clean),
             "nonfinite": jnp.asarray(nonfinite, jnp.float32),
             "inner_steps": sum(jnp.asarray(a["inner_steps"], jnp.float32) for a in auxes),
+            "nonfinite_loss": sum(
+                jnp.any(~jnp.isfinite(a["meta_loss"]) | ~jnp.isfinite(a["train_loss"])).astype(jnp.float32)
+                for a in auxes
+            ),
         }
         return (meta_params, opt_state, tuple(new_states)), out
 
@@ -141,6 +157,7 @@ class _Progress:
     curves: dict = dataclasses.field(default_factory=lambda: {k: [] for k in CURVES})
     window: dict = dataclasses.field(default_factory=lambda: {k: [] for k in CURVES})
     inner_total: int = 0
+    nonfinite_losses: int = 0
     started: float = dataclasses.field(default_factory=time.perf_counter)
     compiled_at: float | None = None
     steps_timed: int = 0
@@ -153,6 +170,7 @@ class _Progress:
             curves={k: [tuple(p) for p in header["curves"].get(k, [])] for k in CURVES},
             window={k: [np.float32(v) for v in header["window"].get(k, [])] for k in CURVES},
             inner_total=int(header["inner_steps"]),
+            nonfinite_losses=int(header.get("nonfinite_losses", 0)),
         )
 
     def header(self, step: int, fingerprint: str) -> dict:
@@ -162,6 +180,7 @@ class _Progress:
             "curves": self.curves,
             "window": {k: [float(v) for v in vs] for k, vs in self.window.items()},
             "inner_steps": self.inner_total,
+            "nonfinite_losses": self.nonfinite_losses,
         }
 
     def record(self, outs: dict, n: int, log: Callable[[str], None]) -> None:
@@ -169,6 +188,7 @@ class _Progress:
         for k in CURVES:
             self.window[k].extend(np.asarray(outs[k], np.float32).tolist())
         inner_now = int(np.sum(outs["inner_steps"]))
+        self.nonfinite_losses += int(np.sum(outs["nonfinite_loss"]))
         self.inner_total += inner_now
         if self.compiled_at is None:
             self.compiled_at = time.perf_counter()
@@ -187,11 +207,26 @@ class _Progress:
         extra = f"meta_loss={curves['meta_loss'][-1][1]:.4f} grad_norm={curves['grad_norm'][-1][1]:.3g}"
         if curves["nonfinite"][-1][1] > 0:
             extra += f" nonfinite={curves['nonfinite'][-1][1]:.0f}"
+        if curves["nonfinite_loss"] and curves["nonfinite_loss"][-1][1] > 0:
+            extra += f" nonfinite_loss={curves['nonfinite_loss'][-1][1]:.2f}"
         elapsed = time.perf_counter() - self.compiled_at
         ok = elapsed > 0 and self.steps_timed > 0
         outer_rate = self.steps_timed / elapsed if ok else float("nan")
         inner_rate = self.inner_timed / elapsed if ok else float("nan")
         log(f"meta_train: {progress_line(step, self.total, outer_rate, inner_rate, extra)}")
+
+
+def _check_finite(meta_params: Any, step: int, total: int) -> None:
+    """Raise :class:`NonFiniteMetaParamsError` if any meta-parameter is inf or nan after ``step``."""
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(meta_params))]
+    bad = sum(int(np.sum(~np.isfinite(x))) for x in leaves)
+    if bad:
+        size = sum(x.size for x in leaves)
+        raise NonFiniteMetaParamsError(
+            f"meta-training diverged: {bad} of {size} meta-parameters are inf/nan after outer step {step}/{total};"
+            " nothing was saved or registered. Lower meta_train.outer_lr, set meta_train.grad_clip_norm"
+            " (e.g. 1.0) or shorten the unrolls, then re-run (without --resume)"
+        )
 
 
 def _restore(
@@ -253,9 +288,13 @@ def meta_train(
     (:mod:`components.meta.frozen`).
 
     Returns:
-      The trained meta-parameters and curves ``meta_loss``, ``train_loss``, ``grad_norm`` and
-      ``nonfinite`` (meta-gradient entries zeroed) sampled every ``cfg.log_every`` outer steps
-      (averaged over the steps since the previous point).
+      The trained meta-parameters and curves ``meta_loss``, ``train_loss``, ``grad_norm``,
+      ``nonfinite`` (meta-gradient entries zeroed) and ``nonfinite_loss`` (estimates with an inf/nan inner
+      loss) sampled every ``cfg.log_every`` outer steps (averaged over the steps since the previous point).
+
+    Raises:
+      NonFiniteMetaParamsError: the meta-parameters became inf/nan (checked after every compiled call,
+        before its checkpoint is written).
     """
     families, datas = _as_list(family), tuple(_as_list(data))
     if len(families) != len(datas):
@@ -284,6 +323,7 @@ def meta_train(
         meta_params, opt_state, states, outs = outer_call(meta_params, opt_state, states, datas, keys)
         progress.record(jax.device_get(outs), n, log)
         step += n
+        _check_finite(meta_params, step, total)
         last = step == total
         if step % cfg.log_every == 0 or last:
             progress.point(step, log)
@@ -293,4 +333,13 @@ def meta_train(
             on_outer_step(step, total)
     jax.block_until_ready(meta_params)
     seconds = time.perf_counter() - progress.started
-    return MetaTrainResult(meta_params, progress.curves, seconds, progress.inner_total, resumed_from=start_step)
+    return MetaTrainResult(
+        meta_params,
+        progress.curves,
+        seconds,
+        progress.inner_total,
+        resumed_from=start_step,
+        nonfinite_losses=progress.nonfinite_losses,
+        timed_inner_steps=progress.inner_timed,
+        timed_seconds=time.perf_counter() - progress.compiled_at if progress.compiled_at is not None else 0.0,
+    )

@@ -22,8 +22,8 @@ from components.stages.common import (
     StageContext,
     StageResult,
     atomic_write_json,
-    git_commit,
     read_manifest,
+    write_run_log,
 )
 from components.stages.inputs import build_families
 from components.stages.params import PipelineParams, params_hash
@@ -31,7 +31,7 @@ from components.stages.paths import CHECKPOINT_DIR, META_METRICS, META_PLOT, MOD
 
 __all__ = ["VERSION", "data_hashes", "run"]
 
-VERSION = "2"
+VERSION = "3"  # 3: no wall-clock values in the outputs (.l2o/runs/meta_train.json, MLflow); non-finite checks
 
 
 def lopt_from_params(params: PipelineParams, phase=None):
@@ -97,8 +97,10 @@ class _Phases:
     curves: dict = dataclasses.field(default_factory=dict)
     rows: list = dataclasses.field(default_factory=list)
     results: list = dataclasses.field(default_factory=list)  # (phase, lopt, meta_params)
-    inner_steps: int = 0
-    loop_seconds: float = 0.0
+    timed_inner_steps: int = 0
+    timed_seconds: float = 0.0
+    resumed_from: list = dataclasses.field(default_factory=list)  # per phase: the outer step restored (0: fresh)
+    nonfinite_losses: int = 0
 
 
 def _train_phases(params: PipelineParams, root: Path, context: StageContext, families, datas, data_hashes) -> _Phases:
@@ -138,12 +140,13 @@ def _train_phases(params: PipelineParams, root: Path, context: StageContext, fam
                 "lopt_hyperparams": mt.phase_hyperparams(phase),
                 "first_step": offset + 1,
                 "last_step": offset + steps,
-                "resumed_from": result.resumed_from,
             }
         )
         offset += steps
-        out.inner_steps += result.inner_steps
-        out.loop_seconds += result.seconds
+        out.timed_inner_steps += result.timed_inner_steps
+        out.timed_seconds += result.timed_seconds
+        out.resumed_from.append(result.resumed_from)
+        out.nonfinite_losses += result.nonfinite_losses
         out.results.append((phase, lopt, meta_params))
     return out
 
@@ -158,7 +161,6 @@ def _save_models(params: PipelineParams, root: Path, done: _Phases, data_hashes:
         "meta_train": params.meta_train.model_dump(mode="json"),
         "phases": done.rows,
         "data_hashes": data_hashes,
-        "git_commit": git_commit(root),
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
     }
@@ -171,8 +173,28 @@ def _save_models(params: PipelineParams, root: Path, done: _Phases, data_hashes:
     atomic_write_json(root / MODEL_DIR / "curves.json", done.curves)
 
 
-def _write_metrics(root: Path, done: _Phases, seconds: float) -> dict:
-    """``metrics/meta_train.json`` and ``plots/meta_train.json``; returns the metrics."""
+def _check_final_loss(done: _Phases, num_families: int) -> None:
+    """The documented failure rule for non-finite inner losses: they are counted (``nonfinite_losses`` in the
+    metrics, curve ``nonfinite_loss``) and tolerated while training recovers from them, but when more than
+    half of the estimates of the last curve window had an inf/nan inner loss (or the last meta-loss point is
+    itself non-finite) the optimizer diverges its tasks: the stage fails and nothing is saved or registered.
+    (Non-finite meta-parameters fail the run earlier, in the loop.)"""
+    meta_loss = done.curves.get("meta_loss") or []
+    bad = done.curves.get("nonfinite_loss") or []
+    if not meta_loss:
+        return
+    share = bad[-1][1] / num_families if bad else 0.0
+    if share > 0.5 or not np.isfinite(meta_loss[-1][1]):
+        raise FloatingPointError(
+            f"meta-training ended diverging its tasks: at outer step {meta_loss[-1][0]}, {share:.0%} of the last"
+            f" window's estimates had an inf/nan inner loss ({done.nonfinite_losses} in the whole run; meta-loss"
+            f" {meta_loss[-1][1]:.4g}), so nothing was saved or registered. Lower meta_train.outer_lr or the"
+            " optimizer's step size, set meta_train.grad_clip_norm (e.g. 1.0) or shorten the unrolls"
+        )
+
+
+def _write_metrics(root: Path, done: _Phases) -> dict:
+    """``metrics/meta_train.json`` and ``plots/meta_train.json`` (no wall-clock values); returns the metrics."""
     curves = done.curves
     meta_loss = curves["meta_loss"]
     meta_params = done.results[-1][2]
@@ -181,10 +203,9 @@ def _write_metrics(root: Path, done: _Phases, seconds: float) -> dict:
     metrics = {
         "meta_loss_first": head,
         "meta_loss_last": tail,
-        "seconds": seconds,
-        "inner_steps_per_second": done.inner_steps / done.loop_seconds if done.loop_seconds > 0 else 0.0,
         "num_meta_params": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(meta_params))),
         "nonfinite_meta_grad_entries": float(sum(v for _, v in curves.get("nonfinite", []))),
+        "nonfinite_losses": done.nonfinite_losses,
     }
     atomic_write_json(root / META_METRICS, metrics)
     atomic_write_json(
@@ -215,14 +236,24 @@ def run(params: PipelineParams, root: Path, context: StageContext | None = None)
     t0 = time.perf_counter()
     done = _train_phases(params, root, context, families, datas, hashes)
     seconds = time.perf_counter() - t0
+    _check_final_loss(done, len(families))
+    if done.nonfinite_losses:
+        context.log(f"meta_train: warning: {done.nonfinite_losses} estimates had an inf/nan inner loss (counted)")
     _save_models(params, root, done, hashes)
-    metrics = _write_metrics(root, done, seconds)
+    metrics = _write_metrics(root, done)
+    # wall-clock facts: MLflow and the run log, never the DVC-tracked outputs (identical runs hash alike)
+    timing = {
+        "seconds": seconds,
+        # the rate of the compiled loop: the first (compiling) call of each phase is excluded
+        "inner_steps_per_second": done.timed_inner_steps / done.timed_seconds if done.timed_seconds > 0 else 0.0,
+    }
+    write_run_log(root, "meta_train", {**timing, "resumed_from": done.resumed_from})
     head, tail = metrics["meta_loss_first"], metrics["meta_loss_last"]
     context.log(f"meta_train: meta-loss {head:.4f} -> {tail:.4f} in {seconds:.0f}s")
     return StageResult(
         stage="meta_train",
         version=VERSION,
-        metrics=metrics,
+        metrics={**metrics, **timing},
         curves=done.curves,
         artifacts=[MODEL_DIR, META_METRICS],
         model_dir=MODEL_DIR,

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from components.meta import CheckpointError, MetaTrainConfig, meta_train
+from components.meta import CheckpointError, MetaTrainConfig, NonFiniteMetaParamsError, meta_train
 from components.meta.checkpoint import read_header
 from components.optimizers.registry import create_learned
 from components.tasks import stack_datasets
@@ -241,3 +241,14 @@ def test_a_population_the_devices_do_not_divide_is_a_clear_error():
     devices = [jax.devices()[0]] * 3  # stands for three devices
     with pytest.raises(ValueError, match="multiple of the 3 local devices"):
         task_mesh(4, devices)
+
+
+def test_non_finite_meta_params_stop_the_run_before_they_are_checkpointed(tmp_path):
+    lopt, family, data, cfg = _problem(outer_lr=3e38, num_outer_steps=6, checkpoint_every=1)
+    path = tmp_path / "ckpt.npz"
+    with pytest.raises(NonFiniteMetaParamsError, match=r"meta-parameters are inf/nan after outer step \d+/6") as err:
+        meta_train(lopt, family, data, cfg, key=jax.random.PRNGKey(0), log=lambda _: None, checkpoint_path=path)
+    assert "meta_train.outer_lr" in str(err.value) and "nothing was saved or registered" in str(err.value)
+    failed_at = int(str(err.value).split("after outer step ")[1].split("/")[0])
+    # checkpoints stop at the last finite step: the diverged meta-params are never written
+    assert not path.exists() or read_header(path)["step"] == failed_at - 1
