@@ -210,8 +210,8 @@ def render_report(
       params: the resolved params (shown for reproducibility; ``evaluate.smoothing`` is quoted in the text).
       colors: optimizer -> colour (the swatches match the figures).
       labels: optimizer -> display name.
-      provenance: ``date``, ``git_commit``, ``mlflow_run_id``, ``component_versions`` (component -> version) and
-        ``data_hashes`` (prepared dataset -> sha256).
+      provenance: ``component_versions`` (component -> version) and ``data_hashes`` (prepared dataset ->
+        sha256); nothing that differs between identical runs.
       order: optimizers in display order (default: learned, safeguarded, then baselines with tuned Adam first).
 
     Returns:

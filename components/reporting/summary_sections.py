@@ -35,10 +35,13 @@ __all__ = [
 
 def provenance_list(evaluation: Mapping, provenance: Mapping) -> str:
     items = [
-        ("generated", escape(str(provenance.get("date", "unknown")))),
         ("params hash", escape(str(evaluation.get("params_hash", "unknown")))),
-        ("git commit", escape(str(provenance.get("git_commit", "unknown")))),
-        ("MLflow run", escape(str(provenance.get("mlflow_run_id", "unknown")))),
+        (
+            "this run",
+            "date, git commit, MLflow run and wall times are on the run's MLflow page (<code>l2o ui</code>,"
+            " <code>l2o compare</code>) and in <code>.l2o/runs/</code>; the page holds none of them, so identical"
+            " runs write identical reports (and DVC hashes)",
+        ),
     ]
     versions = provenance.get("component_versions") or {}
     if versions:

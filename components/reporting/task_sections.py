@@ -280,12 +280,11 @@ def lr_tuning_section(evaluation: Mapping, names: list[str], colors, labels) -> 
 
 def meta_training_section(meta_train: Mapping, figures) -> str:
     first, last = meta_train.get("meta_loss_first"), meta_train.get("meta_loss_last")
-    secs, ips = meta_train.get("seconds"), meta_train.get("inner_steps_per_second")
-    n = meta_train.get("num_meta_params")
+    n, bad = meta_train.get("num_meta_params"), meta_train.get("nonfinite_losses")
     text = (
-        f"Meta-loss {fmt_num(first, 4)} &rarr; {fmt_num(last, 4)} in {f'{secs:.0f}' if is_number(secs) else DASH} s "
-        f"({f'{ips:.0f}' if is_number(ips) else DASH} inner steps/s,"
-        f" {n if isinstance(n, int) else DASH} meta-parameters)."
+        f"Meta-loss {fmt_num(first, 4)} &rarr; {fmt_num(last, 4)} ({n if isinstance(n, int) else DASH} meta-parameters"
+        + (f", {bad} estimates with an inf/nan inner loss" if isinstance(bad, int) and bad else "")
+        + "; wall time and rate: the meta_train run in MLflow)."
     )
     return f"<h2 id=meta>Meta-training</h2><p>{text}</p>" + figure(
         figures.get("meta_loss"), "meta-training curve: meta-loss against outer step"

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from components.stages.paths import MANIFEST, PREPARED_DIR
+from components.stages.paths import MANIFEST, PREPARED_DIR, RUN_LOG_DIR
 
 __all__ = [
     "StageContext",
@@ -31,6 +31,8 @@ __all__ = [
     "sha256_file",
     "sha256_bytes",
     "git_commit",
+    "write_run_log",
+    "read_run_log",
     "serial_map",
     "Logger",
     "OuterStepHook",
@@ -182,6 +184,21 @@ def git_commit(root: Path) -> str:
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def write_run_log(root: Path, stage: str, facts: dict) -> None:
+    """Record the facts of a stage run that differ between identical runs (wall times, rates, the outer step
+    a run resumed from, the git commit, the host) in ``.l2o/runs/<stage>.json``: git-ignored and not a DVC
+    output, so the tracked outputs of identical runs hash alike. The orchestrator logs the same facts to
+    MLflow (the stage's :class:`StageResult` metrics and tags)."""
+    record = {"stage": stage, "git_commit": git_commit(root), "host": os.uname().nodename, "pid": os.getpid(), **facts}
+    atomic_write_json(Path(root) / RUN_LOG_DIR / f"{stage}.json", record)
+
+
+def read_run_log(root: Path, stage: str) -> dict | None:
+    """The last :func:`write_run_log` record of ``stage`` under ``root`` (None if there is none)."""
+    path = Path(root) / RUN_LOG_DIR / f"{stage}.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def read_manifest(root: Path) -> dict:

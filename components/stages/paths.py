@@ -20,6 +20,9 @@ path                    written by      what
 ``CURVES_DIR``          evaluate        ``<task>.json`` learning curves
 ``EVAL_PLOTS_DIR``      evaluate        ``<task>.json`` smoothed training loss for ``dvc plots``
 ``REPORT_DIR``          report          ``index.html`` and its figures
+``RUN_LOG_DIR``         every stage     ``<stage>.json``: wall times, rates, resume points, host, git commit
+                                        of the last run (git-ignored, not a DVC output: DVC-tracked files
+                                        hold no wall-clock values, so identical runs hash alike)
 ======================  ==============  ==============================================================
 """
 
@@ -42,6 +45,7 @@ __all__ = [
     "CURVES_DIR",
     "EVAL_PLOTS_DIR",
     "REPORT_DIR",
+    "RUN_LOG_DIR",
 ]
 
 PREPARED_DIR = Path("data/prepared")
@@ -60,3 +64,4 @@ HEADLINE = Path("metrics/headline.json")
 CURVES_DIR = Path("metrics/curves")
 EVAL_PLOTS_DIR = Path("plots/evaluation")
 REPORT_DIR = Path("reports")
+RUN_LOG_DIR = Path(".l2o/runs")

@@ -32,6 +32,7 @@ from components.stages.common import (
     atomic_write_json,
     load_prepared,
     read_manifest,
+    write_run_log,
 )
 from components.stages.params import PipelineParams
 from components.stages.paths import PRETRAINED_DIR, PRETRAINED_INDEX
@@ -42,7 +43,8 @@ from components.tasks.suite import get_spec, source_task
 
 __all__ = ["VERSION", "run", "finetune_specs", "cache_key"]
 
-VERSION = "1"
+VERSION = "2"  # 2: the index holds no wall-clock values (seconds, reused: .l2o/runs/pretrain.json and MLflow)
+_RUN_FACTS = ("seconds", "reused")
 _STREAM = 3  # fold_in tag of this stage's random stream (meta_train uses the seed, 1 calibrate, 2 evaluate)
 
 
@@ -74,7 +76,10 @@ def cache_key(params: PipelineParams, spec: TaskSpec, data_sha256: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _pretrain_one(params: PipelineParams, root: Path, spec: TaskSpec, entry: str, key_hash: str, out: Path) -> dict:
+def _pretrain_one(
+    params: PipelineParams, root: Path, spec: TaskSpec, entry: str, key_hash: str, out: Path
+) -> tuple[dict, float]:
+    """Pre-train one task into ``out``: ``(its index row, wall seconds)``."""
     p = spec.pretrain
     arrays = load_prepared(root, entry)
     src = source_task(spec)
@@ -106,9 +111,7 @@ def _pretrain_one(params: PipelineParams, root: Path, spec: TaskSpec, entry: str
         "final_train_loss": float(np.mean(tail)) if np.all(np.isfinite(tail)) else None,
         "source_test_loss": test_loss,
         "source_test_acc": test_acc,
-        "seconds": seconds,
-        "reused": False,
-    }
+    }, seconds
 
 
 def run(params: PipelineParams, root: Path, context: StageContext | None = None) -> StageResult:
@@ -138,17 +141,19 @@ def run(params: PipelineParams, root: Path, context: StageContext | None = None)
             if old and old.get("cache_key") == key_hash and (old_dir / old["file"]).exists():
                 shutil.copy2(old_dir / old["file"], tmp / old["file"])
                 log(f"pretrain: {spec.name}: unchanged, reused")
-                return spec.name, {**old, "reused": True}
+                # (an index written before version 3 also holds its run's seconds/reused: dropped)
+                return spec.name, {k: v for k, v in old.items() if k not in _RUN_FACTS}, {"reused": True}
             log(f"pretrain: {spec.name}: Adam on {entry} for {_steps(params, spec)} steps ...")
-            row = _pretrain_one(params, root, spec, entry, key_hash, tmp)
+            row, seconds = _pretrain_one(params, root, spec, entry, key_hash, tmp)
             acc = "" if row["source_test_acc"] is None else f", source test acc {row['source_test_acc']:.3f}"
             log(
                 f"pretrain: {spec.name}: final train loss {row['final_train_loss']},"
-                f" source test loss {row['source_test_loss']:.4f}{acc} ({row['seconds']:.0f}s)"
+                f" source test loss {row['source_test_loss']:.4f}{acc} ({seconds:.0f}s)"
             )
-            return spec.name, row
+            return spec.name, row, {"reused": False, "seconds": seconds}
 
-        rows = dict(context.map_fn(one, jobs))
+        done = context.map_fn(one, jobs)
+        rows = {name: row for name, row, _ in done}
         atomic_write_json(tmp / "index.json", {"tasks": rows, "component_version": VERSION, "seed": params.seed})
 
     metrics: dict[str, float] = {"seconds": time.perf_counter() - t0, "num_tasks": float(len(rows))}
@@ -156,5 +161,7 @@ def run(params: PipelineParams, root: Path, context: StageContext | None = None)
         for k in ("final_train_loss", "source_test_loss", "source_test_acc"):
             if row[k] is not None:
                 metrics[f"{name}/{k}"] = row[k]
+    # wall times and cache hits: MLflow and the run log, not the DVC-tracked index (identical runs hash alike)
+    write_run_log(root, "pretrain", {"seconds": metrics["seconds"], "tasks": {name: f for name, _, f in done}})
     log(f"pretrain: {len(rows)} fine-tuning task(s) ready in {metrics['seconds']:.0f}s")
     return StageResult(stage="pretrain", version=VERSION, metrics=metrics, artifacts=[PRETRAINED_DIR])

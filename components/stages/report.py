@@ -4,17 +4,18 @@ Reads ``metrics/evaluation.json`` and ``metrics/curves/<task>.json`` (evaluate s
 and ``models/lopt/curves.json`` (meta_train), ``models/safeguard.json`` (calibrate) and
 ``data/prepared/manifest.json`` (prepare_data), and writes into ``reports/`` (replaced whole, atomically):
 
-* ``index.html``: a static page (no JavaScript, no network) with the provenance of the run (params hash, git
-  commit, MLflow run, component versions, data hashes), the headline table (speedup and final-loss ratio IQM with
-  95% CIs, shares of tasks beating tuned Adam and every competitor, divergences, fallback rate), the stability test
-  at k x the horizon, per-task results, learning curves, the baselines' learning-rate tuning, meta-training and the
-  safeguard sweep (see :mod:`components.reporting.html`);
+* ``index.html``: a static page (no JavaScript, no network) with the provenance of the run (params hash,
+  component versions, data hashes; the run's date, git commit and MLflow run are the run's MLflow tags and
+  ``.l2o/runs/report.json``, never the page: identical runs write identical reports), the headline table
+  (speedup and final-loss ratio IQM with 95% CIs, shares of tasks beating tuned Adam and every competitor,
+  divergences, fallback rate), the stability test at k x the horizon, per-task results, learning curves, the
+  baselines' learning-rate tuning, meta-training and the safeguard sweep (see :mod:`components.reporting.html`);
 * its PNG figures (:mod:`components.reporting.plots`): ``aggregate.png``, ``profile.png``, ``speedup.png``,
   ``long_horizon.png`` (k > 1 only), ``curves_<task>.png`` and ``meta_training.png``;
 * ``evaluation.json``, a copy of the metrics the page shows.
 
-The MLflow run shown is ``context.run_id``: the orchestrator passes the run the stage is logged under (the
-pipeline's parent run for ``l2o run``, the stage's own run for ``l2o stage`` / ``dvc repro``).
+``context.run_id`` is the MLflow run the stage is logged under (the pipeline's parent run for ``l2o run``,
+the stage's own run for ``l2o stage`` / ``dvc repro``): it goes to the run log, with the date and commit.
 """
 
 import datetime
@@ -37,7 +38,7 @@ from components.reporting import (
     task_curves_figure,
 )
 from components.reporting.plots import REFERENCE
-from components.stages.common import StageContext, StageResult, atomic_dir, git_commit
+from components.stages.common import StageContext, StageResult, atomic_dir, write_run_log
 from components.stages.params import PipelineParams
 from components.stages.paths import (
     CURVES_DIR,
@@ -60,8 +61,9 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def provenance(root: Path, evaluation: dict, run_id: str | None = None) -> dict:
-    """Date, git commit, MLflow run id (``run_id``), component versions and prepared-data hashes of the run."""
+def provenance(root: Path, evaluation: dict) -> dict:
+    """Component versions and prepared-data hashes of the run: what the page states. Nothing that differs
+    between identical runs (date, commit, MLflow run id: :func:`run` writes them to the run log)."""
     manifest = _read_json(root / MANIFEST) or {}
     config = _read_json(root / MODEL_DIR / "config.json") or {}
     safeguard = _read_json(root / SAFEGUARD) or {}
@@ -73,9 +75,6 @@ def provenance(root: Path, evaluation: dict, run_id: str | None = None) -> dict:
         "report": VERSION,
     }
     return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "git_commit": git_commit(root),
-        "mlflow_run_id": run_id or NO_RUN,
         "component_versions": {k: v for k, v in versions.items() if v is not None},
         "data_hashes": {name: d.get("sha256", "?") for name, d in (manifest.get("datasets") or {}).items()},
     }
@@ -136,10 +135,12 @@ def run(params: PipelineParams, root: Path, context: StageContext | None = None)
             params=params.model_dump(mode="json"),
             colors=colors,
             labels=labels,
-            provenance=provenance(root, evaluation, context.run_id),
+            provenance=provenance(root, evaluation),
             order=names,
         )
         (out / "index.html").write_text(page, encoding="utf-8")
         shutil.copy(root / EVAL_METRICS, out / "evaluation.json")
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    write_run_log(root, "report", {"date": date, "mlflow_run_id": context.run_id or NO_RUN})
     context.log(f"report: wrote {REPORT_DIR / 'index.html'} with {len(figures)} figures")
     return StageResult(stage="report", version=VERSION, artifacts=[REPORT_DIR])

@@ -215,13 +215,15 @@ def test_sections_and_provenance(built):
     assert [html.unescape(re.sub("<[^>]+>", "", h)) for h in re.findall(r"<h2[^>]*>(.*?)</h2>", page)] == H2
     prov = page[page.index("<h2 id=provenance>") : page.index("<h2 id=headline>")]
     assert evaluation["params_hash"] in prov
-    assert RUN_ID in prov and "env-run" not in prov  # the context's run; the environment is not read
-    assert "git commit</dt><dd>unknown" in prov  # the fixture project is no git repository
+    # nothing that differs between identical runs: the run id, commit and date go to the run log
+    assert RUN_ID not in prov and "env-run" not in prov
+    assert "git commit</dt>" not in prov and "generated</dt>" not in prov
+    run_log = json.loads((built[0] / ".l2o" / "runs" / "report.json").read_text())
+    assert run_log["mlflow_run_id"] == RUN_ID and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", run_log["date"])
     manifest = json.loads((REPO / "tests/components/reporting/data/data/prepared/manifest.json").read_text())
     for name, d in manifest["datasets"].items():
         assert f"{name} <span title='{d['sha256']}'>{d['sha256'][:12]}</span>" in prov
     assert "evaluate 3" in prov and "report 3" in prov and "calibrate 2" in prov and "meta_train 2" in prov
-    assert re.search(r"generated</dt><dd>\d{4}-\d\d-\d\d \d\d:\d\d UTC", prov)
 
 
 def test_headline_tables_one_per_rule_numbers_from_the_fixture(built):
@@ -450,7 +452,8 @@ def test_horizon_multiplier_one_missing_metrics_divergence_censoring_and_grid_ed
     assert "Stability" not in page and not (root / "reports" / "long_horizon.png").exists()
     assert "stability-table" not in page and "No long-horizon runs" in page
     assert logs == [f"report: wrote reports/index.html with {len(image_sources(page))} figures"]
-    assert "MLflow run</dt><dd>child-run" in page
+    assert "child-run" not in page  # the run id goes to the run log
+    assert json.loads((root / ".l2o" / "runs" / "report.json").read_text())["mlflow_run_id"] == "child-run"
     val = tables(page)["task-validation-table"]
     start = next(i for i, r in enumerate(val) if r[0].startswith("mnist_mlp_deep ("))
     assert [r[3] for r in val[start + 1 : start + 8]] == [EN_DASH] * 7  # no test accuracy
@@ -479,6 +482,6 @@ def test_without_an_mlflow_run(tmp_path, monkeypatch):
     root = make_project(tmp_path / "project")
     monkeypatch.setenv("L2O_MLFLOW_RUN_ID", "env-run")  # not read: the run comes from the stage's context
     prov = report.provenance(root, json.loads((root / "metrics" / "evaluation.json").read_text()))
-    assert prov["mlflow_run_id"] == "unknown (run outside l2o run)"
+    assert "mlflow_run_id" not in prov and "date" not in prov and "git_commit" not in prov
     assert prov["component_versions"]["report"] == "3"
     assert set(prov["data_hashes"]) == {"digits", "fashion_mnist", "mnist"}

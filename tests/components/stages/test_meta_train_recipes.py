@@ -208,3 +208,40 @@ def test_a_dump_of_the_params_validates_again(name):
         dumped["meta_train"]["task_family"]["batch_size"] = params.meta_train.task_family.batch_size + 1
         with pytest.raises(ValueError, match=r"fixes the model and data: remove \['batch_size'\]"):
             PipelineParams.model_validate(dumped)
+
+
+def test_diverging_inner_losses_are_counted_and_fail_the_stage_without_any_output(prepared):
+    """The documented rule (issue 20): inf/nan inner losses are counted; a run whose last meta-loss point is
+    non-finite fails with the fix named and writes no model, metrics or registration input."""
+    params = _preset(
+        "tiny", num_outer_steps=4, log_every=2, checkpoint_every=None, lopt_hyperparams={"step_mult": 1e30}
+    )
+    root = prepared(params)
+    lines: list[str] = []
+    with pytest.raises(FloatingPointError, match=r"100% of the last window's estimates had an inf/nan") as err:
+        meta_train.run(params, root, StageContext(log=lines.append))
+    assert any("nonfinite_loss=" in line for line in lines), lines  # the progress line counts them as they come
+    assert "meta_train.outer_lr" in str(err.value)
+    assert not (root / paths.MODEL_DIR).exists() and not (root / paths.META_METRICS).exists()
+
+
+def test_metrics_and_model_hold_no_wall_clock_values_and_the_run_log_does(prepared):
+    """Identical runs hash alike (issue 20): timings, the resume point and the commit go to the run log
+    (.l2o/runs/meta_train.json, git-ignored) and MLflow (the StageResult), not the DVC-tracked outputs."""
+    params = _preset("tiny", num_outer_steps=4, log_every=2, checkpoint_every=2)
+    root = prepared(params)
+    result = meta_train.run(params, root, StageContext(log=lambda _: None))
+    files = [root / paths.META_METRICS, root / paths.MODEL_DIR / "config.json"]
+    first = [f.read_bytes() for f in files] + [(root / paths.MODEL_DIR / "weights.safetensors").read_bytes()]
+    metrics = json.loads(files[0].read_text())
+    assert "seconds" not in metrics and "inner_steps_per_second" not in metrics and metrics["nonfinite_losses"] == 0
+    config = json.loads(files[1].read_text())
+    assert "git_commit" not in config and all("resumed_from" not in row for row in config["phases"])
+    assert result.metrics["seconds"] > 0 and result.metrics["inner_steps_per_second"] > 0  # for MLflow
+    log = json.loads((root / paths.RUN_LOG_DIR / "meta_train.json").read_text())
+    assert log["seconds"] > 0 and log["resumed_from"] == [0] and "git_commit" in log
+    # a resumed run (restored at its last step) writes byte-identical outputs; only the run log differs
+    meta_train.run(params, root, StageContext(log=lambda _: None, resume=True))
+    again = [f.read_bytes() for f in files] + [(root / paths.MODEL_DIR / "weights.safetensors").read_bytes()]
+    assert again == first
+    assert json.loads((root / paths.RUN_LOG_DIR / "meta_train.json").read_text())["resumed_from"] == [4]

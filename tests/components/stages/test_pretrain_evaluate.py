@@ -58,13 +58,19 @@ def root(tmp_path_factory, mirror):
     return root
 
 
+def _run_log(root):
+    return json.loads((root / paths.RUN_LOG_DIR / "pretrain.json").read_text())
+
+
 def test_pretrain_writes_loads_and_reuses(root):
     lines = []
     result = pretrain.run(_params(), root, StageContext(log=lines.append))
     index = json.loads((root / paths.PRETRAINED_INDEX).read_text())
     assert list(index["tasks"]) == ["ft_mnist_to_digits_mlp"]  # the only fine-tuning task
     row = index["tasks"]["ft_mnist_to_digits_mlp"]
-    assert row["prepared_file"] == "mnist.npz" and row["num_steps"] == 60 and row["reused"] is False
+    assert row["prepared_file"] == "mnist.npz" and row["num_steps"] == 60
+    assert "reused" not in row and "seconds" not in row  # run facts: the run log, not the tracked index
+    assert _run_log(root)["tasks"]["ft_mnist_to_digits_mlp"]["reused"] is False
     assert row["final_train_loss"] < 2.0 and row["source_test_acc"] > 0.3, row  # chance: 2.30, 0.10
     assert result.metrics["ft_mnist_to_digits_mlp/source_test_acc"] == row["source_test_acc"]
 
@@ -83,13 +89,16 @@ def test_pretrain_writes_loads_and_reuses(root):
     # same params: the file is reused, byte for byte; another step count re-trains
     before = (root / paths.PRETRAINED_DIR / "ft_mnist_to_digits_mlp.npz").read_bytes()
     pretrain.run(_params(), root, StageContext(log=lines.append))
-    assert json.loads((root / paths.PRETRAINED_INDEX).read_text())["tasks"]["ft_mnist_to_digits_mlp"]["reused"] is True
+    index_before = (root / paths.PRETRAINED_INDEX).read_bytes()
+    pretrain.run(_params(), root, StageContext(log=lines.append))
+    assert _run_log(root)["tasks"]["ft_mnist_to_digits_mlp"]["reused"] is True
+    assert (root / paths.PRETRAINED_INDEX).read_bytes() == index_before  # a reused task: the same index bytes
     assert (root / paths.PRETRAINED_DIR / "ft_mnist_to_digits_mlp.npz").read_bytes() == before
     assert any("unchanged, reused" in line for line in lines)
     other = _params().model_copy(update={"pretrain": _params().pretrain.model_copy(update={"num_steps": 61})})
     pretrain.run(other, root, StageContext(log=lines.append))
     row = json.loads((root / paths.PRETRAINED_INDEX).read_text())["tasks"]["ft_mnist_to_digits_mlp"]
-    assert row["reused"] is False and row["num_steps"] == 61
+    assert _run_log(root)["tasks"]["ft_mnist_to_digits_mlp"]["reused"] is False and row["num_steps"] == 61
     pretrain.run(_params(), root, StageContext(log=lines.append))  # back to the state the next test expects
 
 
