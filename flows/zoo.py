@@ -37,7 +37,7 @@ from components.optimizers import create_learned, save
 from components.optimizers import zoo as zoo_lib
 from components.optimizers.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load
 from components.stages import meta_train as meta_train_stage
-from components.stages.common import atomic_write_json, atomic_write_text, git_commit, sha256_file
+from components.stages.common import atomic_write_json, atomic_write_text, git_commit, read_run_log, sha256_file
 from components.stages.params import PipelineParams, params_hash
 from components.stages.paths import CHECKPOINT_DIR, MANIFEST, META_METRICS, MODEL_DIR
 from flows.zoo_train import RECORD, WORKSPACES, ZooError, device_string, now, read_json, train, workspace
@@ -156,22 +156,27 @@ def _from_model_dir(path: Path) -> tuple:
     planned = phases[-1]["last_step"] if phases else mt.get("num_outer_steps")
     curves_file = path / "curves.json"
     curves = read_json(curves_file) or {}
-    # the meta_train stage's summary beside models/lopt holds the wall time of the run that wrote it
-    metrics = read_json(path.parent.parent / META_METRICS) if path.name == MODEL_DIR.name else None
+    # the meta_train stage's run log (.l2o/runs/meta_train.json, beside models/lopt) holds the wall time and
+    # commit of the run that wrote it (older outputs: the metrics file and config.json held them)
+    project = path.parent.parent
+    facts = {}
+    if path.name == MODEL_DIR.name:
+        facts = read_run_log(project, "meta_train") or read_json(project / META_METRICS) or {}
+    commit = facts.get("git_commit") or config.get("git_commit", "unknown")
     backend = config.get("backend")
     lineage = {
         "source": "meta_train output directory",
         "checkpoint": str(path),
         "params": {"seed": config.get("seed"), "meta_train": mt},
         "params_hash": config.get("params_hash"),
-        "git_commit": config.get("git_commit", "unknown"),
-        "git_commits": [config.get("git_commit", "unknown")],
+        "git_commit": commit,
+        "git_commits": [commit],
         "data_hashes": config.get("data_hashes", {}),
         "curves": {k: [list(p) for p in v] for k, v in curves.items()},
         "phases": phases,
         "outer_steps_done": planned,
         "outer_steps_planned": planned,
-        "wall_time_seconds": float(metrics["seconds"]) if metrics and "seconds" in metrics else None,
+        "wall_time_seconds": float(facts["seconds"]) if "seconds" in facts else None,
         "sessions": 1,
         "device": f"{backend}: {config.get('devices')} device(s)" if backend else "unknown",
     }
