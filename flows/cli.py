@@ -1,7 +1,7 @@
 """The `l2o` command: run the pipeline, run one stage (what dvc.yaml's cmds call), open the MLflow UI.
 
-    l2o run   [--params params/default.yaml] [--set section.key=value ...] [--force]
-    l2o stage NAME [--params params.yaml]
+    l2o run   [--params params/default.yaml] [--set section.key=value ...] [--force] [--resume] [--verbose]
+    l2o stage NAME [--params params.yaml] [--resume] [--verbose]
     l2o ui    [--host 127.0.0.1] [--port 5000]
     l2o optimizers   (every optimizer name usable in params files, with its hyperparameters)
     l2o tasks [--params params/default.yaml | --suite heldout]   (tasks, parameter counts, in/out of distribution)
@@ -13,7 +13,7 @@
                            (the zoo of pretrained learned optimizers, models/zoo: flows/zoo.py)
 
 Exit codes: 0 success, 1 a stage failed (or a reproduction differs), 2 invalid params or usage,
-3 a configured server does not answer or another l2o run holds this repository.
+3 a configured server does not answer, or another l2o run (or a dvc command) holds this repository.
 """
 
 import argparse
@@ -21,10 +21,11 @@ import os
 import sys
 from pathlib import Path
 
-from flows import zoo_cli
+from flows import console, zoo_cli
 
 __all__ = ["main"]
 
+VERBOSE_HELP = "show the libraries' INFO lines (Prefect, MLflow) and a failure's full traceback"
 RESUME_HELP = "meta_train continues from its last checkpoint (meta_train.checkpoint_every) instead of starting over"
 
 
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         help="override one param, e.g. --set evaluate.num_seeds=5 (repeatable)",
     )
     r.add_argument("--force", action="store_true", help="run every stage even if up to date")
+    r.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     r.add_argument(
         "--resume",
         action="store_true",
@@ -79,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stage", help="run one stage of dvc.yaml (what `dvc repro` calls)")
     s.add_argument("name")
     s.add_argument("--params", default="params.yaml", help="resolved params (default: %(default)s)")
+    s.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     s.add_argument(
         "--resume",
         action="store_true",
@@ -182,7 +185,7 @@ def _run_locked(args, root: Path, params) -> int:
     try:
         outcome = run_pipeline(root, params, params_file=args.params, force=args.force, run_cache=args.run_cache)
     except StageFailed as exc:
-        print(f"l2o: error: {exc}", file=sys.stderr)
+        console.report_failure(exc)
         return 1
     print(
         f"l2o: done in {outcome.seconds:.1f}s; ran: {', '.join(outcome.ran) or 'nothing'};"
@@ -241,7 +244,7 @@ def _stage_locked(args, root: Path, params, repo) -> int:
         else:
             run_stage()
     except StageFailed as exc:
-        print(f"l2o: error: {exc}", file=sys.stderr)
+        console.report_failure(exc)
         return 1
     return 0
 
@@ -417,12 +420,16 @@ def main(argv: list[str] | None = None) -> int:
     }[args.command]
     if args.command not in ("run", "stage"):
         return handler(args, root)
+    console.configure(args.verbose)
     # a run writes outputs, dvc.lock and checkpoints: servers checked first, then one run at a time per
     # repository (the lock is taken once the params are valid: bad params leave no trace)
+    from flows.dvc_glue import DvcBusy  # noqa: PLC0415
+    from flows.tracking import StoreUnsafe  # noqa: PLC0415
+
     try:
         preflight.check_services(root)
         return handler(args, root)
-    except (preflight.ServiceUnavailable, preflight.RepositoryBusy) as exc:
+    except (preflight.ServiceUnavailable, preflight.RepositoryBusy, DvcBusy, StoreUnsafe) as exc:
         print(f"l2o: error: {exc}", file=sys.stderr)
         return 3
 
