@@ -1,6 +1,12 @@
 """DVC glue: the stage graph comes from ``dvc.yaml`` only; stage status and commit go through DVC's API.
 
 All functions expect the working directory to be the project root (DVC resolves targets from it).
+
+:class:`RepoLock` holds DVC's own repository lock (``.dvc/tmp/lock``) for a whole ``l2o run``, so DVC's
+commands respect a running pipeline: a ``dvc repro`` started beside it stops at once ("Unable to acquire
+lock") instead of deleting the outputs of the stages it would re-run before their ``l2o stage`` is refused
+by l2o's own repository lock. The pipeline's DVC calls go through the same ``Repo`` object, whose lock is
+re-entrant (DVC's ``lock_repo``).
 """
 
 import contextlib
@@ -9,6 +15,8 @@ import logging
 from pathlib import Path
 
 __all__ = [
+    "DvcBusy",
+    "RepoLock",
     "open_repo",
     "stage_order",
     "changed_stages",
@@ -44,6 +52,53 @@ def open_repo(root: Path):
     return Repo(str(root))
 
 
+class DvcBusy(RuntimeError):
+    """Another process (a ``dvc`` command) holds DVC's lock of this repository."""
+
+
+class RepoLock:
+    """DVC's repository lock, held through ``repo`` (``with RepoLock(repo):``; :meth:`released` lets go for a
+    while, e.g. while a work pool runs a stage and pushes with its own DVC processes)."""
+
+    def __init__(self, repo):
+        self.repo = repo
+        self._held: contextlib.ExitStack | None = None
+
+    def acquire(self) -> None:
+        from dvc.lock import LockError  # noqa: PLC0415
+        from dvc.repo import lock_repo  # noqa: PLC0415
+
+        stack = contextlib.ExitStack()
+        try:
+            _quiet(stack.enter_context, lock_repo(self.repo), _level=logging.WARNING)
+        except LockError:
+            raise DvcBusy(
+                f"DVC's lock of {self.repo.root_dir} is held by another process (a `dvc repro`, `dvc pull` or other"
+                " dvc command running there): wait for it to finish, then run again"
+            ) from None
+        self._held = stack
+
+    def release(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+    @contextlib.contextmanager
+    def released(self):
+        self.release()
+        try:
+            yield
+        finally:
+            self.acquire()
+
+    def __enter__(self) -> "RepoLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 def stage_order(repo) -> list[str]:
     """Stage names of ``dvc.yaml`` in dependency order (each stage after what it depends on)."""
     import networkx as nx  # noqa: PLC0415  (a DVC dependency)
@@ -76,6 +131,8 @@ def changed_stages(repo, names: list[str]) -> list[str]:
 def commit_stage(repo, name: str) -> None:
     """Record stage ``name``'s current deps/params/outs in ``dvc.lock`` and the cache (``dvc commit``)."""
     _quiet(repo.commit, name, force=True)
+    # DVC drops its cached index and state when its lock is released; under a held RepoLock, do it here
+    repo._reset()  # noqa: SLF001 - what DVC's own lock_repo does at release
 
 
 def stage_by_name(repo, name: str):
@@ -113,7 +170,9 @@ def restore_stage(repo, name: str, *, pull: bool = False) -> bool:
 
     stage = stage_by_name(repo, name)
     try:
-        with repo.lock:  # checkout writes the workspace: DVC's own lock, as `dvc repro` holds it
+        from dvc.repo import lock_repo  # noqa: PLC0415
+
+        with lock_repo(repo):  # checkout writes the workspace: DVC's lock (re-entrant under a held RepoLock)
             # quiet up to warnings: a miss is the common case ("Some of the cache files do not exist
             # neither locally nor on remote"), not a problem; the stage then simply runs
             if pull:

@@ -59,6 +59,12 @@ def run_pipeline(
     from flows.zoo import materialize  # noqa: PLC0415
 
     materialize(root, log=log)  # a fresh clone has the zoo's .dvc files, not its weights: check them out first
+    # DVC's own lock for the whole run: a `dvc repro` beside it stops at once instead of deleting outputs
+    with dvc_glue.RepoLock(repo) as held:
+        return _run_holding_the_lock(repo, held, root, params, params_file, force, run_cache, log, t0)
+
+
+def _run_holding_the_lock(repo, held, root, params, params_file, force, run_cache, log, t0) -> PipelineOutcome:
     order = dvc_glue.stage_order(repo)
     versions = component_versions(order)  # fails early if dvc.yaml names an unknown stage
     todo = order if force else dvc_glue.changed_stages(repo, order)
@@ -82,7 +88,7 @@ def run_pipeline(
         fr_id = str(flow_run.id)
         parent = _start_parent_run(tracker, root, params, params_file, fr_id, versions)
         outcome.mlflow_run_id, outcome.prefect_flow_run_id = parent, fr_id
-        run = _PipelineRun(repo, root, params, params_file, tracker, parent, fr_id, placed, remote, log, outcome)
+        run = _PipelineRun(repo, held, root, params, params_file, tracker, parent, fr_id, placed, remote, log, outcome)
         try:
             for name in order:
                 run.stage(name, force=force, run_cache=run_cache)
@@ -137,6 +143,7 @@ class _PipelineRun:
     """What the stages of one ``l2o run`` share: the DVC repo, the params, the MLflow parent run, the outcome."""
 
     repo: Any
+    held: dvc_glue.RepoLock  # DVC's lock of the repository, held for the whole run
     root: Path
     params: PipelineParams
     params_file: str
@@ -160,7 +167,8 @@ class _PipelineRun:
         if name in self.placed:
             log(f"l2o: {name}: handing it to work pool {self.placed[name]}")
             text = (self.root / "params.yaml").read_text()
-            team.delegate_stage(repo, self.root, name, self.placed[name], text, self.parent, log)
+            with self.held.released():  # the hand-over pushes and pulls with DVC commands of its own
+                team.delegate_stage(repo, self.root, name, self.placed[name], text, self.parent, log)
             outcome.ran.append(name)
             return
         key = dvc_glue.run_cache_key(repo, name)
@@ -180,6 +188,7 @@ class _PipelineRun:
             name,
             self.params,
             self.root,
+            materialize_zoo=False,  # run_pipeline did, before it took DVC's lock
             tracker=self.tracker,
             param_keys=stage_param_keys(self.repo, name),
             parent_run_id=self.parent,

@@ -154,14 +154,16 @@ def execute_stage(
     map_fn: MapFn = serial_map,
     extra_tags: dict | None = None,
     resume: bool | None = None,
+    materialize_zoo: bool = True,
 ) -> StageResult:
     """Run stage ``name`` and log it as an MLflow run (nested under ``parent_run_id`` if given).
 
     The stage's context (:func:`stage_context`) names ``parent_run_id`` (the pipeline's run), else this stage's
-    own run, as the run its outputs belong to; ``resume`` ``None`` reads ``$L2O_RESUME``.
+    own run, as the run its outputs belong to; ``resume`` ``None`` reads ``$L2O_RESUME``. ``materialize_zoo``:
+    check out missing zoo entries before evaluate (``l2o run`` does it once, before it takes DVC's lock).
     """
     module = stage_module(name)
-    if name == "evaluate":  # e.g. `l2o stage evaluate` on a fresh clone: every zoo entry (see materialize)
+    if name == "evaluate" and materialize_zoo:  # e.g. `l2o stage evaluate` on a fresh clone: every zoo entry
         from flows.zoo import materialize  # noqa: PLC0415
 
         materialize(root, log=print)
