@@ -1,12 +1,28 @@
-"""MLflow glue: store location, runs with explicit ids (thread-safe), batched metric histories."""
+"""MLflow glue: store location, runs with explicit ids (thread-safe), batched metric histories.
 
+A SQLite store shared by several processes or clones is made safe here: its schema migrations are serialised
+by a file lock beside the database (two processes opening a fresh store used to crash in alembic), and an
+experiment whose artifacts live in another project's folder is refused with the fix instead of silently
+filling (and later losing with) that folder. ``L2O_MLFLOW_ARTIFACT_ROOT`` names an explicit artifact root that
+several projects may share.
+"""
+
+import contextlib
+import fcntl
 import os
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["configure", "tracking_uri", "Tracker", "flatten"]
+__all__ = ["configure", "tracking_uri", "Tracker", "flatten", "StoreUnsafe", "ARTIFACT_ROOT_ENV"]
+
+ARTIFACT_ROOT_ENV = "L2O_MLFLOW_ARTIFACT_ROOT"
+MIGRATION_WAIT_SECONDS = 300.0
+
+
+class StoreUnsafe(RuntimeError):
+    """The tracking store cannot be used safely as configured (the message says why and what to do)."""
 
 
 def tracking_uri(root: Path) -> str:
@@ -18,13 +34,66 @@ def configure(root: Path) -> str:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     uri = tracking_uri(root)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     import mlflow  # noqa: PLC0415
 
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with _migration_lock(db):  # the first use creates or migrates the schema: one process at a time
+            from mlflow.tracking import MlflowClient  # noqa: PLC0415
+
+            client = MlflowClient(uri, uri)
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+@contextlib.contextmanager
+def _migration_lock(db: Path, wait: float = MIGRATION_WAIT_SECONDS, log=print):
+    """An exclusive ``flock`` on ``<db>.lock`` while this process opens (and maybe migrates) the store."""
+    path = db.with_name(db.name + ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline, told = time.monotonic() + wait, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreUnsafe(
+                        f"another process has been setting up the MLflow store {db} (lock {path}) for over"
+                        f" {wait:.0f}s: if none is running, delete {path} and run again"
+                    ) from None
+                if not told:
+                    log(f"l2o: waiting for another process to create or migrate the MLflow store {db}")
+                    told = True
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _check_artifact_location(location: str, root: Path, name: str, uri: str) -> None:
+    """Refuse an experiment whose (local) artifacts live in another project's folder."""
+    if not location.startswith("file:") and "://" in location:
+        return  # a server's or an object store's location: not another clone's folder
+    from urllib.parse import unquote, urlparse  # noqa: PLC0415
+
+    folder = Path(unquote(urlparse(location).path) if location.startswith("file:") else location).resolve()
+    mine = [(Path(root) / ".mlflow").resolve()]
+    if os.environ.get(ARTIFACT_ROOT_ENV):
+        mine.append(Path(os.environ[ARTIFACT_ROOT_ENV]).resolve())
+    if any(folder == m or folder.is_relative_to(m) for m in mine):
+        return
+    raise StoreUnsafe(
+        f"MLflow experiment {name!r} of the store {uri} keeps its artifacts in {folder}, another project's folder:"
+        " this project's models and reports would be written there (and lost with it). Share a tracking server"
+        " instead (`l2o up` there, then MLFLOW_TRACKING_URI=http://host:5000), use another experiment_name, or"
+        f" set {ARTIFACT_ROOT_ENV} to a folder every project sharing this store can reach (it must hold {folder})"
+    )
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
@@ -49,13 +118,29 @@ class Tracker:
         exp = self.client.get_experiment_by_name(experiment_name)
         if exp is None:
             artifacts = None
-            if self.uri.startswith("sqlite:///"):
+            if os.environ.get(ARTIFACT_ROOT_ENV):  # an explicit root: one folder per experiment in it
+                artifacts = (Path(os.environ[ARTIFACT_ROOT_ENV]) / experiment_name).resolve().as_uri()
+            elif self.uri.startswith("sqlite:///"):  # the project's own folder
                 artifacts = (Path(root) / ".mlflow" / "artifacts").resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment_name, artifact_location=artifacts)
+            self.experiment_id = self._create(experiment_name, artifacts)
         else:
+            db = Path(self.uri.removeprefix("sqlite:///")) if self.uri.startswith("sqlite:///") else None
+            if db is not None and not db.resolve().is_relative_to(Path(root).resolve()):  # a store shared by clones
+                _check_artifact_location(exp.artifact_location, Path(root), experiment_name, self.uri)
             self.experiment_id = exp.experiment_id
         self.root = str(Path(root).resolve())
         self.reap_orphans()
+
+    def _create(self, name: str, artifacts: str | None) -> str:
+        from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+        try:
+            return self.client.create_experiment(name, artifact_location=artifacts)
+        except MlflowException:  # another process created it in between: use theirs (checked like any other)
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def start(self, name: str, *, parent: str | None = None, tags: dict | None = None) -> str:
         tags = {k: str(v) for k, v in (tags or {}).items()}

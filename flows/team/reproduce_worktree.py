@@ -124,6 +124,9 @@ def child_env(root: Path, worktree: Path, uri: str) -> dict[str, str]:
     for var in ("L2O_MLFLOW_RUN_ID", "L2O_MLFLOW_PARENT_RUN_ID", "L2O_RESUME", "MLFLOW_RUN_ID", "DVC_STAGE"):
         env.pop(var, None)
     env["MLFLOW_TRACKING_URI"] = uri
+    # the re-run's artifacts go where the original's are: the project's store folder (flows.tracking refuses an
+    # experiment whose artifacts are in another folder unless it is this explicit root)
+    env.setdefault("L2O_MLFLOW_ARTIFACT_ROOT", str(root / ".mlflow"))
     env["PYTHONPATH"] = os.pathsep.join([str(worktree), *filter(None, [env.get("PYTHONPATH")])])
     # the project's state and caches, not fresh ones in the worktree (the worktree's ../shared is not the mirror)
     env.setdefault("PREFECT_HOME", str(root / ".prefect"))
