@@ -44,7 +44,7 @@ from flows.team.servers import (
     start_servers,
     wait_healthy,
 )
-from flows.team.state import LOG_DIR, STATE_FILE, read_state, same_host, write_state
+from flows.team.state import LOG_DIR, STATE_FILE, data_mirror_setting, read_state, same_host, write_state
 from flows.team.workers import start_workers
 
 __all__ = ["add_arguments", "cmd_up", "cmd_down", "cmd_status"]
@@ -151,6 +151,11 @@ def cmd_up(args, root: Path) -> int:
     if runs_per_gpu < 1:
         error(f"--runs-per-gpu must be >= 1, not {runs_per_gpu}")
         return 2
+    try:
+        mirror = data_mirror_setting(root)
+    except FileNotFoundError as exc:  # L2O_DATA_MIRROR names no folder: nothing started
+        error(str(exc))
+        return 2
 
     state = read_state(root)
     keep: list[dict] = []
@@ -209,6 +214,8 @@ def cmd_up(args, root: Path) -> int:
         return 1
     dvc_remote, how = choose_dvc_remote(root, args.dvc_remote)
     state = {
+        # workers run in workspaces where the clone's ../shared/datasets does not resolve: they get this one
+        "data_mirror": mirror,
         "version": 1,
         "root": str(root),
         "hostname": socket.gethostname(),
@@ -236,6 +243,7 @@ def cmd_up(args, root: Path) -> int:
         + (f"; created {', '.join(created)}" if created else "; already there")
     )
     print(f"l2o: DVC remote {dvc_remote} ({how})")
+    print(f"l2o: dataset mirror for the workers: {state['data_mirror'] or 'none found (they download)'}")
     rc = start_workers(root, state, kinds, runs_per_gpu, deadline)
     _print_exports(state)
     return rc

@@ -14,7 +14,15 @@ from flows.team.common import warn
 from flows.team.network import healthy
 from flows.team.processes import alive
 
-__all__ = ["STATE_FILE", "LOG_DIR", "read_state", "write_state", "same_host", "apply_recorded_services"]
+__all__ = [
+    "STATE_FILE",
+    "LOG_DIR",
+    "read_state",
+    "write_state",
+    "same_host",
+    "data_mirror_setting",
+    "apply_recorded_services",
+]
 
 STATE_FILE = Path(".l2o/services.json")
 LOG_DIR = Path(".l2o/logs")
@@ -44,10 +52,22 @@ def same_host(state: dict) -> bool:
     return state.get("hostname", socket.gethostname()) == socket.gethostname()
 
 
+def data_mirror_setting(root: Path) -> str | None:
+    """What ``l2o up`` records as the workers' dataset mirror: the absolute folder this clone reads (or
+    ``none`` when ``L2O_DATA_MIRROR=none`` asks for downloads); None when there is no mirror."""
+    from components.stages.fetch import MIRROR_ENV, NO_MIRROR, resolve_mirror  # noqa: PLC0415
+
+    if os.environ.get(MIRROR_ENV, "").strip().lower() == NO_MIRROR:
+        return NO_MIRROR
+    mirror = resolve_mirror(Path(root))
+    return str(Path(mirror).resolve()) if mirror is not None else None
+
+
 def apply_recorded_services(root: Path) -> None:
     """Point this process at the servers ``l2o up`` recorded (``os.environ.setdefault``: explicit env wins).
 
-    Sets ``PREFECT_API_URL``, ``MLFLOW_TRACKING_URI`` and ``L2O_DVC_REMOTE`` when :data:`STATE_FILE`
+    Sets ``PREFECT_API_URL``, ``MLFLOW_TRACKING_URI``, ``L2O_DVC_REMOTE`` and ``L2O_DATA_MIRROR`` (the dataset
+    mirror of the clone that ran ``l2o up``) when :data:`STATE_FILE`
     records servers that still run; when it records dead ones, warns on stderr and sets nothing.
     """
     state = read_state(Path(root))
@@ -70,6 +90,7 @@ def apply_recorded_services(root: Path) -> None:
         "PREFECT_API_URL": services.get("prefect", {}).get("url"),
         "MLFLOW_TRACKING_URI": services.get("mlflow", {}).get("url"),
         "L2O_DVC_REMOTE": state.get("dvc_remote"),
+        "L2O_DATA_MIRROR": state.get("data_mirror"),
     }
     for key, value in values.items():
         if value:

@@ -80,6 +80,7 @@ def _worker_env(state: dict, kind: str | None, runs_per_gpu: int, gpu: str | Non
         ("MLFLOW_TRACKING_URI", services.get("mlflow", {}).get("url")),
         ("L2O_DVC_REMOTE", state.get("dvc_remote")),
         ("L2O_WORKSPACES", state.get("workspaces")),
+        ("L2O_DATA_MIRROR", state.get("data_mirror")),
     ):
         if value:
             env.setdefault(key, value)
@@ -87,6 +88,20 @@ def _worker_env(state: dict, kind: str | None, runs_per_gpu: int, gpu: str | Non
     if kind == "gpu" or gpu is not None or runs_per_gpu > 1:
         env = gpu_worker_env(env, runs_per_gpu=runs_per_gpu, gpu=gpu)
     return env
+
+
+def mirror_problem(env: dict) -> str | None:
+    """Why a worker with environment ``env`` would not find the datasets (None: it will). A worker's flow runs
+    happen in workspaces where ``../shared/datasets`` does not resolve, so they use ``L2O_DATA_MIRROR``: the
+    mirror ``l2o up`` recorded, or the worker's own environment."""
+    mirror = env.get("L2O_DATA_MIRROR")
+    if mirror and mirror.strip().lower() != "none" and not Path(mirror).is_dir():
+        return (
+            f"the dataset mirror {mirror} (L2O_DATA_MIRROR, or what `l2o up` recorded in {STATE_FILE}) is not a"
+            " folder on this machine: export L2O_DATA_MIRROR=<this machine's copy of shared/datasets>"
+            " (or L2O_DATA_MIRROR=none to download) and start the worker again"
+        )
+    return None
 
 
 def _pool_name(pool: str) -> tuple[str, str | None]:
@@ -192,6 +207,10 @@ def cmd_worker(args, root: Path) -> int:
         warn(f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']} is set and wins over --gpu {args.gpu}")
     limit = args.limit if args.limit is not None else (runs if gpu_like and runs > 1 else None)
     env = _worker_env(state, kind, runs, args.gpu) if gpu_like else _worker_env(state, None, 1, None)
+    problem = mirror_problem(env)
+    if problem:
+        error(problem)
+        return 2
     name = args.name or _worker_name(state, kind or pool)
     if not healthy(f"{api.rstrip('/')}/health", timeout=5):
         warn(f"the Prefect server {api} does not answer now; the worker keeps retrying")

@@ -35,7 +35,7 @@ _environment(root)
 if sys.argv[1] == "apply":
     import json, os
     state.apply_recorded_services(root)
-    keys = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "L2O_DVC_REMOTE")
+    keys = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "L2O_DVC_REMOTE", "L2O_DATA_MIRROR")
     print(json.dumps({k: os.environ.get(k) for k in keys}))
     sys.exit(0)
 p = argparse.ArgumentParser(prog="l2o")
@@ -152,11 +152,15 @@ def test_up_status_down(stack, mirror):
         assert worker["name"] in [w["name"] for w in json.loads(r.read())]
 
     # every other l2o command is pointed at the servers; explicit env wins
-    applied = json.loads(l2o(root, mirror, "apply").stdout)
+    # (the dataset mirror too: without L2O_DATA_MIRROR a command gets the one `l2o up` recorded)
+    assert state["data_mirror"] == str(mirror.resolve()) and "dataset mirror for the workers" in out
+    no_env = {k: v for k, v in _env(root, mirror).items() if k != "L2O_DATA_MIRROR"}
+    applied = json.loads(l2o(root, mirror, "apply", env=no_env).stdout)
     assert applied == {
         "PREFECT_API_URL": api,
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mport}",
         "L2O_DVC_REMOTE": state["dvc_remote"],
+        "L2O_DATA_MIRROR": state["data_mirror"],
     }
     env = dict(_env(root, mirror), MLFLOW_TRACKING_URI="http://elsewhere:5000")
     assert json.loads(l2o(root, mirror, "apply", env=env).stdout)["MLFLOW_TRACKING_URI"] == "http://elsewhere:5000"
@@ -258,7 +262,8 @@ def test_dead_recorded_servers_warn_and_fail_status(project, mirror):
     (project / STATE_FILE).parent.mkdir(parents=True)
     (project / STATE_FILE).write_text(json.dumps(state))
     applied = l2o(project, mirror, "apply", timeout=60)
-    assert json.loads(applied.stdout) == dict.fromkeys(("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "L2O_DVC_REMOTE"))
+    keys = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "L2O_DVC_REMOTE")
+    assert json.loads(applied.stdout) == {**dict.fromkeys(keys), "L2O_DATA_MIRROR": str(mirror)}  # (from the env)
     [warning] = applied.stderr.strip().splitlines()
     assert str(STATE_FILE) in warning and "l2o down" in warning
     status = l2o(project, mirror, "status", timeout=60)
@@ -325,3 +330,32 @@ def test_gpu_worker_env(env, runs, gpu, expected):
 def test_gpu_worker_env_rejects_zero_runs():
     with pytest.raises(ValueError, match="runs_per_gpu"):
         gpu_worker_env({}, runs_per_gpu=0, gpu=None)
+
+
+def test_workers_get_the_recorded_dataset_mirror_or_refuse_with_the_fix(project, mirror, monkeypatch):
+    """Issue 20: a worker's flow runs happen in workspaces where ../shared/datasets does not resolve."""
+    from flows.team.state import data_mirror_setting
+    from flows.team.workers import _worker_env, mirror_problem
+
+    monkeypatch.delenv("L2O_DATA_MIRROR", raising=False)
+    state = {"services": {}, "data_mirror": str(mirror)}
+    assert _worker_env(state, None, 1, None)["L2O_DATA_MIRROR"] == str(mirror)
+    assert mirror_problem(_worker_env(state, None, 1, None)) is None
+    monkeypatch.setenv("L2O_DATA_MIRROR", "none")  # the worker's own environment wins
+    assert _worker_env(state, None, 1, None)["L2O_DATA_MIRROR"] == "none" and data_mirror_setting(project) == "none"
+    monkeypatch.setenv("L2O_DATA_MIRROR", str(mirror))
+    assert data_mirror_setting(project) == str(mirror.resolve())
+    # recorded on another machine, absent here: the worker refuses, naming the fix, and starts nothing
+    state = {
+        "services": {"prefect": {"url": "http://127.0.0.1:9/api"}},
+        "hostname": socket.gethostname(),
+        "data_mirror": "/nowhere/datasets",
+    }
+    (project / STATE_FILE).parent.mkdir(parents=True)
+    (project / STATE_FILE).write_text(json.dumps(state))
+    env = {k: v for k, v in _env(project, mirror).items() if k != "L2O_DATA_MIRROR"}
+    env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"
+    proc = l2o(project, mirror, "worker", "cpu", "--background", env=env, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "/nowhere/datasets" in proc.stderr and "export L2O_DATA_MIRROR=" in proc.stderr
+    assert "workers" not in json.loads((project / STATE_FILE).read_text())
