@@ -219,3 +219,82 @@ def test_a_killed_meta_train_stage_resumes_through_the_dvc_repro_path(project, m
     assert first.info.run_id == orphan.info.run_id and first.info.status == "KILLED"
     assert "was gone" in first.data.tags["l2o.ended_by"]
     assert second.info.status == "FINISHED"
+
+
+def test_a_diverging_meta_training_fails_once_with_the_fix_and_registers_nothing(project, mirror):
+    """Issue 20: a learned optimizer whose inner losses are inf/nan to the end is not saved or registered, and
+    `l2o run` says so once, naming the fix (Prefect's tracebacks only with --verbose)."""
+    raw = (project / "params" / "tiny.yaml").read_text()
+    diverging = raw.replace("  log_every: 5\n", "  log_every: 5\n  lopt_hyperparams: {step_mult: 1.0e+30}\n")
+    assert diverging != raw
+    (project / "params" / "diverge.yaml").write_text(diverging)
+    env = project_env(project, mirror)
+    proc = _l2o(project, env, "run", "--params", "params/diverge.yaml")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out and out.count("meta-training ended diverging its tasks") == 1, proc.stderr
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("l2o: error:")]
+    assert "stage 'meta_train' failed" in error and "Lower meta_train.outer_lr" in error
+    assert "re-run with --verbose" in proc.stderr
+    assert not (project / "models" / "lopt").exists()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / '.mlflow' / 'mlflow.db'}")
+    assert client.search_registered_models() == []  # nothing registered, no version of anything
+    exps = [e.experiment_id for e in client.search_experiments()]
+    (run,) = client.search_runs(exps, filter_string="tags.`l2o.stage` = 'meta_train'")
+    assert run.info.status == "FAILED"
+    # --verbose: the same failure with its full traceback
+    verbose = _l2o(project, env, "stage", "meta_train", "--params", "params/diverge.yaml", "--verbose")
+    assert verbose.returncode == 1 and "Traceback" in verbose.stderr and "FloatingPointError" in verbose.stderr
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_dvc_repro_beside_a_running_l2o_run_deletes_nothing(project, mirror):
+    """Issue 20: `dvc repro` used to delete the outputs of the stages it would re-run, then have their
+    `l2o stage` refused by the running pipeline's lock. `l2o run` now holds DVC's own lock: DVC stops first."""
+    raw = (project / "params" / "tiny.yaml").read_text()
+    (project / "params" / "slow.yaml").write_text(raw.replace("  num_outer_steps: 10\n", "  num_outer_steps: 100000\n"))
+    env = project_env(project, mirror)
+    run = subprocess.Popen(
+        [str(BIN / "l2o"), "run", "--params", "params/slow.yaml"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        seen = []
+        for line in run.stdout:  # prepare_data and pretrain are done and committed once meta_train runs
+            seen.append(line)
+            if "meta_train: running" in line:
+                break
+        assert any("meta_train: running" in line for line in seen), "".join(seen)
+        before = {d: _tree_bytes(project / d) for d in ("data/prepared", "models/pretrained")}
+        assert before["models/pretrained"] and before["data/prepared"]
+        # --force: DVC would delete models/pretrained before running `l2o stage pretrain`
+        repro = subprocess.run(
+            [str(BIN / "dvc"), "repro", "--force", "pretrain"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert repro.returncode != 0 and "Unable to acquire lock" in repro.stdout + repro.stderr, repro.stderr
+        assert run.poll() is None  # the pipeline goes on
+        assert {d: _tree_bytes(project / d) for d in before} == before  # every output intact
+    finally:
+        os.killpg(run.pid, 9)
+        run.wait()
+    # while `dvc repro` (or any dvc command) holds DVC's lock, `l2o run` refuses the same way, exit 3
+    from dvc.lock import make_lock
+
+    with make_lock(str(project / ".dvc" / "tmp" / "lock"), friendly=False):
+        proc = _l2o(project, env, "run", "--params", "params/slow.yaml")
+    assert proc.returncode == 3 and "DVC's lock of" in proc.stderr and "dvc repro" in proc.stderr, proc.stderr
