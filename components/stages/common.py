@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -26,6 +27,8 @@ __all__ = [
     "MapFn",
     "atomic_write_bytes",
     "atomic_write_json",
+    "strict_json",
+    "read_json",
     "atomic_write_text",
     "atomic_dir",
     "sha256_file",
@@ -143,8 +146,79 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+NONFINITE_SUFFIX = "_nonfinite"
+
+
+def _flag(x: float) -> str:
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _strict(obj: Any) -> tuple[Any, Any]:
+    """``(obj with inf/nan as None, flags)``: flags is the scalar's "nan"/"inf"/"-inf", a list's ``{"i[.j]": flag}``
+    of its replaced elements, or None. A dict records its entries' flags itself (:func:`strict_json`)."""
+    if isinstance(obj, float):
+        return (None, _flag(obj)) if not math.isfinite(obj) else (obj, None)
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            clean, flags = _strict(v)
+            out[k] = clean
+            if flags is not None:
+                out[f"{k}{NONFINITE_SUFFIX}"] = flags
+        return out, None
+    if isinstance(obj, (list, tuple)):
+        items, flags = [], {}
+        for i, v in enumerate(obj):
+            clean, f = _strict(v)
+            items.append(clean)
+            if isinstance(f, str):
+                flags[str(i)] = f
+            elif isinstance(f, dict):
+                flags.update({f"{i}.{j}": g for j, g in f.items()})
+        return items, (flags or None)
+    return obj, None
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` as strict JSON can hold it: every inf/nan becomes null, and the entry holding it gets a sibling
+    ``<key>_nonfinite`` flag: ``"nan"``, ``"inf"`` or ``"-inf"`` for a number, ``{"<index>[.<index>]": flag}``
+    for the replaced elements of a list. :func:`read_json` restores the numbers."""
+    clean, flags = _strict(obj)
+    if flags is not None:  # a top-level number or list cannot carry a sibling flag
+        raise ValueError(f"a top-level value with non-finite numbers cannot be written as strict JSON: {flags}")
+    return clean
+
+
+def _restore(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return [_restore(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    flagged = {k: k[: -len(NONFINITE_SUFFIX)] for k in obj if k.endswith(NONFINITE_SUFFIX)}
+    flagged = {k: base for k, base in flagged.items() if base in obj}
+    out = {k: _restore(v) for k, v in obj.items() if k not in flagged}
+    for k, base in flagged.items():
+        flags = obj[k]
+        if isinstance(flags, str):
+            out[base] = float(flags)
+        elif isinstance(flags, dict):
+            for where, flag in flags.items():
+                *parents, last = (int(i) for i in where.split("."))
+                target = out[base]
+                for i in parents:
+                    target = target[i]
+                target[last] = float(flag)
+    return out
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file written by :func:`atomic_write_json`, with its flagged inf/nan numbers restored."""
+    return _restore(json.loads(Path(path).read_text()))
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Strict JSON (no bare NaN/Infinity tokens: :func:`strict_json`), written atomically."""
+    atomic_write_text(path, json.dumps(strict_json(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ the stage's own run for ``l2o stage`` / ``dvc repro``): it goes to the run log, 
 """
 
 import datetime
-import json
 import shutil
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from components.reporting import (
     task_curves_figure,
 )
 from components.reporting.plots import REFERENCE
-from components.stages.common import StageContext, StageResult, atomic_dir, write_run_log
+from components.stages.common import StageContext, StageResult, atomic_dir, read_json, write_run_log
 from components.stages.params import PipelineParams
 from components.stages.paths import (
     CURVES_DIR,
@@ -58,7 +57,7 @@ NO_RUN = "unknown (run outside l2o run)"
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path) if path.exists() else None
 
 
 def provenance(root: Path, evaluation: dict) -> dict:
@@ -112,17 +111,17 @@ def run(params: PipelineParams, root: Path, context: StageContext | None = None)
     """
     context = context or StageContext()
     root = Path(root)
-    evaluation = json.loads((root / EVAL_METRICS).read_text())
-    meta = json.loads((root / META_METRICS).read_text())
-    safeguard = json.loads((root / SAFEGUARD).read_text())
-    meta_curves = json.loads((root / MODEL_DIR / "curves.json").read_text())
+    evaluation = read_json(root / EVAL_METRICS)
+    meta = read_json(root / META_METRICS)
+    safeguard = read_json(root / SAFEGUARD)
+    meta_curves = read_json(root / MODEL_DIR / "curves.json")
     config = _read_json(root / MODEL_DIR / "config.json") or {}
     # the evaluate stage's order (learned, HUB, inverted HUB, LGL2O, GL2O, baselines); the file's keys are sorted
     names = evaluation.get("optimizer_order") or display_order(evaluation["optimizers"], params.evaluate.baselines)
     colors, labels = optimizer_style(evaluation["optimizers"], config.get("architecture"))
     colors.setdefault("guard", "#7f7f7f")
     labels.setdefault("guard", f"guard alone ({safeguard.get('guard', 'guard')} at its calibrated rate)")
-    curves = {t: json.loads((root / CURVES_DIR / f"{t}.json").read_text()) for t in evaluation["tasks"]}
+    curves = {t: read_json(root / CURVES_DIR / f"{t}.json") for t in evaluation["tasks"]}
     with atomic_dir(root / REPORT_DIR) as out:
         out.chmod(0o755)  # a temporary directory is private; the report is meant to be served and shared
         figures = _figures(out, evaluation, curves, meta_curves, names, colors, labels)
