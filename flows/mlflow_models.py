@@ -84,21 +84,60 @@ def resolve_checkpoint(reference: str | Path) -> Path:
     if path.is_dir():
         return path
     text = str(reference)
-    uri = text if text.startswith("models:/") else None
-    if uri is None and "/" not in text and "\\" not in text:
-        uri = _latest_uri(text)
+    if not text.startswith("models:/") and ("/" in text or "\\" in text):
+        raise FileNotFoundError(
+            f"{text!r} is not a learned-optimizer checkpoint directory (no such folder): pass the directory written"
+            " by the meta_train stage (e.g. models/lopt) or a registered name (e.g. small_fc_lopt)"
+        )
+    store = _store_uri()
+    client = mlflow.tracking.MlflowClient(store, store)
+    uri = text if text.startswith("models:/") else _latest_uri(client, text)
     if uri is None:
         raise FileNotFoundError(
-            f"{text!r} is not a learned-optimizer checkpoint directory and not a registered model. Pass the "
-            "directory written by the meta_train stage (e.g. models/lopt) or a registered model name such as "
-            "models:/small_fc_lopt/1 (with MLFLOW_TRACKING_URI pointing at its store; `l2o run` registers them)."
+            f"{text!r} is not a learned-optimizer checkpoint directory and not a registered model"
+            f" ({_available(client, store)}). Pass the directory written by the meta_train stage (e.g. models/lopt)"
+            " or a registered name, e.g. models:/small_fc_lopt/1 or small_fc_lopt (its latest version)."
         )
-    model = mlflow.pyfunc.load_model(uri)
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+    mlflow.set_tracking_uri(store)
+    mlflow.set_registry_uri(store)
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except MlflowException as exc:  # an unknown name or version: one line, with what there is
+        raise FileNotFoundError(f"{uri}: {str(exc).splitlines()[0]} ({_available(client, store)})") from None
     return Path(model.unwrap_python_model().checkpoint)
 
 
-def _latest_uri(name: str) -> str | None:
-    client = mlflow.tracking.MlflowClient()
+def _store_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, else the store of the project around the working directory (never MLflow's
+    default ``./mlflow.db``, which would leave a stray database wherever the loader runs)."""
+    import os  # noqa: PLC0415
+
+    from flows.dvc_glue import find_root  # noqa: PLC0415
+    from flows.tracking import tracking_uri  # noqa: PLC0415
+
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    try:
+        root = find_root()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            "no MLflow store to look registered optimizers up in: set MLFLOW_TRACKING_URI, or run from an"
+            " l2o-pipeline project folder (its store is .mlflow/mlflow.db)"
+        ) from None
+    uri = tracking_uri(root)
+    if not Path(uri.removeprefix("sqlite:///")).exists():
+        raise FileNotFoundError(f"no MLflow store in {root} yet: `l2o run` creates it and registers what it trains")
+    return uri
+
+
+def _available(client, store: str) -> str:
+    names = sorted(m.name for m in client.search_registered_models())
+    return f"registered in {store}: {', '.join(names)}" if names else f"nothing is registered in {store}"
+
+
+def _latest_uri(client, name: str) -> str | None:
     versions = client.search_model_versions(f"name='{name}'")
     if not versions:
         return None

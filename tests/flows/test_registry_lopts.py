@@ -42,3 +42,24 @@ def test_registered_checkpoint_loads_by_name(name, tmp_path, monkeypatch):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(FileNotFoundError, match=r"resolve_checkpoint\('models:/"):
         load(f"models:/{name}_test/1")  # the library reads directories only: flows resolve names first
+    # an unknown name or version: one line that lists what is registered (not MLflow's traceback)
+    for ref in ("no_such_optimizer", "models:/no_such_optimizer/1", f"models:/{name}_test/7"):
+        with pytest.raises(FileNotFoundError, match=rf"registered in {uri}: {name}_test") as err:
+            resolve_checkpoint(ref)
+        assert "\n" not in str(err.value)
+
+
+def test_without_a_tracking_uri_the_loader_uses_the_projects_store_and_leaves_no_stray_file(tmp_path, monkeypatch):
+    from flows.mlflow_models import resolve_checkpoint  # noqa: PLC0415
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project = tmp_path / "project"
+    (project / "sub").mkdir(parents=True)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(project / "sub")
+    with pytest.raises(FileNotFoundError, match=r"no MLflow store in .*project yet: `l2o run` creates it"):
+        resolve_checkpoint("small_fc_lopt")
+    monkeypatch.chdir(tmp_path)  # outside any project: says what to set
+    with pytest.raises(FileNotFoundError, match="set MLFLOW_TRACKING_URI, or run from an l2o-pipeline project"):
+        resolve_checkpoint("small_fc_lopt")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["dvc.yaml", "project", "sub"]  # no mlflow.db anywhere
