@@ -35,10 +35,9 @@ def configure(verbose_flag: bool) -> None:
     if verbose():
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
         return
-    import mlflow  # noqa: F401, PLC0415 - mlflow configures its logger when imported: quiet it afterwards
-    import prefect  # noqa: F401, PLC0415
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # nothing imported here (Prefect creates its home folder on import; a no-op run never imports it): MLflow
+    # reads its level from the environment when imported, and logger filters survive Prefect's dictConfig
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
         logger = logging.getLogger(name)

@@ -39,7 +39,7 @@ def add_arguments(sub) -> None:
     s = sub.add_parser(
         "submit",
         help="run the pipeline on the team's Prefect workers (l2o up / l2o worker) and follow it",
-        description=__doc__.split("\n\n", 1)[1],
+        description=__doc__.split("\n\n", 1)[1].replace("``", "`"),  # plain text, not reStructuredText
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("--params", default="params/default.yaml", help="params YAML (default: %(default)s)")
