@@ -389,14 +389,14 @@ def run(params: PipelineParams, root: Path, context: StageContext | None = None)
 
 
 def _plot_rows(curves: dict, names: list[str]) -> list[dict]:
-    """``dvc plots`` rows: one per evaluation point, the seed-mean smoothed training loss of each optimizer."""
-    stride = max(1, len(curves["optimizers"][names[0]]["batch_loss_smoothed"]["mean"]) // 200)
-    rows = []
+    """``dvc plots`` rows in long form, ``{step, optimizer, loss}``: the seed-mean smoothed training loss of each
+    optimizer at (at most ~200 of) the evaluation points. dvc.yaml draws ``loss`` against ``step`` with one line
+    per ``optimizer`` (the template ``components/reporting/dvc_plot_by_optimizer.json``)."""
     n = len(curves["optimizers"][names[0]]["batch_loss_smoothed"]["mean"])
-    for i in list(range(0, n, stride)) + ([n - 1] if (n - 1) % stride else []):
-        row = {"step": i + 1}
-        for o in names:
-            v = curves["optimizers"][o]["batch_loss_smoothed"]["mean"][i]
-            row[o] = v if math.isfinite(v) else None
-        rows.append(row)
+    stride = max(1, n // 200)
+    rows = []
+    for o in names:
+        mean = curves["optimizers"][o]["batch_loss_smoothed"]["mean"]
+        for i in list(range(0, n, stride)) + ([n - 1] if (n - 1) % stride else []):
+            rows.append({"step": i + 1, "optimizer": o, "loss": mean[i] if math.isfinite(mean[i]) else None})
     return rows

@@ -282,6 +282,10 @@ def test_dvc_metrics_and_plots_show_the_evaluation(tiny_run, mirror, tmp_path):
     assert plots.returncode == 0, plots.stderr
     page = (tmp_path / "dvc_plots" / "index.html").read_text()
     assert "plots/evaluation/digits_mlp.json" in page and "plots/meta_train.json" in page
+    # the evaluation plots draw the loss against the step, one line per optimizer (not step against step)
+    spec = page[page.index("plots/evaluation/digits_mlp.json") :]
+    assert '"field": "optimizer"' in spec.replace("'", '"') or '"field":"optimizer"' in spec.replace("'", '"')
+    assert '"loss"' in spec and "smoothed training loss" in spec
 
 
 def test_dask_local_cluster_gives_the_same_metrics_as_threads(tiny_run, mirror):

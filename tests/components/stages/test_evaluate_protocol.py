@@ -140,13 +140,19 @@ def test_headline_flattens_per_optimizer_and_rule():
     assert all(isinstance(v, float | int) for v in flat)
 
 
-def test_plot_rows_hold_every_optimizer_per_step():
+def test_plot_rows_are_long_form_one_line_per_optimizer():
     curves = {
-        "optimizers": {o: {"batch_loss_smoothed": {"mean": [3.0, 2.0, float("nan")]}} for o in ("learned", "adam")}
+        "optimizers": {
+            "learned": {"batch_loss_smoothed": {"mean": [3.0, 2.0, float("nan")]}},
+            "adam": {"batch_loss_smoothed": {"mean": [3.0, 2.5, 2.25]}},
+        }
     }
     rows = evaluate._plot_rows(curves, ["learned", "adam"])
     assert rows == [
-        {"step": 1, "learned": 3.0, "adam": 3.0},
-        {"step": 2, "learned": 2.0, "adam": 2.0},
-        {"step": 3, "learned": None, "adam": None},
+        {"step": 1, "optimizer": "learned", "loss": 3.0},
+        {"step": 2, "optimizer": "learned", "loss": 2.0},
+        {"step": 3, "optimizer": "learned", "loss": None},
+        {"step": 1, "optimizer": "adam", "loss": 3.0},
+        {"step": 2, "optimizer": "adam", "loss": 2.5},
+        {"step": 3, "optimizer": "adam", "loss": 2.25},
     ]
