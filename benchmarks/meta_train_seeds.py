@@ -43,7 +43,7 @@ from components.evaluation.runner import train_curves  # noqa: E402
 from components.evaluation.stats import iqm  # noqa: E402
 from components.optimizers import load  # noqa: E402
 from components.stages import meta_train as meta_train_stage  # noqa: E402
-from components.stages.common import StageContext  # noqa: E402
+from components.stages.common import StageContext, read_run_log  # noqa: E402
 from components.stages.evaluate import task_setup  # noqa: E402
 from components.stages.params import PipelineParams  # noqa: E402
 
@@ -95,11 +95,21 @@ def evaluate_alone(params: PipelineParams, lopt, meta_params, log=print) -> dict
 def _trained_with(root: Path, params: PipelineParams) -> bool:
     """Whether ``root`` holds a finished meta-training with exactly these seed and ``meta_train`` params."""
     config = root / "models" / "lopt" / "config.json"
-    if not (config.is_file() and (root / "metrics" / "meta_train.json").is_file()):
+    if not (config.is_file() and _seconds(root) is not None):
         return False
     recorded = json.loads(config.read_text())
     same_settings = type(params.meta_train).model_validate(recorded["meta_train"]) == params.meta_train
     return recorded["seed"] == params.seed and same_settings
+
+
+def _seconds(root: Path) -> float | None:
+    """The wall time of the meta-training finished in ``root``: its run log (older runs: the metrics file)."""
+    log = read_run_log(root, "meta_train") or {}
+    if "seconds" in log:
+        return float(log["seconds"])
+    metrics = root / "metrics" / "meta_train.json"
+    old = json.loads(metrics.read_text()) if metrics.is_file() else {}
+    return float(old["seconds"]) if "seconds" in old else None
 
 
 def run_one(base: dict, variant: str, overrides: dict, seed: int, runs: Path, log=print) -> dict:
@@ -115,7 +125,7 @@ def run_one(base: dict, variant: str, overrides: dict, seed: int, runs: Path, lo
     raw["meta_train"].update(overrides)
     params = PipelineParams.model_validate(raw)
     if _trained_with(root, params):  # a run stopped after meta-training: evaluate its optimizer
-        seconds = json.loads((root / "metrics" / "meta_train.json").read_text())["seconds"]
+        seconds = _seconds(root)
     else:
         started = time.perf_counter()
         meta_train_stage.run(params, root, StageContext(log=lambda m: log(f"[{variant} s{seed}] {m}")))
