@@ -239,7 +239,8 @@ def test_a_diverging_meta_training_fails_once_with_the_fix_and_registers_nothing
     assert not (project / "models" / "lopt").exists()
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{project / '.mlflow' / 'mlflow.db'}")
+    store = f"sqlite:///{project / '.mlflow' / 'mlflow.db'}"
+    client = MlflowClient(store, store)  # the registry too: never the process-wide one an earlier test set
     assert client.search_registered_models() == []  # nothing registered, no version of anything
     exps = [e.experiment_id for e in client.search_experiments()]
     (run,) = client.search_runs(exps, filter_string="tags.`l2o.stage` = 'meta_train'")
