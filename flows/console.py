@@ -39,6 +39,8 @@ def configure(verbose_flag: bool) -> None:
     # reads its level from the environment when imported, and logger filters survive Prefect's dictConfig
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # "Failed to resolve installed pip version" on every registered model: the venv is uv's, without pip
+    logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
     for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoTracebacks) for f in logger.filters):
