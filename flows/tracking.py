@@ -18,6 +18,8 @@ from typing import Any
 __all__ = ["configure", "tracking_uri", "Tracker", "flatten", "StoreUnsafe", "ARTIFACT_ROOT_ENV"]
 
 ARTIFACT_ROOT_ENV = "L2O_MLFLOW_ARTIFACT_ROOT"
+# the experiment tag MLflow 3's UI reads to choose its view: the classic runs table, not the GenAI (traces) one
+EXPERIMENT_KIND_TAG, CLASSIC_ML = "mlflow.experimentKind", "custom_model_development"
 MIGRATION_WAIT_SECONDS = 300.0
 
 
@@ -128,6 +130,9 @@ class Tracker:
             if db is not None and not db.resolve().is_relative_to(Path(root).resolve()):  # a store shared by clones
                 _check_artifact_location(exp.artifact_location, Path(root), experiment_name, self.uri)
             self.experiment_id = exp.experiment_id
+        exp = self.client.get_experiment(self.experiment_id)
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != CLASSIC_ML:  # MLflow 3's UI opens in its classic ML view
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_ML)
         self.root = str(Path(root).resolve())
         self.reap_orphans()
 

@@ -43,7 +43,9 @@ def test_concurrent_first_use_of_a_shared_sqlite_store(tmp_path, monkeypatch):
     with pytest.raises(StoreUnsafe, match=r"keeps its artifacts in .*clone0.*another project's folder") as err:
         Tracker(roots[1], "exp-0")
     assert "l2o up" in str(err.value) and ARTIFACT_ROOT_ENV in str(err.value)
-    Tracker(roots[1], "exp-1")  # its own experiment is fine
+    mine = Tracker(roots[1], "exp-1")  # its own experiment is fine
+    # and it opens in MLflow 3's classic ML view (runs table), not the GenAI one
+    assert mine.client.get_experiment(mine.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     # an explicit artifact root that holds the experiment's folder makes sharing it a declared choice
     monkeypatch.setenv(ARTIFACT_ROOT_ENV, str(roots[0] / ".mlflow"))
     Tracker(roots[1], "exp-0")
