@@ -20,7 +20,7 @@ __all__ = ["configure", "tracking_uri", "Tracker", "flatten", "StoreUnsafe", "AR
 ARTIFACT_ROOT_ENV = "L2O_MLFLOW_ARTIFACT_ROOT"
 # the experiment tag MLflow 3's UI reads to choose its view: the classic runs table, not the GenAI (traces) one
 EXPERIMENT_KIND_TAG, CLASSIC_ML = "mlflow.experimentKind", "custom_model_development"
-MIGRATION_WAIT_SECONDS = 300.0
+_OPENED: set[str] = set()  # SQLite stores this process has opened (their schema is set up)
 
 
 class StoreUnsafe(RuntimeError):
@@ -38,7 +38,7 @@ def configure(root: Path) -> str:
     uri = tracking_uri(root)
     import mlflow  # noqa: PLC0415
 
-    if uri.startswith("sqlite:///"):
+    if uri.startswith("sqlite:///") and uri not in _OPENED:
         db = Path(uri.removeprefix("sqlite:///"))
         db.parent.mkdir(parents=True, exist_ok=True)
         with _migration_lock(db):  # the first use creates or migrates the schema: one process at a time
@@ -47,32 +47,24 @@ def configure(root: Path) -> str:
             client = MlflowClient(uri, uri)
             client.search_experiments(max_results=1)
             client.search_registered_models(max_results=1)
+        _OPENED.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
 
 
 @contextlib.contextmanager
-def _migration_lock(db: Path, wait: float = MIGRATION_WAIT_SECONDS, log=print):
-    """An exclusive ``flock`` on ``<db>.lock`` while this process opens (and maybe migrates) the store."""
+def _migration_lock(db: Path, log=print):
+    """An exclusive ``flock`` on ``<db>.lock`` while this process opens (and maybe migrates) the store. The
+    kernel drops it when its holder ends, however it ends, so waiting for it cannot hang on a dead process."""
     path = db.with_name(db.name + ".lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline, told = time.monotonic() + wait, False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StoreUnsafe(
-                        f"another process has been setting up the MLflow store {db} (lock {path}) for over"
-                        f" {wait:.0f}s: if none is running, delete {path} and run again"
-                    ) from None
-                if not told:
-                    log(f"l2o: waiting for another process to create or migrate the MLflow store {db}")
-                    told = True
-                time.sleep(0.2)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"l2o: waiting for another process to create or migrate the MLflow store {db}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -130,17 +122,17 @@ class Tracker:
             if db is not None and not db.resolve().is_relative_to(Path(root).resolve()):  # a store shared by clones
                 _check_artifact_location(exp.artifact_location, Path(root), experiment_name, self.uri)
             self.experiment_id = exp.experiment_id
-        exp = self.client.get_experiment(self.experiment_id)
-        if exp.tags.get(EXPERIMENT_KIND_TAG) != CLASSIC_ML:  # MLflow 3's UI opens in its classic ML view
-            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_ML)
+            if exp.tags.get(EXPERIMENT_KIND_TAG) != CLASSIC_ML:  # an experiment made before l2o tagged its kind
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_ML)
         self.root = str(Path(root).resolve())
         self.reap_orphans()
 
     def _create(self, name: str, artifacts: str | None) -> str:
         from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
-        try:
-            return self.client.create_experiment(name, artifact_location=artifacts)
+        try:  # tagged for MLflow 3's UI to open its classic ML view (runs table), not the GenAI one
+            kind = {EXPERIMENT_KIND_TAG: CLASSIC_ML}
+            return self.client.create_experiment(name, artifact_location=artifacts, tags=kind)
         except MlflowException:  # another process created it in between: use theirs (checked like any other)
             exp = self.client.get_experiment_by_name(name)
             if exp is None:

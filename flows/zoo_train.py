@@ -7,7 +7,6 @@ The workspace holds the stages' outputs of that meta-training (prepared data, ch
 
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import jax
 
 from components.optimizers import zoo as zoo_lib
+from components.stages import common
 from components.stages.common import atomic_write_json, git_commit
 from components.stages.params import PipelineParams
 from components.stages.paths import MANIFEST
@@ -48,8 +48,9 @@ def now() -> str:
 
 
 def read_json(path: Path) -> dict | None:
-    """The JSON object in ``path``, ``None`` when there is no such file."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """The JSON object in ``path`` (flagged inf/nan restored: :func:`components.stages.common.read_json`),
+    ``None`` when there is no such file."""
+    return common.read_json(path) if path.is_file() else None
 
 
 def _needs_pretrain(params: PipelineParams) -> bool:

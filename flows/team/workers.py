@@ -94,8 +94,10 @@ def mirror_problem(env: dict) -> str | None:
     """Why a worker with environment ``env`` would not find the datasets (None: it will). A worker's flow runs
     happen in workspaces where ``../shared/datasets`` does not resolve, so they use ``L2O_DATA_MIRROR``: the
     mirror ``l2o up`` recorded, or the worker's own environment."""
-    mirror = env.get("L2O_DATA_MIRROR")
-    if mirror and mirror.strip().lower() != "none" and not Path(mirror).is_dir():
+    from components.stages.fetch import MIRROR_ENV, NO_MIRROR  # noqa: PLC0415
+
+    mirror = env.get(MIRROR_ENV)
+    if mirror and mirror.strip().lower() != NO_MIRROR and not Path(mirror).is_dir():
         return (
             f"the dataset mirror {mirror} (L2O_DATA_MIRROR, or what `l2o up` recorded in {STATE_FILE}) is not a"
             " folder on this machine: export L2O_DATA_MIRROR=<this machine's copy of shared/datasets>"
