@@ -18,7 +18,9 @@ def parser() -> argparse.ArgumentParser:
         help="run the pipeline (only the stages DVC reports out of date)",
         description="Run the pipeline's stages (dvc.yaml) as one Prefect flow: those DVC reports out of date, in"
         " order, each tracked as an MLflow run under one pipeline run, then recorded in dvc.lock. Writes the"
-        " resolved params to params.yaml first. Exit 0 done, 1 a stage failed, 2 invalid params, 3 a server does"
+        " resolved params to params.yaml first. Another params file than params/default.yaml runs in its own"
+        " workspace .l2o/experiments/<name>/ when this repository's dvc.lock is committed (--in-place: here)."
+        " Exit 0 done, 1 a stage failed, 2 invalid params, 3 a server does"
         " not answer or another l2o/dvc command holds the repository.",
     )
     r.add_argument("--params", default="params/default.yaml", help="params YAML (default: %(default)s)")
@@ -42,6 +44,12 @@ def parser() -> argparse.ArgumentParser:
         dest="run_cache",
         action="store_false",
         help="run out-of-date stages even when DVC's run-cache holds outputs of the same inputs",
+    )
+    r.add_argument(
+        "--in-place",
+        action="store_true",
+        help="run a params file other than params/default.yaml in this repository, overwriting its committed"
+        " results (default: in its own workspace .l2o/experiments/<name>/ when dvc.lock is committed)",
     )
     s = sub.add_parser(
         "stage",
@@ -87,7 +95,9 @@ def parser() -> argparse.ArgumentParser:
             "Compare the metrics of two MLflow runs of the tracking store (MLFLOW_TRACKING_URI, else"
             " .mlflow/mlflow.db of the project). A pipeline run is compared with its stage runs (their metrics keyed"
             " <stage>/<metric>); a stage run by itself. Prints the two runs, the params that differ, and one row per"
-            " metric: A, B, B-A and the change in % of |A| (\u2014: a metric only one run has). Exit 0 whatever"
+            " changed metric (by default the --limit largest relative changes; --changed: all of them, in key"
+            " order; --all: every metric): A, B, B-A and the change in % of |A| (\u2014: a metric only one run"
+            " has). Exit 0 whatever"
             " the differences, 2 for an unknown run id."
         ),
     )
@@ -102,10 +112,20 @@ def parser() -> argparse.ArgumentParser:
         help="only metric keys matching REGEX (re.search, e.g. 'evaluate/' or 'loss$'); repeatable: a key matching"
         " any is shown",
     )
-    c.add_argument(
+    shown = c.add_mutually_exclusive_group()
+    shown.add_argument(
         "--changed",
         action="store_true",
-        help="only metrics whose values differ beyond --rtol (and those only one run has)",
+        help="only metrics whose values differ beyond --rtol (and those only one run has), every one of them"
+        " (default: the same, at most --limit rows, the largest relative changes first)",
+    )
+    shown.add_argument("--all", action="store_true", help="every metric, equal ones included, in key order")
+    c.add_argument(
+        "--limit",
+        type=int,
+        default=20,
+        metavar="N",
+        help="by default, show at most N changed metrics (default: %(default)s; 0: no limit)",
     )
     c.add_argument(
         "--rtol",

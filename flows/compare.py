@@ -309,11 +309,23 @@ def _run_lines(side: str, info: dict[str, Any]) -> list[str]:
     return [first] + (["   " + "  ".join(second)] if second else [])
 
 
-def format_table(comparison: dict[str, Any]) -> str:
+def _magnitude(row: dict[str, Any]) -> float:
+    """How large a change is, for the concise table: a metric only one run has first, then |relative change|."""
+    if row["only_in"] is not None:
+        return math.inf
+    rel = row["rel_change_pct"]
+    if rel is None:  # from A = 0 or a non-finite A
+        return math.inf if row["changed"] else 0.0
+    return abs(rel) if math.isfinite(rel) else math.inf
+
+
+def format_table(comparison: dict[str, Any], *, limit: int | None = None) -> str:
     """The comparison of `compare_runs` as text: the two runs, the params that differ, then one row per metric.
 
     Args:
         comparison: what `compare_runs` returned.
+        limit: show at most this many metric rows, the largest relative changes first (then by key), and say how
+          many more there are; ``None``: every row, in key order.
 
     Returns:
         The text (no trailing newline). Metric rows: key, A, B, B-A, relative change in % of |A|; ``—`` marks a
@@ -341,6 +353,10 @@ def format_table(comparison: dict[str, Any]) -> str:
         f" (rtol {comparison['rtol']:g})"
     )
     lines.append(f"metrics ({s['total']}{'; ' + '; '.join(scope) if scope else ''}): {counts}")
+    hidden = 0
+    if limit is not None and len(rows) > limit:
+        hidden = len(rows) - limit
+        rows = sorted(rows, key=lambda r: (-_magnitude(r), r["key"]))[:limit]
     if rows:
         table = [
             [r["key"], number(r["a"], ".10g"), number(r["b"], ".10g"), number(r["delta"], "+.6g"), _rel(r)]
@@ -349,6 +365,11 @@ def format_table(comparison: dict[str, Any]) -> str:
         lines += grid(["key", "A", "B", "B-A", "rel %"], table, {1, 2, 3, 4})
     else:
         lines.append("  (no metrics to show)")
+    if hidden:
+        lines.append(
+            f"  ... {hidden} more (the {limit} largest relative changes are shown): --changed lists every changed"
+            " metric, --all every metric, --filter REGEX narrows the keys"
+        )
     return "\n".join(lines)
 
 

@@ -72,7 +72,7 @@ def cli(store, monkeypatch, capsys):
 def _rows(out: str) -> dict[str, list[str]]:
     """The metric table's rows: key -> [A, B, B-A, rel %]."""
     table = out.split("\nmetrics (", 1)[1].splitlines()[2:]  # after the summary and header lines
-    return {cells[0]: cells[1:] for cells in (line.split() for line in table)}
+    return {cells[0]: cells[1:] for cells in (line.split() for line in table) if cells[0] != "..."}
 
 
 def test_collect_metrics_keys_children_by_stage_tag_or_run_name(store):
@@ -91,7 +91,7 @@ def test_collect_metrics_keys_children_by_stage_tag_or_run_name(store):
 
 def test_table_shows_differences_markers_and_params(store, cli):
     a, b = store["ids"]["a"], store["ids"]["b"]
-    code, out, err = cli(a, b)
+    code, out, err = cli(a, b, "--all")
     assert code == 0, err
     rows = _rows(out)
     assert list(rows) == sorted(rows)
@@ -120,7 +120,7 @@ def test_changed_hides_equal_rows_and_filter_restricts_keys(store, cli):
     code, out, _ = cli(a, b, "--changed")
     assert code == 0
     assert set(_rows(out)) == {"wall_seconds", "meta_train/final_loss", "evaluate/accuracy", "evaluate/only_a"}
-    code, out, _ = cli(a, b, "--filter", "^meta_train/", "--filter", "only")
+    code, out, _ = cli(a, b, "--filter", "^meta_train/", "--filter", "only", "--all")
     assert code == 0
     assert set(_rows(out)) == {"meta_train/final_loss", "meta_train/steps", "evaluate/only_a"}
     code, out, _ = cli(a, b, "--filter", "evaluate/", "--changed")
@@ -128,6 +128,18 @@ def test_changed_hides_equal_rows_and_filter_restricts_keys(store, cli):
     assert "metrics (3; matching evaluate/; changed only, 2 shown): 1 changed, 1 equal, 1 only in A" in out
     code, out, _ = cli(a, b, "--rtol", "0.19", "--changed")  # 0.1 of 0.9 and 2 of 12 are within 19%, 0.25 of 1.25 not
     assert set(_rows(out)) == {"meta_train/final_loss", "evaluate/only_a"}
+
+
+def test_default_is_concise_the_largest_changes_first(store, cli):
+    a, b = store["ids"]["a"], store["ids"]["b"]
+    code, out, _ = cli(a, b)  # changed only: 3 changed + 1 only in A
+    assert code == 0
+    assert set(_rows(out)) == {"wall_seconds", "meta_train/final_loss", "evaluate/accuracy", "evaluate/only_a"}
+    code, out, _ = cli(a, b, "--limit", "2")  # only in A first, then +25% before +20% and +12.5%
+    assert list(_rows(out)) == ["evaluate/only_a", "meta_train/final_loss"]
+    assert "... 2 more (the 2 largest relative changes are shown): --changed lists every changed metric" in out
+    code, out, _ = cli(a, b, "--limit", "2", "--changed")  # --changed: all of them, in key order
+    assert list(_rows(out)) == sorted(["wall_seconds", "meta_train/final_loss", "evaluate/accuracy", "evaluate/only_a"])
 
 
 def test_json_has_exact_numbers(store, cli):
@@ -159,7 +171,7 @@ def test_json_has_exact_numbers(store, cli):
 
 
 def test_stage_runs_and_id_prefixes(store, cli):
-    code, out, _ = cli(store["ids"]["a/meta_train"][:8], store["ids"]["b/meta_train"][:10])
+    code, out, _ = cli(store["ids"]["a/meta_train"][:8], store["ids"]["b/meta_train"][:10], "--all")
     assert code == 0
     assert _rows(out) == {"final_loss": ["1", "1.25", "+0.25", "+25%"], "steps": ["100", "100", "+0", "+0%"]}
     assert "stage meta_train" in out and f"parent run {store['ids']['a']}" in out
