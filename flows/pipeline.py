@@ -98,7 +98,7 @@ def _run_holding_the_lock(repo, held, root, params, params_file, force, run_cach
         except BaseException:
             tracker.finish(parent, "FAILED")
             raise
-        _finish_parent_run(tracker, parent, root, outcome)
+        _finish_parent_run(tracker, parent, root, outcome, params_hash(params), log)
         return outcome.ran
 
     l2o_pipeline(params_file, force)
@@ -122,7 +122,7 @@ def _start_parent_run(tracker: Tracker, root: Path, params, params_file: str, fr
     return parent
 
 
-def _finish_parent_run(tracker: Tracker, parent: str, root: Path, outcome: PipelineOutcome) -> None:
+def _finish_parent_run(tracker: Tracker, parent: str, root: Path, outcome: PipelineOutcome, phash: str, log) -> None:
     tracker.set_tags(
         parent,
         {
@@ -131,6 +131,13 @@ def _finish_parent_run(tracker: Tracker, parent: str, root: Path, outcome: Pipel
             "l2o.stages_skipped": ",".join(outcome.skipped),
         },
     )
+    from flows.model_links import headline_metrics, link_evaluation, promote_champion  # noqa: PLC0415
+
+    # the results the project holds now (ran, restored or up to date): the runs table compares pipeline runs
+    tracker.log_metrics(parent, headline_metrics(root))
+    tracker.set_tags(parent, link_evaluation(tracker, root))
+    # also when evaluate was up to date (a fresh clone's `make run` re-trains and keeps the committed evaluation)
+    promote_champion(tracker, root, phash, log=log)
     tracker.log_artifact(parent, root / "dvc.lock", "dvc")
     report = root / "reports"
     if report.is_dir():

@@ -197,10 +197,17 @@ def execute_stage(
         tracker.log_artifact(run_id, root / path, artifact_path=None if (root / path).is_file() else Path(path).name)
     if result.model_dir is not None:
         from flows.mlflow_models import log_learned_optimizer  # noqa: PLC0415
+        from flows.model_links import weights_tags  # noqa: PLC0415
 
         uri = log_learned_optimizer(run_id, root / result.model_dir, result.tags["registered_name"])
-        tracker.set_tags(run_id, {"l2o.model_uri": uri})
+        tracker.set_tags(run_id, {"l2o.model_uri": uri, **weights_tags(root)})  # evaluate runs find it by content
         log(f"{name}: registered learned optimizer {result.tags['registered_name']!r} ({uri})")
+    if name == "evaluate":  # which training run and model it evaluated
+        from flows.model_links import link_evaluation, promote_champion  # noqa: PLC0415
+
+        tracker.set_tags(run_id, link_evaluation(tracker, root))
+        if parent_run_id is None:  # `l2o stage evaluate` (dvc repro); `l2o run` promotes when it finishes
+            promote_champion(tracker, root, params_hash(params), log=log)
     zoo_entries = params.evaluate.zoo if name == "evaluate" else []
     if zoo_entries:  # zoo entries are registered in MLflow the first time the pipeline uses them
         from flows import zoo  # noqa: PLC0415

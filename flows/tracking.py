@@ -9,18 +9,37 @@ several projects may share.
 
 import contextlib
 import fcntl
+import json
 import os
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["configure", "tracking_uri", "Tracker", "flatten", "StoreUnsafe", "ARTIFACT_ROOT_ENV"]
+__all__ = ["configure", "tracking_uri", "Tracker", "flatten", "StoreUnsafe", "ARTIFACT_ROOT_ENV", "experiment_url"]
 
 ARTIFACT_ROOT_ENV = "L2O_MLFLOW_ARTIFACT_ROOT"
 # the experiment tag MLflow 3's UI reads to choose its view: the classic runs table, not the GenAI (traces) one
 EXPERIMENT_KIND_TAG, CLASSIC_ML = "mlflow.experimentKind", "custom_model_development"
 _OPENED: set[str] = set()  # SQLite stores this process has opened (their schema is set up)
+# a saved view of the runs table (MLflow's "shared view", an experiment tag): the headline columns that the
+# pipeline runs carry (flows.model_links) beside the defaults; `l2o ui` prints the URL that opens it
+VIEW_KEY = "l2o"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_STATE = json.dumps(
+    {
+        "selectedColumns": [
+            "attributes.`Models`",
+            *(f"metrics.`{m}`" for m in ("speedup_iqm", "beats_adam_fraction", "test_acc")),
+        ]
+    }
+)
+
+
+def experiment_url(base: str, experiment_id: str) -> str:
+    """The runs table of an experiment in MLflow 3's UI: the classic (model training) view, l2o's columns."""
+    query = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
 class StoreUnsafe(RuntimeError):
@@ -122,8 +141,9 @@ class Tracker:
             if db is not None and not db.resolve().is_relative_to(Path(root).resolve()):  # a store shared by clones
                 _check_artifact_location(exp.artifact_location, Path(root), experiment_name, self.uri)
             self.experiment_id = exp.experiment_id
-            if exp.tags.get(EXPERIMENT_KIND_TAG) != CLASSIC_ML:  # an experiment made before l2o tagged its kind
-                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_ML)
+            for key, value in ((EXPERIMENT_KIND_TAG, CLASSIC_ML), (VIEW_TAG, VIEW_STATE)):  # made by an older l2o
+                if exp.tags.get(key) != value:
+                    self.client.set_experiment_tag(self.experiment_id, key, value)
         self.root = str(Path(root).resolve())
         self.reap_orphans()
 
@@ -131,7 +151,7 @@ class Tracker:
         from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
         try:  # tagged for MLflow 3's UI to open its classic ML view (runs table), not the GenAI one
-            kind = {EXPERIMENT_KIND_TAG: CLASSIC_ML}
+            kind = {EXPERIMENT_KIND_TAG: CLASSIC_ML, VIEW_TAG: VIEW_STATE}
             return self.client.create_experiment(name, artifact_location=artifacts, tags=kind)
         except MlflowException:  # another process created it in between: use theirs (checked like any other)
             exp = self.client.get_experiment_by_name(name)

@@ -105,14 +105,14 @@ def _require_chromium() -> None:
         )
 
 
-def _visit(url: str, screenshot: Path, timeout_ms: int) -> PageCheck:
+def _visit(url: str, screenshot: Path, timeout_ms: int, wait_for: tuple[str, ...] = (), width: int = 1280) -> PageCheck:
     from playwright.sync_api import sync_playwright  # noqa: PLC0415  (only the browser tests need it)
 
     console, page_errors, failed, bad = [], [], [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport={"width": width, "height": 900})
             page.on(
                 "console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None
             )
@@ -120,7 +120,10 @@ def _visit(url: str, screenshot: Path, timeout_ms: int) -> PageCheck:
             page.on("requestfailed", lambda r: failed.append(f"{r.url} ({r.failure})"))
             page.on("response", lambda r: bad.append(f"{r.status} {r.url}") if r.status >= 400 else None)
             page.goto(url, wait_until="load", timeout=timeout_ms)
-            page.wait_for_load_state("networkidle", timeout=timeout_ms)
+            if not wait_for:
+                page.wait_for_load_state("networkidle", timeout=timeout_ms)
+            for text in wait_for:  # a single-page app (which may poll for ever) renders after the load
+                page.get_by_text(text).first.wait_for(timeout=timeout_ms)
             images = page.eval_on_selector_all(
                 "img",
                 "imgs => imgs.map(i => ({src: i.getAttribute('src'), alt: i.getAttribute('alt'), complete: i.complete,"
@@ -148,14 +151,24 @@ def _visit(url: str, screenshot: Path, timeout_ms: int) -> PageCheck:
     )
 
 
-def open_page(path_or_url: str | Path, screenshot: Path, *, timeout_ms: int = 30_000) -> PageCheck:
+def open_page(
+    path_or_url: str | Path,
+    screenshot: Path,
+    *,
+    timeout_ms: int = 30_000,
+    wait_for: tuple[str, ...] = (),
+    width: int = 1280,
+) -> PageCheck:
     """Load a page in headless Chromium and collect what went wrong; fails the test if Chromium is missing.
 
     Args:
       path_or_url: an HTML file (its directory is served over HTTP on 127.0.0.1 for the visit) or an
         ``http(s)://`` URL.
       screenshot: where to write the full-page PNG screenshot.
-      timeout_ms: limit for loading the page and for the network to go idle.
+      timeout_ms: limit for loading the page, for the network to go idle and for each text of ``wait_for``.
+      wait_for: texts the page must show, waited for in turn after the load instead of an idle network (a
+        single-page app that polls its server is never idle).
+      width: the viewport's width in CSS pixels (a wide table renders only the columns in view).
 
     Returns:
       A :class:`PageCheck`.
@@ -163,9 +176,9 @@ def open_page(path_or_url: str | Path, screenshot: Path, *, timeout_ms: int = 30
     _require_chromium()
     screenshot = Path(screenshot)
     if urlparse(str(path_or_url)).scheme in ("http", "https"):
-        return _visit(str(path_or_url), screenshot, timeout_ms)
+        return _visit(str(path_or_url), screenshot, timeout_ms, tuple(wait_for), width)
     path = Path(path_or_url).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"no page at {path}")
     with serve_directory(path.parent) as base:
-        return _visit(base + quote(path.name), screenshot, timeout_ms)
+        return _visit(base + quote(path.name), screenshot, timeout_ms, tuple(wait_for), width)
