@@ -60,8 +60,15 @@ def _load(path: str, overrides: list[str]):
 
 
 def _cmd_run(args, root: Path) -> int:
+    from flows.workspace import run_in_workspace, workspace_for  # noqa: PLC0415
 
     params = _load(args.params, args.overrides)
+    ws = workspace_for(root, args.params, args.in_place)
+    if ws is not None:  # not the committed experiment: its own workspace, the committed results untouched
+        argv = ["run", "--params", args.params, *(a for o in args.overrides for a in ("--set", o))]
+        flags = (("--force", args.force), ("--resume", args.resume), ("--no-run-cache", not args.run_cache))
+        argv += [flag for flag, on in flags if on] + (["--verbose"] if args.verbose else [])
+        return run_in_workspace(root, ws, args.params, argv)
     with _repository_lock(root):
         return _run_locked(args, root, params)
 
@@ -174,9 +181,26 @@ def _cmd_ui(args, root: Path) -> int:
         "--workers",
         "1",
     ]
-    print(f"l2o: MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C to stop", flush=True)
+    base = f"http://{args.host}:{args.port}"
+    print(f"l2o: MLflow UI on {base} (store {uri}); Ctrl-C to stop", flush=True)
+    for line in _experiment_links(uri, base):
+        print(line, flush=True)
     os.execvpe(cmd[0], cmd, env)
     return 0  # not reached
+
+
+def _experiment_links(uri: str, base: str) -> list[str]:
+    """One line per l2o experiment of the store: the URL of its runs table (classic view, headline columns)."""
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415
+
+    from flows.tracking import VIEW_TAG, experiment_url  # noqa: PLC0415
+
+    exps = [e for e in MlflowClient(uri, uri).search_experiments() if VIEW_TAG in e.tags]
+    lines = [f"     {e.name}: {experiment_url(base, e.experiment_id)}" for e in exps]
+    if lines:
+        models = f"{base}/#/models?workflowType=machine_learning"
+        lines.append(f"     registered optimizers (aliases such as @champion): {models}")
+    return lines
 
 
 def _cmd_optimizers(args, root: Path) -> int:
@@ -254,8 +278,9 @@ def _cmd_compare(args, root: Path) -> int:
 
     client = MlflowClient(uri, uri)
     try:
+        changed_only = args.changed or not (args.all or args.json)  # JSON: every metric unless --changed
         comparison = compare_runs(
-            client, args.run_a, args.run_b, patterns=args.filters, changed_only=args.changed, rtol=args.rtol
+            client, args.run_a, args.run_b, patterns=args.filters, changed_only=changed_only, rtol=args.rtol
         )
     except re.error as exc:
         print(f"l2o: error: --filter {exc.pattern!r} is not a regular expression: {exc}", file=sys.stderr)
@@ -274,7 +299,8 @@ def _cmd_compare(args, root: Path) -> int:
         print(f"l2o: error: cannot read the runs from the MLflow tracking store {uri}: {exc.message}", file=sys.stderr)
         return 2
     comparison = {"tracking_uri": uri, **comparison}
-    print(to_json(comparison) if args.json else format_table(comparison))
+    limit = None if (args.all or args.changed or args.limit <= 0) else args.limit  # the concise default
+    print(to_json(comparison) if args.json else format_table(comparison, limit=limit))
     return 0
 
 

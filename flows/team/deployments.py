@@ -49,7 +49,8 @@ def _run_logger():
 
 
 def _workspace_env(python: str) -> dict:
-    env = dict(os.environ, PYTHONPATH="", L2O_PYTHON=python)
+    # L2O_IN_PLACE: the checkout is this run's own workspace (flows.workspace: no nested experiment workspace)
+    env = dict(os.environ, PYTHONPATH="", L2O_PYTHON=python, L2O_IN_PLACE="1")
     env.pop("PREFECT__FLOW_RUN_ID", None)  # the subprocess's flows are its own runs
     return env
 

@@ -124,6 +124,7 @@ def child_env(root: Path, worktree: Path, uri: str) -> dict[str, str]:
     for var in ("L2O_MLFLOW_RUN_ID", "L2O_MLFLOW_PARENT_RUN_ID", "L2O_RESUME", "MLFLOW_RUN_ID", "DVC_STAGE"):
         env.pop(var, None)
     env["MLFLOW_TRACKING_URI"] = uri
+    env["L2O_IN_PLACE"] = "1"  # the worktree is the re-run's own workspace (flows.workspace)
     # the re-run's artifacts go where the original's are: the project's store folder (flows.tracking refuses an
     # experiment whose artifacts are in another folder unless it is this explicit root)
     env.setdefault("L2O_MLFLOW_ARTIFACT_ROOT", str(root / ".mlflow"))
