@@ -26,7 +26,7 @@ run: setup
 	$(VENV)/bin/l2o run --params $(PARAMS)
 
 test: setup browser
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
 
 # the report's browser test drives Debian's Chromium (tests/browser.py): install it when missing
 browser:

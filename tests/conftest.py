@@ -30,6 +30,14 @@ PROJECT_FILES = [
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Fast tests first: the library's unit tests, then the CLI, pipeline and service tests of ``tests/flows``
+    (real Prefect flows, MLflow stores and servers, DVC repositories). Stable: a module's tests keep their order."""
+    del config
+    flows = REPO / "tests" / "flows"
+    items.sort(key=lambda item: Path(str(item.fspath)).resolve().is_relative_to(flows))
+
+
 @pytest.fixture(scope="session")
 def mirror() -> Path:
     if not (MIRROR / "SHA256SUMS").exists():

@@ -58,7 +58,7 @@ PARAMS_HASHES = {
     "mulo_cpu.yaml": "9d3fbb3268d1c577",
     "star_cpu.yaml": "c539cd48cb1cd7fd",
     "star_gpu.yaml": "4e99f83cb087489a",
-    "tiny.yaml": "352ed208b544d57b",
+    "tiny.yaml": "f38b91178447af98",
 }
 
 
@@ -271,9 +271,8 @@ def test_optimizers_command_lists_every_name(capsys):
 def test_tasks_command_lists_tasks_with_parameter_counts(capsys):
     assert main(["tasks", "--params", "params/tiny.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "evaluation tasks of params/tiny.yaml: 3 tasks; 0 in distribution" in out
+    assert "evaluation tasks of params/tiny.yaml: 2 tasks; 0 in distribution" in out
     assert "meta-training distribution (image MLP family): mnist_8, fashion_mnist_8; mlp 16 relu;" in out
-    assert "mnist_mlp_deep" in out and "26,122" in out  # 64*128+128 + 128*128+128 + 128*10+10
     # tiny.yaml overrides every task's horizon (40) and batch size (32); its unrolls stop at 30 steps
     line = next(ln for ln in out.splitlines() if "ft_mnist_to_digits_mlp" in ln)
     assert line.split()[1:] == [
@@ -299,6 +298,9 @@ def test_tasks_command_lists_tasks_with_parameter_counts(capsys):
     # UCI digits stands in for SVHN in Celo's recipe: digits_mlp is labelled in-distribution
     line = next(ln for ln in out.splitlines() if " digits_mlp " in ln)
     assert line.split()[-1] == "in-distribution"
+    assert main(["tasks", "--params", "params/default.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "mnist_mlp_deep" in out and "26,122" in out  # 64*128+128 + 128*128+128 + 128*10+10
     assert main(["tasks", "--suite", "heldout"]) == 0
     out = capsys.readouterr().out
     assert "suite heldout: 20 tasks, relation to the Celo preset's meta-training (no params file)" in out

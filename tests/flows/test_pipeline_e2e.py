@@ -4,6 +4,7 @@ no-op re-run, the evaluate-only re-run and the registered learned optimizer."""
 
 import json
 import math
+import re
 import shutil
 import socket
 import subprocess
@@ -94,7 +95,8 @@ def test_flow_runs_every_stage_and_writes_the_report(tiny_run, mirror):
     agg = evaluation["aggregate"]
     for opt in ("learned", "hub", "lgl2o", "gl2o"):
         ci = agg["train"][opt]["speedup_iqm"]
-        assert ci["ci_low"] <= ci["value"] <= ci["ci_high"] and ci["n_tasks"] == 3 and ci["n_runs"] == 6
+        assert ci["ci_low"] <= ci["value"] <= ci["ci_high"] and ci["n_tasks"] == len(params.evaluate.tasks)
+        assert ci["n_runs"] == 2 * len(params.evaluate.tasks)
         assert 0.0 <= agg["train"][opt]["beats_adam_fraction"] <= 1.0 and opt in agg["long"]
         assert 0.0 <= agg["validation"][opt]["algoperf_score"] <= 1.0
     assert 0.0 <= agg["train"]["lgl2o"]["fallback_rate"] <= 1.0
@@ -170,6 +172,16 @@ def test_mlflow_records_runs_metrics_artifacts_and_model(tiny_run):
     assert "aggregate/learned/train_rule/beats_adam_fraction" in evaluate.data.metrics
     assert "aggregate/hub/validation_rule/algoperf_score" in evaluate.data.metrics
     assert meta.data.params["meta_train.num_outer_steps"] == "10"
+    # the pipeline run carries the headline (the runs table compares pipelines), and the evaluation names the
+    # training run, model and registered version it used
+    headline = json.loads((root / "metrics" / "headline.json").read_text())
+    assert parent.data.metrics["speedup_iqm"] == headline["learned"]["train_rule"]["speedup_iqm"]
+    assert parent.data.metrics["test_acc"] == headline["learned"]["validation_rule"]["mean_test_acc"]
+    assert parent.data.metrics["hub/train_rule/speedup_iqm"] == headline["hub"]["train_rule"]["speedup_iqm"]
+    for run in (parent, evaluate):
+        assert run.data.tags["l2o.meta_train_run_id"] == meta.info.run_id
+        assert run.data.tags["l2o.model_uri"] == meta.data.tags["l2o.model_uri"]
+        assert run.data.tags["l2o.registered_model"] == "models:/small_fc_lopt/1"
     # artifacts
     top = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"params", "dvc", "report"} <= top
@@ -198,8 +210,13 @@ def test_registered_model_loads_as_optax_and_steps_a_quadratic(tiny_run, monkeyp
     from flows.mlflow_models import resolve_checkpoint  # noqa: PLC0415
 
     client = _client(root)
-    versions = client.search_model_versions("name='adafac_mlp_lopt_tiny'")
+    versions = client.search_model_versions("name='small_fc_lopt'")
     assert [str(v.version) for v in versions] == ["1"]
+    # the evaluated version is its model's champion, scored by the honest headline metric
+    champion = client.get_model_version_by_alias("small_fc_lopt", "champion")
+    headline = json.loads((root / "metrics" / "headline.json").read_text())
+    assert str(champion.version) == "1"
+    assert float(champion.tags["l2o.speedup_iqm"]) == headline["learned"]["train_rule"]["speedup_iqm"]
     uri = f"sqlite:///{root / '.mlflow' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
@@ -207,10 +224,10 @@ def test_registered_model_loads_as_optax_and_steps_a_quadratic(tiny_run, monkeyp
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    registered = load(resolve_checkpoint("models:/adafac_mlp_lopt_tiny/1")).make(num_steps=60)
+    registered = load(resolve_checkpoint("models:/small_fc_lopt/1")).make(num_steps=60)
     direct = load(root / "models" / "lopt").make(num_steps=60)
     # flows resolve a bare registered name (its latest version) to the directory the library loads
-    by_name = load(resolve_checkpoint("adafac_mlp_lopt_tiny")).make(num_steps=60)
+    by_name = load(resolve_checkpoint("small_fc_lopt")).make(num_steps=60)
     losses, params, _ = _quadratic_run(registered)
     direct_losses, direct_params, _ = _quadratic_run(direct)
     assert np.all(np.isfinite(losses))
@@ -223,9 +240,89 @@ def test_registered_model_loads_as_optax_and_steps_a_quadratic(tiny_run, monkeyp
     guarded_losses, _, state = _quadratic_run(guard_with_loss(registered, create("sgd", learning_rate=0.1)))
     assert guarded_losses[-1] < 0.05 * guarded_losses[0]
     # and the pyfunc flavour answers predict() with one update per parameter
-    model = mlflow.pyfunc.load_model("models:/adafac_mlp_lopt_tiny/1")
+    model = mlflow.pyfunc.load_model("models:/small_fc_lopt/1")
     out = model.predict([{"params": [0.0, 1.0, 2.0], "grads": [0.1, -0.2, 0.3], "loss": [1.0]}])
     assert np.asarray(out).shape == (1, 3) and np.all(np.isfinite(out))
+
+
+def test_readme_loading_example_runs_verbatim_after_the_smoke_run(tiny_run, mirror):
+    """The README's "Using a trained optimizer" snippet, as written, from the project folder after `l2o run`."""
+    root, _ = tiny_run
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("* **Using a trained optimizer**") :]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    snippet = "\n".join(line[2:] for line in snippet.splitlines())  # the list item's indent
+    assert 'resolve_checkpoint("models:/small_fc_lopt@champion")' in snippet
+    check = snippet + "\nimport numpy as np\nassert np.all(np.isfinite(updates['w'])) and np.any(updates['w'] != 0)\n"
+    before = sorted(p.name for p in root.iterdir())
+    proc = subprocess.run(
+        [str(BIN / "python"), "-c", check],
+        cwd=root,
+        env=project_env(root, mirror),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in root.iterdir()) == before  # no stray mlflow.db or mlruns/
+
+
+def test_mlflow_ui_lists_pipeline_runs_with_headline_metrics_and_the_champion_alias(tiny_run, mirror):
+    """Headless Chromium against `l2o ui`: the URL it prints opens the runs table (classic view) with the pipeline
+    run's headline numbers as columns, and the registered model's page shows its @champion alias."""
+    root, proc_run = tiny_run
+    parent = [r for r in _runs(_client(root), "l2o-tiny") if r.info.run_name == "pipeline"][0]
+    speedup = parent.data.metrics["speedup_iqm"]
+    port = _free_port()
+    ui = subprocess.Popen(
+        [str(BIN / "l2o"), "ui", "--port", str(port)],
+        cwd=root,
+        env=project_env(root, mirror),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = [ui.stdout.readline() for _ in range(3)]
+        url = next(ln.split(": ", 1)[1].strip() for ln in lines if ln.strip().startswith("l2o-tiny:"))
+        assert "workflowType=machine_learning" in url and "viewStateShareKey=l2o" in url, lines
+        models_url = lines[2].split(": ", 1)[1].strip()
+        _wait_healthy(port, ui)
+        page = open_page(
+            url, root.parent / "mlflow_runs.png", timeout_ms=60_000, wait_for=("speedup_iqm", "pipeline"), width=1800
+        )
+        for column in ("Run Name", "speedup_iqm", "beats_adam_fraction", "test_acc"):
+            assert column in page.text, column
+        assert "Observability" not in page.text and "Token Usage" not in page.text  # the classic view, not GenAI
+        shown = [float(x) for x in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", page.text)]
+        assert any(abs(x - speedup) < 1e-6 for x in shown), (speedup, page.text[:2000])
+        model = open_page(
+            models_url.replace("#/models?", "#/models/small_fc_lopt?"),
+            root.parent / "mlflow_model.png",
+            timeout_ms=60_000,
+            wait_for=("Version 1", "champion"),
+        )
+        assert re.search(r"@\s*champion", model.text), model.text[:2000]  # the alias tag of version 1
+    finally:
+        ui.terminate()
+        try:
+            ui.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            ui.kill()
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen, limit: float = 120) -> None:
+    deadline = time.time() + limit
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.read().decode().strip() == "OK":
+                    return
+        except OSError:
+            pass
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, f"MLflow UI did not come up in {limit:.0f} s"
+        time.sleep(0.5)
 
 
 def test_noop_rerun_skips_every_stage(tiny_run, mirror):

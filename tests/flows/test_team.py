@@ -187,7 +187,7 @@ def test_mlflow_holds_the_runs_and_the_registered_optimizer(team, submitted):
     assert all(r.data.tags.get("l2o.run_cache_key") for r in children.values())
     meta = children["meta_train"]
     assert meta.data.metrics["num_meta_params"] > 0
-    versions = client.search_model_versions("name = 'adafac_mlp_lopt_tiny'")
+    versions = client.search_model_versions("name = 'small_fc_lopt'")
     assert any(v.run_id == meta.info.run_id for v in versions), "the GPU worker's optimizer is not registered"
 
 
