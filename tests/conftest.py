@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,19 @@ def run_cli(root: Path, mirror: Path, *args: str, timeout: int = 900) -> subproc
     return subprocess.run(
         [exe, *args[1:]], cwd=root, env=project_env(root, mirror), capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, mirror):
+    """The smoke experiment (``params/tiny.yaml``) run once through ``l2o run`` in a project copy, shared by every
+    test that reads its outputs or its MLflow runs: ``(root, completed process)``. Tests that re-run stages there
+    keep what the first run wrote that they need (``first_evaluation.json``, ``first_dvc.lock`` beside it)."""
+    root = make_project_copy(tmp_path_factory.mktemp("flow") / "project", mirror)
+    t0 = time.perf_counter()
+    proc = run_cli(root, mirror, "l2o", "run", "--params", "params/tiny.yaml")
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    print(f"tiny pipeline through the Prefect flow: {seconds:.0f}s")
+    (root.parent / "first_evaluation.json").write_bytes((root / "metrics" / "evaluation.json").read_bytes())
+    (root.parent / "first_dvc.lock").write_bytes((root / "dvc.lock").read_bytes())
+    return root, proc

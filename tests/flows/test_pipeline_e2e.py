@@ -43,20 +43,6 @@ def _assert_dvc_clean(root: Path, mirror: Path) -> None:
     assert "Data and pipelines are up to date" in status.stdout, status.stdout
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, mirror):
-    root = make_project_copy(tmp_path_factory.mktemp("flow") / "project", mirror)
-    t0 = time.perf_counter()
-    proc = run_cli(root, mirror, "l2o", "run", "--params", "params/tiny.yaml")
-    seconds = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    print(f"tiny pipeline through the Prefect flow: {seconds:.0f}s")
-    # later tests re-run evaluate: keep the first run's metrics for the reproduction check
-    (root.parent / "first_evaluation.json").write_bytes((root / "metrics" / "evaluation.json").read_bytes())
-    (root.parent / "first_dvc.lock").write_bytes((root / "dvc.lock").read_bytes())
-    return root, proc
-
-
 def proc_mlflow_run_id(proc) -> str:
     """The pipeline's MLflow run id, from `l2o run`'s last line."""
     return proc.stdout.split("MLflow run ")[-1].split(";")[0].strip()

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import make_project_copy, project_env, run_cli
+from conftest import project_env
 from mlflow.tracking import MlflowClient
 
 from flows.tables import to_json
@@ -228,10 +228,8 @@ sys.exit(cmd_reproduce(parser.parse_args(sys.argv[1:]), root))
 """
 
 
-def test_reproduce_the_tiny_pipeline(tmp_path, mirror):
-    root = make_project_copy(tmp_path / "project", mirror)
-    proc = run_cli(root, mirror, "l2o", "run", "--params", "params/tiny.yaml")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+def test_reproduce_the_tiny_pipeline(tiny_run, tmp_path, mirror):
+    root, proc = tiny_run  # the shared smoke run (other tests may have re-run stages there since: not its commit)
     original = proc.stdout.split("MLflow run ")[-1].split(";")[0].strip()
     status_before = _git(root, "status", "--porcelain", "--", ".", ":!.dvc-site-cache")
     workdir = tmp_path / "worktree"
