@@ -86,7 +86,8 @@ def _prepare(root: Path, ws: Path) -> None:
         dvc = Path(sys.executable).parent / "dvc"
         for cmd in (["init", "-q"], ["config", "core.analytics", "false"], ["config", "core.check_update", "false"]):
             subprocess.run([str(dvc), *cmd], cwd=ws, check=True, capture_output=True)
-    _git(ws, "add", "-A")
+    # the copy only: the workspace's own results (dvc.lock, metrics) are never committed, so it runs in place
+    _git(ws, "add", "-A", "--", *(name for name in _COPY if (ws / name).exists()))
     _git(ws, "commit", "-q", "--allow-empty", "-m", f"l2o workspace of {root}")
 
 
