@@ -2,6 +2,7 @@
 repository) and, separately, `dvc repro` in a fresh git + DVC copy; then the MLflow content, the
 no-op re-run, the evaluate-only re-run and the registered learned optimizer."""
 
+import contextlib
 import json
 import math
 import re
@@ -259,21 +260,11 @@ def test_mlflow_ui_lists_pipeline_runs_with_headline_metrics_and_the_champion_al
     root, proc_run = tiny_run
     parent = [r for r in _runs(_client(root), "l2o-tiny") if r.info.run_name == "pipeline"][0]
     speedup = parent.data.metrics["speedup_iqm"]
-    port = _free_port()
-    ui = subprocess.Popen(
-        [str(BIN / "l2o"), "ui", "--port", str(port)],
-        cwd=root,
-        env=project_env(root, mirror),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
+    with _l2o_ui(root, mirror) as (_, ui):
         lines = [ui.stdout.readline() for _ in range(3)]
         url = next(ln.split(": ", 1)[1].strip() for ln in lines if ln.strip().startswith("l2o-tiny:"))
         assert "workflowType=machine_learning" in url and "viewStateShareKey=l2o" in url, lines
         models_url = lines[2].split(": ", 1)[1].strip()
-        _wait_healthy(port, ui)
         page = open_page(
             url, root.parent / "mlflow_runs.png", timeout_ms=60_000, wait_for=("speedup_iqm", "pipeline"), width=1800
         )
@@ -289,12 +280,29 @@ def test_mlflow_ui_lists_pipeline_runs_with_headline_metrics_and_the_champion_al
             wait_for=("Version 1", "champion"),
         )
         assert re.search(r"@\s*champion", model.text), model.text[:2000]  # the alias tag of version 1
+
+
+@contextlib.contextmanager
+def _l2o_ui(root: Path, mirror: Path):
+    """`l2o ui` on a free port of 127.0.0.1 in ``root``, once it answers /health: ``(port, process)``."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "l2o"), "ui", "--port", str(port)],
+        cwd=root,
+        env=project_env(root, mirror),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_healthy(port, proc)
+        yield port, proc
     finally:
-        ui.terminate()
+        proc.terminate()
         try:
-            ui.wait(timeout=20)
+            proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            ui.kill()
+            proc.kill()
 
 
 def _wait_healthy(port: int, proc: subprocess.Popen, limit: float = 120) -> None:
@@ -332,7 +340,9 @@ def test_evaluate_param_change_reruns_only_evaluate_and_report(tiny_run, mirror)
     env = project_env(root, mirror)
     subprocess.run(["git", "add", "-A"], cwd=root, env=env, check=True)
     subprocess.run(["git", "commit", "-qm", "first run"], cwd=root, env=env, check=True)
-    proc = run_cli(root, mirror, "l2o", "run", "--params", "params/tiny.yaml", "--set", "evaluate.lr_grid.max=0.3")
+    # committed results: another experiment than params/default.yaml now needs --in-place to run here
+    args = ["run", "--params", "params/tiny.yaml", "--set", "evaluate.lr_grid.max=0.3", "--in-place"]
+    proc = run_cli(root, mirror, "l2o", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ran: evaluate, report" in proc.stdout
     assert "up to date: prepare_data, pretrain, meta_train, calibrate" in proc.stdout
@@ -384,6 +394,7 @@ def test_dask_local_cluster_gives_the_same_metrics_as_threads(tiny_run, mirror):
         "evaluate.runner.kind=dask",
         "--set",
         "evaluate.runner.n_workers=2",
+        "--in-place",  # dvc.lock is committed (see above)
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "ran: evaluate, report" in proc.stdout
@@ -465,32 +476,7 @@ def _free_port() -> int:
 
 
 def test_ui_serves_the_project_store(project, mirror):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "l2o"), "ui", "--port", str(port)],
-        cwd=project,
-        env=project_env(project, mirror),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    assert r.read().decode().strip() == "OK"
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read()
-                assert time.time() < deadline, "MLflow UI did not come up in 120 s"
-                time.sleep(0.5)
+    with _l2o_ui(project, mirror) as (port, _):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
             assert r.status == 200 and b"<html" in r.read().lower()
         assert (project / ".mlflow" / "mlflow.db").exists()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()

@@ -155,7 +155,7 @@ def test_evaluation_ran_on_the_dask_workers(team, submitted):
     with Client(team.dask, timeout=30) as client:
         counts = client.run(lambda dask_worker: dask_worker.state.executed_count)
     assert len(counts) == 2
-    assert sum(counts.values()) >= 3, counts  # three evaluation tasks
+    assert sum(counts.values()) >= 2, counts  # the evaluation tasks of tiny.yaml (two)
     assert all(n >= 1 for n in counts.values()), counts  # spread over both workers
 
 
