@@ -27,21 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.results_io import write_results  # noqa: E402
+from flows.workspace import prepare  # noqa: E402
 
 BIN = Path(sys.executable).parent
 STAGES = ["prepare_data", "pretrain", "meta_train", "calibrate", "evaluate", "report"]
-COPY = [
-    "components",
-    "flows",
-    "params",
-    "dvc.yaml",
-    "params.yaml",
-    "pyproject.toml",
-    "uv.lock",
-    "prefect.yaml",
-    ".gitignore",
-    "models/zoo/index.json",
-]
 
 
 def _env(root: Path, cache: Path) -> dict:
@@ -60,24 +49,6 @@ def _env(root: Path, cache: Path) -> dict:
     # the datasets come from the project's mirror (a copy elsewhere has no ../shared/datasets beside it)
     env.setdefault("L2O_DATA_MIRROR", str((ROOT.parent / "shared" / "datasets").resolve()))
     return env
-
-
-def make_copy(dest: Path, env: dict) -> None:
-    for name in COPY:
-        src, dst = ROOT / name, dest / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        elif src.exists():
-            shutil.copy2(src, dst)
-    cmds = [
-        ["git", "init", "-q"],
-        [str(BIN / "dvc"), "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", "commit", "-qm", "copy"],
-    ]
-    for cmd in cmds:
-        subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True)
 
 
 def run_once(root: Path, params: str, env: dict, log) -> dict:
@@ -124,7 +95,7 @@ def main(argv=None) -> None:
             shutil.rmtree(root)
         root.mkdir()
         env = _env(root, cache)
-        make_copy(root, env)
+        prepare(ROOT, root)  # the copy `l2o run` makes for an experiment workspace: code, params, dvc.yaml
         with open(base / f"{label}.log", "w") as log:
             print(f"{label}: l2o run --params {args.params} in {root} (log {log.name}) ...", flush=True)
             runs[label] = run_once(root, args.params, env, log)

@@ -18,11 +18,11 @@ on the pipeline's run, and the ``champion`` alias of the registered optimizer.
   hash it came from).
 """
 
-import json
 import math
 from pathlib import Path
 
-from components.stages.common import sha256_file
+from components.evaluation.summary import flat_numbers
+from components.stages.common import read_json, sha256_file
 from components.stages.paths import HEADLINE, MODEL_DIR
 
 __all__ = [
@@ -56,13 +56,8 @@ def headline_metrics(root: Path) -> dict[str, float]:
     path = Path(root) / HEADLINE
     if not path.exists():
         return {}
-    doc = json.loads(path.read_text())
-    out = {}
-    for opt, rules in doc.items():
-        for rule, row in rules.items():
-            for key, value in (row or {}).items():
-                if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-                    out[f"{opt}/{rule}/{key}"] = float(value)
+    flat = flat_numbers(read_json(path))
+    out = {k: v for k, v in flat.items() if v is not None and math.isfinite(v)}
     for name, opt, rule, key in TABLE_COLUMNS:
         if f"{opt}/{rule}/{key}" in out:
             out[name] = out[f"{opt}/{rule}/{key}"]
@@ -99,15 +94,19 @@ def link_evaluation(tracker, root: Path) -> dict[str, str]:
     return tags
 
 
-def promote_champion(tracker, root: Path, params_hash: str, log=print) -> str | None:
+def promote_champion(tracker, links: dict[str, str], score: float | None, params_hash: str, log=print) -> str | None:
     """Make the evaluated version its model's ``@champion`` if it scores higher than the current one.
+
+    Args:
+      tracker: the :class:`flows.tracking.Tracker` of the run.
+      links: what :func:`link_evaluation` found for the evaluated weights.
+      score: the evaluation's headline speedup IQM (``headline_metrics(root).get("speedup_iqm")``).
+      params_hash: recorded on the version beside its score.
 
     Returns the champion's ``models:/<name>@champion`` reference when this version is (now) the champion.
     """
     from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
-    score = headline_metrics(root).get("speedup_iqm")
-    links = link_evaluation(tracker, root)
     ref = links.get("l2o.registered_model")
     if score is None or ref is None:
         return None

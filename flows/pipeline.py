@@ -134,10 +134,11 @@ def _finish_parent_run(tracker: Tracker, parent: str, root: Path, outcome: Pipel
     from flows.model_links import headline_metrics, link_evaluation, promote_champion  # noqa: PLC0415
 
     # the results the project holds now (ran, restored or up to date): the runs table compares pipeline runs
-    tracker.log_metrics(parent, headline_metrics(root))
-    tracker.set_tags(parent, link_evaluation(tracker, root))
+    headline, links = headline_metrics(root), link_evaluation(tracker, root)
+    tracker.log_metrics(parent, headline)
+    tracker.set_tags(parent, links)
     # also when evaluate was up to date (a fresh clone's `make run` re-trains and keeps the committed evaluation)
-    promote_champion(tracker, root, phash, log=log)
+    promote_champion(tracker, links, headline.get("speedup_iqm"), phash, log=log)
     tracker.log_artifact(parent, root / "dvc.lock", "dvc")
     report = root / "reports"
     if report.is_dir():

@@ -203,11 +203,12 @@ def execute_stage(
         tracker.set_tags(run_id, {"l2o.model_uri": uri, **weights_tags(root)})  # evaluate runs find it by content
         log(f"{name}: registered learned optimizer {result.tags['registered_name']!r} ({uri})")
     if name == "evaluate":  # which training run and model it evaluated
-        from flows.model_links import link_evaluation, promote_champion  # noqa: PLC0415
+        from flows.model_links import headline_metrics, link_evaluation, promote_champion  # noqa: PLC0415
 
-        tracker.set_tags(run_id, link_evaluation(tracker, root))
+        links = link_evaluation(tracker, root)
+        tracker.set_tags(run_id, links)
         if parent_run_id is None:  # `l2o stage evaluate` (dvc repro); `l2o run` promotes when it finishes
-            promote_champion(tracker, root, params_hash(params), log=log)
+            promote_champion(tracker, links, headline_metrics(root).get("speedup_iqm"), params_hash(params), log=log)
     zoo_entries = params.evaluate.zoo if name == "evaluate" else []
     if zoo_entries:  # zoo entries are registered in MLflow the first time the pipeline uses them
         from flows import zoo  # noqa: PLC0415

@@ -5,7 +5,7 @@ experiment) never overwrites the project's committed results.
 ``.l2o/experiments/<name>/`` (git-ignored): its own git + DVC repository holding a copy of the project's code,
 ``dvc.yaml``, params and zoo, refreshed and committed before every run, so DVC's stage hashes follow the code as
 it is now. It shares the project's MLflow store (same UI, same registry: ``l2o ui`` shows its runs), JAX
-compilation cache and dataset mirror; its outputs (``reports/index.html``, ``metrics/``, ``dvc.lock``,
+compilation cache, Prefect home and dataset mirror; its outputs (``reports/index.html``, ``metrics/``, ``dvc.lock``,
 ``models/lopt``) stay in it, and a second run there re-runs only what changed, as usual.
 
 Run in place (this repository's ``params.yaml``, ``dvc.lock`` and outputs): the committed experiment
@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["IN_PLACE_ENV", "DEFAULT_PARAMS", "workspace_for", "run_in_workspace"]
+__all__ = ["IN_PLACE_ENV", "DEFAULT_PARAMS", "workspace_for", "prepare", "run_in_workspace"]
 
 IN_PLACE_ENV = "L2O_IN_PLACE"
 DEFAULT_PARAMS = "params/default.yaml"
@@ -77,7 +77,8 @@ def _git(ws: Path, *args: str) -> None:
     subprocess.run(["git", *_GIT_ID, *args], cwd=ws, check=True, capture_output=True)
 
 
-def _prepare(root: Path, ws: Path) -> None:
+def prepare(root: Path, ws: Path) -> None:
+    """Make ``ws`` (or bring it up to date) a git + DVC repository with a fresh copy of the project's code."""
     new = not (ws / ".git").exists()
     ws.mkdir(parents=True, exist_ok=True)
     _refresh(root, ws)
@@ -89,25 +90,6 @@ def _prepare(root: Path, ws: Path) -> None:
     # the copy only: the workspace's own results (dvc.lock, metrics) are never committed, so it runs in place
     _git(ws, "add", "-A", "--", *(name for name in _COPY if (ws / name).exists()))
     _git(ws, "commit", "-q", "--allow-empty", "-m", f"l2o workspace of {root}")
-
-
-def _child_env(root: Path, ws: Path) -> dict[str, str]:
-    from components.stages.fetch import MIRROR_ENV, resolve_mirror  # noqa: PLC0415
-    from flows.tracking import ARTIFACT_ROOT_ENV, tracking_uri  # noqa: PLC0415
-
-    env = dict(os.environ, **{IN_PLACE_ENV: "1"})
-    # the project's MLflow store and artifact folder (one UI, one registry), its JAX cache and its data mirror
-    env["MLFLOW_TRACKING_URI"] = tracking_uri(root)
-    if env["MLFLOW_TRACKING_URI"].startswith("sqlite:///"):
-        env.setdefault(ARTIFACT_ROOT_ENV, str((root / ".mlflow").resolve()))
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(root / ".jax_cache"))
-    if env.get("PREFECT_HOME") == str(root / ".prefect"):  # l2o's default, not the user's: the workspace's own
-        env["PREFECT_HOME"] = str(ws / ".prefect")
-    if MIRROR_ENV not in env:
-        mirror = resolve_mirror(root)
-        if mirror is not None:
-            env[MIRROR_ENV] = str(mirror)
-    return env
 
 
 def run_in_workspace(root: Path, ws: Path, params_file: str, argv: list[str]) -> int:
@@ -123,10 +105,16 @@ def run_in_workspace(root: Path, ws: Path, params_file: str, argv: list[str]) ->
         " (this project's results stay as committed; --in-place runs it here)",
         flush=True,
     )
-    _prepare(root, ws)
+    prepare(root, ws)
     args = list(argv)
     args[args.index("--params") + 1] = given
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ws, env=_child_env(root, ws))
+    # the environment `l2o reproduce` gives its worktree: the project's MLflow store and artifact folder (one UI,
+    # one registry), Prefect home, JAX cache and data mirror; L2O_IN_PLACE so that it runs there
+    from flows.team.reproduce_worktree import child_env  # noqa: PLC0415
+    from flows.tracking import tracking_uri  # noqa: PLC0415
+
+    env = child_env(root, ws, tracking_uri(root))
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ws, env=env)
     if proc.returncode == 0:
         print(f"l2o: results of {params_file}: {rel}/ (report {rel}/reports/index.html)", flush=True)
     return proc.returncode

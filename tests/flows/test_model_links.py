@@ -46,6 +46,12 @@ def _train(tracker: Tracker, root: Path, name: str = "small_fc_lopt") -> tuple[s
     return run_id, str(version.version)
 
 
+def _promote(tracker, root, params_hash, log):
+    """What the pipeline does when it finishes: link the weights, then promote on the headline speedup."""
+    score = headline_metrics(root).get("speedup_iqm")
+    return promote_champion(tracker, link_evaluation(tracker, root), score, params_hash, log=log)
+
+
 @pytest.fixture
 def tracker(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -80,20 +86,20 @@ def test_champion_moves_only_to_a_higher_speedup(tracker, tmp_path):
     client = tracker.client
     _write(tmp_path, b"a", 0.4)
     _, v1 = _train(tracker, tmp_path)
-    assert promote_champion(tracker, tmp_path, "hash-a", log=lambda _: None) == f"models:/small_fc_lopt@{CHAMPION}"
+    assert _promote(tracker, tmp_path, "hash-a", log=lambda _: None) == f"models:/small_fc_lopt@{CHAMPION}"
     assert str(client.get_model_version_by_alias("small_fc_lopt", CHAMPION).version) == v1
     _write(tmp_path, b"b", 0.3)  # worse: the alias stays, the score is recorded on the new version
     _, v2 = _train(tracker, tmp_path)
     said = []
-    assert promote_champion(tracker, tmp_path, "hash-b", log=said.append) is None
+    assert _promote(tracker, tmp_path, "hash-b", log=said.append) is None
     assert str(client.get_model_version_by_alias("small_fc_lopt", CHAMPION).version) == v1
     assert client.get_model_version("small_fc_lopt", v2).tags["l2o.speedup_iqm"] == "0.3" and "stays" in said[0]
     _write(tmp_path, b"c", 1.7)  # better: the alias moves
     _, v3 = _train(tracker, tmp_path)
-    promote_champion(tracker, tmp_path, "hash-c", log=lambda _: None)
+    _promote(tracker, tmp_path, "hash-c", log=lambda _: None)
     champion = client.get_model_version_by_alias("small_fc_lopt", CHAMPION)
     assert str(champion.version) == v3 and champion.tags["l2o.params_hash"] == "hash-c"
     _write(tmp_path, b"c", 1.1)  # the champion re-evaluated lower keeps the alias and its new score
-    promote_champion(tracker, tmp_path, "hash-c2", log=lambda _: None)
+    _promote(tracker, tmp_path, "hash-c2", log=lambda _: None)
     champion = client.get_model_version_by_alias("small_fc_lopt", CHAMPION)
     assert str(champion.version) == v3 and champion.tags["l2o.speedup_iqm"] == "1.1"
