@@ -6,6 +6,8 @@ VENV   := .venv
 TOOLS  := .tools
 UV     := $(TOOLS)/bin/uv
 PARAMS ?= params/default.yaml
+# test workers (pytest-xdist): one per core, at most 4; TEST_WORKERS=0 runs the tests in this process
+TEST_WORKERS ?= auto
 
 export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(VENV)
@@ -26,7 +28,7 @@ run: setup
 	$(VENV)/bin/l2o run --params $(PARAMS)
 
 test: setup browser
-	$(VENV)/bin/python -m pytest -q --durations=15
+	$(VENV)/bin/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --maxprocesses 4 --dist loadgroup --no-loadscope-reorder
 
 # the report's browser test drives Debian's Chromium (tests/browser.py): install it when missing
 browser:
