@@ -28,7 +28,7 @@ run: setup
 	$(VENV)/bin/l2o run --params $(PARAMS)
 
 test: setup browser
-	$(VENV)/bin/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --maxprocesses 4 --dist loadgroup --no-loadscope-reorder
+	$(VENV)/bin/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 # the report's browser test drives Debian's Chromium (tests/browser.py): install it when missing
 browser:

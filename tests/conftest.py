@@ -31,42 +31,35 @@ PROJECT_FILES = [
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-# the modules whose tests run full pipelines or services: started first when the tests run on several workers
-# (`make test` runs pytest-xdist), so the longest work units do not end up last on one worker
-HEAVY_FIRST = ("tests/flows/test_team.py",)
+# the modules whose tests run full pipelines or services (test_pipeline_e2e.py holds every test of the shared smoke
+# run): started first when the tests run on several workers, so the longest work units do not end up last on one
+HEAVY_FIRST = ("tests/flows/test_pipeline_e2e.py", "tests/flows/test_team.py")
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Order and group the tests.
+    """Order the tests.
 
     On one process: fast tests first (the library's unit tests), then the CLI, pipeline and service tests of
     ``tests/flows`` (real Prefect flows, MLflow stores and servers, DVC repositories); a module's tests keep their
-    order. On several workers (``-n``, ``--dist loadgroup``) each module is one work unit, so its module- and
-    session-scoped fixtures (servers, a trained optimizer) are built once; the tests that read the shared smoke run
-    (``tiny_run``) form one unit wherever they live, so the smoke run too is made once. That unit and the other
-    heavy ones start first, the unit tests fill the other worker meanwhile, and the remaining ``tests/flows``
-    modules come last."""
+    order. On several workers (``make test``: pytest-xdist, ``--dist loadfile``) each module is one work unit, so
+    its module- and session-scoped fixtures (servers, the smoke run) are built once; the heaviest units start
+    first, the unit tests fill the other workers meanwhile, and the remaining ``tests/flows`` modules come last."""
     flows = REPO / "tests" / "flows"
+
+    def in_flows(item) -> bool:
+        return Path(str(item.fspath)).resolve().is_relative_to(flows)
+
     if not hasattr(config, "workerinput"):  # one process (under pytest-xdist only the workers collect)
-        items.sort(key=lambda item: Path(str(item.fspath)).resolve().is_relative_to(flows))
+        items.sort(key=in_flows)
         return
-    for item in items:
-        group = "tiny_run" if "tiny_run" in getattr(item, "fixturenames", ()) else _relative(item)
-        item.add_marker(pytest.mark.xdist_group(group))
 
     def rank(item) -> int:
-        if "tiny_run" in getattr(item, "fixturenames", ()):
-            return 0
-        if _relative(item) in HEAVY_FIRST:
-            return 1
-        return 3 if Path(str(item.fspath)).resolve().is_relative_to(flows) else 2
+        name = Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
+        if name in HEAVY_FIRST:
+            return HEAVY_FIRST.index(name)
+        return len(HEAVY_FIRST) + in_flows(item)
 
     items.sort(key=rank)
-
-
-def _relative(item) -> str:
-    return Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,16 @@
 """`l2o reproduce`: the pure comparison helpers, the bad-input errors (on runs made with MlflowClient in a temp
-SQLite store, no pipeline), and one reproduction of the tiny pipeline end to end (a git + DVC project copy)."""
+SQLite store, no pipeline). Its reproduction of the tiny pipeline end to end is in test_pipeline_e2e.py, beside the
+other tests of the shared smoke run."""
 
 import argparse
 import json
 import math
 import re
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
-from conftest import project_env
 from mlflow.tracking import MlflowClient
 
 from flows.tables import to_json
@@ -59,6 +58,17 @@ def test_ignored_keys_are_listed_not_compared():
     ok, line = verdict(rows, [])
     assert ok and line == "reproduced: 1 metrics within tolerance, data hashes equal (3 ignored)"
     assert _statuses(compare_metrics({"k": 1.0}, {"k": 2.0}, ignore=["^k$"])) == {"k": "ignored"}
+    # the step costs of flows.timings, on the pipeline run and the evaluate run
+    costs = [
+        "stage_seconds/evaluate",
+        "step_us/learned",
+        "evaluate/a/adam/step_us",
+        "evaluate/timing/b/step_us",
+    ]
+    cost_rows = compare_metrics(
+        {**dict.fromkeys(costs, 1.0), "speedup_iqm": 2.0}, {**dict.fromkeys(costs, 3.0), "speedup_iqm": 2.0}
+    )
+    assert _statuses(cost_rows) == {**dict.fromkeys(costs, "ignored"), "speedup_iqm": "ok"}
     assert _statuses(compare_metrics({"s/seconds": 1.0}, {"s/seconds": 2.0}, ignore=[])) == {"s/seconds": "MISMATCH"}
     text = format_report({"metrics": rows, "hashes": [], "verdict": line, "ignore": list(DEFAULT_IGNORE)})
     assert "metrics (1 compared, 3 ignored" in text and "ignored (3, matching " in text
@@ -211,60 +221,3 @@ def test_missing_artifacts_and_workdir_inside_the_repo_exit_2(store, capsys, mon
     assert not (tmp_path / "wt").exists() and _git(store["root"], "worktree", "list").count("\n") == 0
     code, text = _reproduce(store, capsys, monkeypatch, store["local"], "--ignore", "(")
     assert code == 2 and "--ignore '(' is not a regular expression" in text
-
-
-# ------------------------------------------------------------------------------------------------ end to end
-
-DRIVER = """
-import argparse, sys
-from pathlib import Path
-from flows.cli import _environment
-from flows.team.reproduce import add_arguments, cmd_reproduce
-root = Path.cwd().resolve()
-_environment(root)
-parser = argparse.ArgumentParser(prog="l2o")
-add_arguments(parser.add_subparsers(dest="command", required=True))
-sys.exit(cmd_reproduce(parser.parse_args(sys.argv[1:]), root))
-"""
-
-
-def test_reproduce_the_tiny_pipeline(tiny_run, tmp_path, mirror):
-    root, proc = tiny_run  # the shared smoke run (other tests may have re-run stages there since: not its commit)
-    original = proc.stdout.split("MLflow run ")[-1].split(";")[0].strip()
-    status_before = _git(root, "status", "--porcelain", "--", ".", ":!.dvc-site-cache")
-    workdir = tmp_path / "worktree"
-    proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, "reproduce", original[:12], "--workdir", str(workdir)],
-        cwd=root,
-        env=project_env(root, mirror),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    print(proc.stdout)
-    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-8000:]
-    assert "uncommitted changes" in proc.stderr  # `l2o run` rewrote params.yaml: the run's commit is +dirty
-    assert "  | l2o: done in" in proc.stderr  # the child's output, streamed with a prefix
-    lines = proc.stdout.splitlines()
-    reproduced = re.match(r"reproduced\s+([0-9a-f]{32})\s", lines[1]).group(1)
-    status = {line.split()[0]: line.split()[-1] for line in lines if line.startswith("  ") and len(line.split()) >= 6}
-    for key in (
-        "meta_train/meta_loss",
-        "evaluate/aggregate/lgl2o/train_rule/speedup_iqm",
-        "prepare_data/mnist/num_train",
-    ):
-        assert status[key] == "ok", key
-    assert any(k.startswith("evaluate/") for k in status) and any(k.startswith("meta_train/") for k in status)
-    assert "MISMATCH" not in status.values() and "missing" not in status.values()
-    assert re.search(r"^  prepare_data\s+data/prepared\s+\S+\s+\S+\s+equal$", proc.stdout, re.M), proc.stdout
-    assert lines[-1].startswith("reproduced: ") and "data hashes equal" in lines[-1]
-    # both runs tagged, in the project's store
-    uri = f"sqlite:///{root / '.mlflow' / 'mlflow.db'}"
-    client = MlflowClient(uri, uri)
-    assert client.get_run(reproduced).data.tags["l2o.reproduces"] == original
-    assert client.get_run(original).data.tags["l2o.reproduced_by"] == reproduced
-    assert client.get_run(reproduced).data.tags["l2o.reproduce.verdict"] == lines[-1]
-    # the worktree is gone and the project untouched
-    assert not workdir.exists()
-    assert _git(root, "worktree", "list").count("\n") == 0
-    assert _git(root, "status", "--porcelain", "--", ".", ":!.dvc-site-cache") == status_before
