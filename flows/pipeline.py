@@ -20,7 +20,7 @@ from typing import Any
 
 from components.stages.common import git_commit
 from components.stages.params import PipelineParams, params_hash
-from flows import dvc_glue
+from flows import dvc_glue, timings
 from flows.runners import FANOUT_STAGES, prefect_map, run_as_flow, task_runner
 from flows.stage_exec import StageFailed, component_versions, execute_stage, stage_param_keys
 from flows.tracking import Tracker, flatten
@@ -38,6 +38,7 @@ class PipelineOutcome:
     mlflow_run_id: str | None
     prefect_flow_run_id: str | None
     seconds: float
+    stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # the stages that ran or were restored
 
 
 def run_pipeline(
@@ -91,7 +92,10 @@ def _run_holding_the_lock(repo, held, root, params, params_file, force, run_cach
         run = _PipelineRun(repo, held, root, params, params_file, tracker, parent, fr_id, placed, remote, log, outcome)
         try:
             for name in order:
+                started = time.perf_counter()
                 run.stage(name, force=force, run_cache=run_cache)
+                if name not in outcome.skipped:
+                    outcome.stage_seconds[name] = time.perf_counter() - started
         except (StageFailed, team.TeamError) as exc:
             tracker.finish(parent, "FAILED")
             raise StageFailed(f"{exc} [pipeline MLflow run {parent}, Prefect flow run {fr_id}]") from exc
@@ -139,6 +143,7 @@ def _finish_parent_run(tracker: Tracker, parent: str, root: Path, outcome: Pipel
     tracker.set_tags(parent, links)
     # also when evaluate was up to date (a fresh clone's `make run` re-trains and keeps the committed evaluation)
     promote_champion(tracker, links, headline.get("speedup_iqm"), phash, log=log)
+    timings.record(tracker, parent, outcome.stage_seconds, outcome.skipped, log=log)
     tracker.log_artifact(parent, root / "dvc.lock", "dvc")
     report = root / "reports"
     if report.is_dir():

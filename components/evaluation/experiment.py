@@ -83,13 +83,18 @@ class ProtocolConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TaskEvaluation:
-    """One task's result: ``summary`` (JSON-ready rows per rule, tuning, relation), ``curves``, timing, log line."""
+    """One task's result: ``summary`` (JSON-ready rows per rule, tuning, relation), ``curves``, timing, log line.
+
+    ``timings``: optimizer -> wall-clock cost of its training runs on this task (:func:`train_curves`'s
+    ``compile_seconds``, ``run_seconds``, ``steps``; the guard's own runs under ``guard``). Wall-clock values
+    never go into DVC-tracked files: they are for MLflow and the console."""
 
     name: str
     summary: dict
     curves: dict
     seconds: float
     line: str
+    timings: dict = dataclasses.field(default_factory=dict)
 
 
 def learned_family(learned_for: Callable[[int], object], guard: str, loss_batch: str = "same"):
@@ -148,6 +153,7 @@ class _Trained:
     rates: dict  # rule -> the guard's rate
     at: dict  # rule -> index of that rate among the unique ones
     seconds: float
+    timings: dict  # optimizer -> its runs' compile_seconds, run_seconds, steps (TaskEvaluation)
 
     def run_of(self, o: str, rule: str, T: int, E: int) -> dict:
         """Optimizer ``o``'s runs at the rate of ``rule``, cut to ``T`` steps and ``E + 1`` evaluation points."""
@@ -164,8 +170,9 @@ def _train_all(task, train, sets, keys, cfg: ProtocolConfig, family, guard: str,
     m = max(cfg.adam_horizon_multiplier, k)
     E = T // cfg.eval_every  # evaluation point of step T
     t0 = time.perf_counter()
+    timings: dict[str, dict] = {}
 
-    def curves(make, hparams, mult: int = 1) -> dict:
+    def curves(name: str, make, hparams, mult: int = 1) -> dict:
         # the first T steps are the same minibatches for every run; longer runs add (mult - 1) x T
         # steps evaluated every T steps (so the points at k x T exist for every k)
         return _np(
@@ -180,12 +187,14 @@ def _train_all(task, train, sets, keys, cfg: ProtocolConfig, family, guard: str,
                 eval_every=cfg.eval_every,
                 tail_steps=(mult - 1) * T,
                 tail_eval_every=T,
+                timing=timings.setdefault(name, {}),
             )
         )
 
     lrs = list(cfg.lr_grid)
     grids = {
-        b: curves(lambda lr, b=b: create(b, learning_rate=lr), lrs, m if b == REFERENCE else 1) for b in cfg.baselines
+        b: curves(b, lambda lr, b=b: create(b, learning_rate=lr), lrs, m if b == REFERENCE else 1)
+        for b in cfg.baselines
     }
     tuned = {
         b: {
@@ -203,19 +212,21 @@ def _train_all(task, train, sets, keys, cfg: ProtocolConfig, family, guard: str,
     unique = sorted(set(rates.values()))
     at = {r: unique.index(rates[r]) for r in RULES}
     runs = {
-        o: curves(f, [0.0] if base_method(o) == "learned" else unique) for o, f in family(T).items() if o in cfg.methods
+        o: curves(o, f, [0.0] if base_method(o) == "learned" else unique)
+        for o, f in family(T).items()
+        if o in cfg.methods
     }
     if guard in grids and all(any(math.isclose(u, lr, rel_tol=1e-6) for lr in lrs) for u in unique):
         idx = [next(i for i, lr in enumerate(lrs) if math.isclose(u, lr, rel_tol=1e-6)) for u in unique]
         runs["guard"] = {kk: v[np.asarray(idx)] for kk, v in grids[guard].items()}
     else:
-        runs["guard"] = curves(lambda lr: create(guard, learning_rate=lr), unique)
+        runs["guard"] = curves("guard", lambda lr: create(guard, learning_rate=lr), unique)
     long_runs = {}
     if k > 1:
         long_f = family(k * T)
         for o in _long_methods(cfg.methods):
-            long_runs[o] = curves(long_f[o], [0.0] if base_method(o) == "learned" else [rates["train"]], k)
-    return _Trained(grids, tuned, runs, long_runs, rates, at, time.perf_counter() - t0)
+            long_runs[o] = curves(o, long_f[o], [0.0] if base_method(o) == "learned" else [rates["train"]], k)
+    return _Trained(grids, tuned, runs, long_runs, rates, at, time.perf_counter() - t0, timings)
 
 
 def _long_methods(methods) -> list[str]:
@@ -331,7 +342,9 @@ def evaluate_on_task(
         f"evaluate: {name} ({T} steps; Adam grid {m * T}{f'; stability {k * T}' if k > 1 else ''}): {shown}"
         f" (train/validation-rule {lr_note}); speedup {sp} ({trained.seconds:.0f}s)"
     )
-    return TaskEvaluation(name=name, summary=summary, curves=curves_doc, seconds=trained.seconds, line=line)
+    return TaskEvaluation(
+        name=name, summary=summary, curves=curves_doc, seconds=trained.seconds, line=line, timings=trained.timings
+    )
 
 
 def _annotate(row: dict, o: str, run: dict, rule: str, tuned: dict, rates: dict) -> dict:

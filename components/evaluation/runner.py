@@ -8,6 +8,7 @@ the *same* minibatch, used by the LGL2O guard to compare candidates) and ``fresh
 on an independent minibatch), and is applied with ``optax.apply_updates``.
 """
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -92,6 +93,7 @@ def train_curves(
     eval_every: int,
     tail_steps: int = 0,
     tail_eval_every: int | None = None,
+    timing: dict | None = None,
 ) -> dict[str, jax.Array]:
     """Train ``task`` for every (hyperparameter, seed) pair in one compiled, batched program.
 
@@ -108,6 +110,11 @@ def train_curves(
       eval_every: evaluation interval.
       tail_steps: more steps after ``num_steps`` (0: none), evaluated every ``tail_eval_every``;
         the first ``num_steps`` are the same as without a tail (same minibatches, same points).
+      timing: a dict to add the wall-clock cost to (it is the caller's: nothing here depends on it):
+        ``compile_seconds`` (tracing, lowering and compiling, or loading the program from JAX's
+        persistent cache), ``run_seconds`` (executing it) and ``steps`` (training steps of all runs,
+        ``H x S x (num_steps + tail_steps)``). The program is compiled ahead of time (``lower`` then
+        ``compile``: the same program a plain call compiles), so the two are measured apart.
 
     Returns:
       ``batch_loss``: ``[H, S, num_steps + tail_steps]`` minibatch loss at the pre-update parameters;
@@ -128,4 +135,14 @@ def train_curves(
 
     shared = (None, None, None)
     fn = jax.jit(jax.vmap(jax.vmap(run, in_axes=(None, 0, *shared)), in_axes=(0, None, *shared)))
-    return fn(jnp.asarray(hparams), keys, task, train, eval_sets)
+    args = (jnp.asarray(hparams), keys, task, train, eval_sets)
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    t1 = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    if timing is not None:
+        timing["compile_seconds"] = timing.get("compile_seconds", 0.0) + (t1 - t0)
+        timing["run_seconds"] = timing.get("run_seconds", 0.0) + (time.perf_counter() - t1)
+        runs = args[0].shape[0] * keys.shape[0]
+        timing["steps"] = timing.get("steps", 0) + runs * (num_steps + tail_steps)
+    return out

@@ -172,7 +172,8 @@ def evaluate_job(job: EvalJob) -> dict:
     relation = task_relations(job.params).get(job.task)
     print(f"evaluate: {job.task}: started", flush=True)  # in the worker's output: progress while tasks run
     result = evaluate_task(job.params, root, job.task, lopt, meta_params, safeguard, relation, zoo=zoo)
-    print(f"evaluate: {job.task}: done in {result.seconds:.0f}s", flush=True)
+    compiling = sum(t.get("compile_seconds", 0.0) for t in result.timings.values())
+    print(f"evaluate: {job.task}: done in {result.seconds:.0f}s ({compiling:.0f}s of it compiling)", flush=True)
     return dataclasses.asdict(result)
 
 
@@ -316,7 +317,41 @@ def _tracked_metrics(results: list[dict], names: list[str], agg: dict) -> dict[s
         for kk, v in flat_numbers(row).items():
             if v is not None and math.isfinite(v):
                 metrics[f"aggregate/{o}/{kk}"] = v
+    metrics.update(timing_metrics(results))
     return metrics
+
+
+def timing_metrics(results: list[dict]) -> dict[str, float]:
+    """Wall-clock cost per optimizer, for MLflow only (never DVC-tracked files: identical runs, identical hashes).
+
+    Per task and optimizer: ``<task>/<o>/step_us``, the execution time of its training runs divided by their
+    training steps (microseconds per step of one run, amortised over the batched runs, compilation apart; it
+    includes the task's forward and backward pass and the periodic evaluations), ``<task>/<o>/run_seconds`` and
+    ``<task>/<o>/compile_seconds``. Across tasks: ``timing/<o>/step_us`` (the median) and ``timing/<o>/run_seconds``
+    and ``timing/<o>/compile_seconds`` (sums).
+
+    No ratio to Adam is formed: Adam's grid runs ``adam_horizon_multiplier`` x the horizon and evaluates that tail
+    only every horizon, so its evaluations weigh less per step than the others' (on the tiny experiment SGD with
+    momentum, the same update cost, measured 2x Adam's per step). ``benchmarks/optimizer_step.py`` compares the
+    updates alone."""
+    out: dict[str, float] = {}
+    per: dict[str, list] = {}
+    for r in results:
+        for o, t in (r.get("timings") or {}).items():
+            run, compile_ = t.get("run_seconds", 0.0), t.get("compile_seconds", 0.0)
+            out[f"{r['name']}/{o}/run_seconds"] = run
+            out[f"{r['name']}/{o}/compile_seconds"] = compile_
+            us = 1e6 * run / t["steps"] if t.get("steps") else None
+            if us is not None:
+                out[f"{r['name']}/{o}/step_us"] = us
+            per.setdefault(o, []).append((us, run, compile_))
+    for o, rows in per.items():
+        steps = [u for u, _, _ in rows if u is not None]
+        if steps:
+            out[f"timing/{o}/step_us"] = float(np.median(steps))
+        out[f"timing/{o}/run_seconds"] = float(sum(r for _, r, _ in rows))
+        out[f"timing/{o}/compile_seconds"] = float(sum(c for _, _, c in rows))
+    return out
 
 
 def _tracked_curves(results: list[dict], names: list[str]) -> dict[str, list]:

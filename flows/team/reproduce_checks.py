@@ -18,8 +18,10 @@ __all__ = [
     "pipeline_run_id_from_output",
 ]
 
-# Wall-clock metrics: "seconds", "evaluate/digits_mlp/seconds", "meta_train/inner_steps_per_second", "*_time".
-DEFAULT_IGNORE = (r"(seconds|per_second|_time)$",)
+# Wall-clock metrics: "seconds", "evaluate/digits_mlp/seconds", "meta_train/inner_steps_per_second", "*_time"; the
+# step costs (flows.timings): "evaluate/digits_mlp/adam/step_us", the pipeline run's "stage_seconds/evaluate" and
+# "step_us/learned".
+DEFAULT_IGNORE = (r"(seconds|per_second|_time|step_us)$", r"(^|/)(stage_seconds|step_us)/")
 # Stages whose outputs are the data: a different hash there means the inputs of the experiment differ.
 DATA_STAGES = ("prepare_data",)
 _RUN_LINE = re.compile(r"MLflow run ([0-9a-f]{32})")

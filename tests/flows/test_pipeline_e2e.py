@@ -9,6 +9,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -133,8 +134,8 @@ def test_flow_runs_every_stage_and_writes_the_report(tiny_run, mirror):
     _assert_dvc_clean(root, mirror)
 
 
-def test_mlflow_records_runs_metrics_artifacts_and_model(tiny_run):
-    root, _ = tiny_run
+def test_mlflow_records_runs_metrics_artifacts_and_model(tiny_run, tmp_path):
+    root, proc = tiny_run
     client = _client(root)
     runs = _runs(client, "l2o-tiny")
     parents = [r for r in runs if r.info.run_name == "pipeline"]
@@ -176,6 +177,16 @@ def test_mlflow_records_runs_metrics_artifacts_and_model(tiny_run):
     ckpt = {a.path for a in client.list_artifacts(meta.info.run_id, "lopt")}
     assert {"lopt/weights.safetensors", "lopt/config.json"} <= ckpt
     assert "report/index.html" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    # wall-clock cost (MLflow only: DVC-tracked files hold no wall-clock values): per stage on the pipeline run,
+    # per optimizer step (compilation apart) on the evaluate run, and the pipeline run's timings.md table
+    assert {f"stage_seconds/{s}" for s in STAGES} <= set(parent.data.metrics)
+    for o in ("adam", "learned", "sgdm", "hub"):
+        assert evaluate.data.metrics[f"digits_mlp/{o}/step_us"] > 0, o
+        assert evaluate.data.metrics[f"timing/{o}/compile_seconds"] > 0, o
+        assert parent.data.metrics[f"step_us/{o}"] == evaluate.data.metrics[f"timing/{o}/step_us"]
+    table = Path(client.download_artifacts(parent.info.run_id, "timings/timings.md", str(tmp_path))).read_text()
+    assert "| evaluate |" in table and "| learned |" in table, table
+    assert "wall-clock per stage: prepare_data" in proc.stdout and "µs per evaluation step: " in proc.stdout
 
 
 def _quadratic_run(opt, steps=60):
@@ -480,3 +491,65 @@ def test_ui_serves_the_project_store(project, mirror):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
             assert r.status == 200 and b"<html" in r.read().lower()
         assert (project / ".mlflow" / "mlflow.db").exists()
+
+
+# `l2o reproduce` of the smoke run (the comparison helpers and bad input: test_reproduce.py)
+
+DRIVER = """
+import argparse, sys
+from pathlib import Path
+from flows.cli import _environment
+from flows.team.reproduce import add_arguments, cmd_reproduce
+root = Path.cwd().resolve()
+_environment(root)
+parser = argparse.ArgumentParser(prog="l2o")
+add_arguments(parser.add_subparsers(dest="command", required=True))
+sys.exit(cmd_reproduce(parser.parse_args(sys.argv[1:]), root))
+"""
+
+
+def _git(cwd: Path, *args: str) -> str:
+    cmd = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", *args]
+    return subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_reproduce_the_tiny_pipeline(tiny_run, tmp_path, mirror):
+    root, proc = tiny_run  # the shared smoke run (other tests may have re-run stages there since: not its commit)
+    original = proc.stdout.split("MLflow run ")[-1].split(";")[0].strip()
+    status_before = _git(root, "status", "--porcelain", "--", ".", ":!.dvc-site-cache")
+    workdir = tmp_path / "worktree"
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, "reproduce", original[:12], "--workdir", str(workdir)],
+        cwd=root,
+        env=project_env(root, mirror),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-8000:]
+    assert "uncommitted changes" in proc.stderr  # `l2o run` rewrote params.yaml: the run's commit is +dirty
+    assert "  | l2o: done in" in proc.stderr  # the child's output, streamed with a prefix
+    lines = proc.stdout.splitlines()
+    reproduced = re.match(r"reproduced\s+([0-9a-f]{32})\s", lines[1]).group(1)
+    status = {line.split()[0]: line.split()[-1] for line in lines if line.startswith("  ") and len(line.split()) >= 6}
+    for key in (
+        "meta_train/meta_loss",
+        "evaluate/aggregate/lgl2o/train_rule/speedup_iqm",
+        "prepare_data/mnist/num_train",
+    ):
+        assert status[key] == "ok", key
+    assert any(k.startswith("evaluate/") for k in status) and any(k.startswith("meta_train/") for k in status)
+    assert "MISMATCH" not in status.values() and "missing" not in status.values()
+    assert re.search(r"^  prepare_data\s+data/prepared\s+\S+\s+\S+\s+equal$", proc.stdout, re.M), proc.stdout
+    assert lines[-1].startswith("reproduced: ") and "data hashes equal" in lines[-1]
+    # both runs tagged, in the project's store
+    uri = f"sqlite:///{root / '.mlflow' / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    assert client.get_run(reproduced).data.tags["l2o.reproduces"] == original
+    assert client.get_run(original).data.tags["l2o.reproduced_by"] == reproduced
+    assert client.get_run(reproduced).data.tags["l2o.reproduce.verdict"] == lines[-1]
+    # the worktree is gone and the project untouched
+    assert not workdir.exists()
+    assert _git(root, "worktree", "list").count("\n") == 0
+    assert _git(root, "status", "--porcelain", "--", ".", ":!.dvc-site-cache") == status_before

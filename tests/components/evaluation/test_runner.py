@@ -8,7 +8,7 @@ from components.optimizers import create
 from components.tasks.suite import build_task
 
 
-def _run(tail_steps: int) -> dict:
+def _run(tail_steps: int, timing: dict | None = None) -> dict:
     task = build_task("noisy_quadratic_d100")
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     out = train_curves(
@@ -22,6 +22,7 @@ def _run(tail_steps: int) -> dict:
         eval_every=10,
         tail_steps=tail_steps,
         tail_eval_every=20,
+        timing=timing,
     )
     return {k: np.asarray(v) for k, v in out.items() if k != "opt_state"}
 
@@ -34,3 +35,11 @@ def test_a_tail_extends_a_run_without_changing_its_start():
     # chunk i of a tail is the same whatever the tail's length: a 2T run is the prefix of a 4T run
     np.testing.assert_array_equal(quadruple["batch_loss"][..., :40], double["batch_loss"])
     assert not np.array_equal(quadruple["batch_loss"][..., 40:60], quadruple["batch_loss"][..., 20:40])
+
+
+def test_timing_is_measured_apart_from_compilation_and_changes_no_number():
+    timing = {"steps": 1000}  # the caller's dict: added to, so one optimizer's several programs sum up
+    timed = _run(20, timing)
+    np.testing.assert_array_equal(timed["batch_loss"], _run(20)["batch_loss"])
+    assert timing["steps"] == 1000 + 2 * 2 * 40  # 2 learning rates x 2 seeds x (20 + 20 tail) steps
+    assert timing["compile_seconds"] > 0 and timing["run_seconds"] > 0
