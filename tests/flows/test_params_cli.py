@@ -58,7 +58,7 @@ PARAMS_HASHES = {
     "mulo_cpu.yaml": "9d3fbb3268d1c577",
     "star_cpu.yaml": "c539cd48cb1cd7fd",
     "star_gpu.yaml": "4e99f83cb087489a",
-    "tiny.yaml": "f38b91178447af98",
+    "tiny.yaml": "97c261483ab22aa5",
 }
 
 

@@ -77,15 +77,14 @@ def test_flow_runs_every_stage_and_writes_the_report(tiny_run, mirror):
         # tuned Adam against its own envelope scores about 1 (the train rule picks the envelope's best rate)
         assert 0.8 < train["adam"]["speedup"] <= 1.0 + 1e-6  # interpolation may land a hair past T
         assert summary["relation"]["in_distribution"] is False  # tiny evaluates 40 steps past unrolls of 30
-        # the long horizon (2x in tiny.yaml) for the learned family and Adam tuned for it
-        assert summary["long_num_steps"] == 80
-        assert set(summary["long"]) == {"learned", "hub", "lgl2o", "gl2o", "adam"}
+        # no long horizon in tiny.yaml (horizon_multiplier 1: tests/components/evaluation/test_experiment.py runs it)
+        assert summary["long_num_steps"] is None and summary["long"] is None
     agg = evaluation["aggregate"]
     for opt in ("learned", "hub", "lgl2o", "gl2o"):
         ci = agg["train"][opt]["speedup_iqm"]
         assert ci["ci_low"] <= ci["value"] <= ci["ci_high"] and ci["n_tasks"] == len(params.evaluate.tasks)
         assert ci["n_runs"] == 2 * len(params.evaluate.tasks)
-        assert 0.0 <= agg["train"][opt]["beats_adam_fraction"] <= 1.0 and opt in agg["long"]
+        assert 0.0 <= agg["train"][opt]["beats_adam_fraction"] <= 1.0 and not agg.get("long")
         assert 0.0 <= agg["validation"][opt]["algoperf_score"] <= 1.0
     assert 0.0 <= agg["train"]["lgl2o"]["fallback_rate"] <= 1.0
     assert set(agg["claims"]) == {"celo", "hub", "lgl2o", "star", "algoperf"}
