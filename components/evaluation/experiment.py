@@ -33,6 +33,7 @@ from components.evaluation.methods import (
     base_method,
 )
 from components.evaluation.metrics import adam_envelope, ema, summarize_runs
+from components.evaluation.progress import TaskProgress, write_line
 from components.evaluation.protocol import (
     RULES,
     finite_or_none,
@@ -164,68 +165,90 @@ class _Trained:
         return _pick(self.runs[o], self.at[rule], T, E + 1)
 
 
-def _train_all(task, train, sets, keys, cfg: ProtocolConfig, family, guard: str, guard_rates) -> _Trained:
+def _train_all(name, task, train, sets, keys, cfg: ProtocolConfig, family, guard: str, guard_rates, log) -> _Trained:
     """Train the baselines' grids, tune them per rule, then the learned family (and the long horizon)."""
     T, k = cfg.num_steps, cfg.horizon_multiplier
     m = max(cfg.adam_horizon_multiplier, k)
     E = T // cfg.eval_every  # evaluation point of step T
     t0 = time.perf_counter()
     timings: dict[str, dict] = {}
-
-    def curves(name: str, make, hparams, mult: int = 1) -> dict:
-        # the first T steps are the same minibatches for every run; longer runs add (mult - 1) x T
-        # steps evaluated every T steps (so the points at k x T exist for every k)
-        return _np(
-            train_curves(
-                task,
-                make,
-                jnp.asarray(hparams, jnp.float32),
-                train,
-                sets,
-                keys=keys,
-                num_steps=T,
-                eval_every=cfg.eval_every,
-                tail_steps=(mult - 1) * T,
-                tail_eval_every=T,
-                timing=timings.setdefault(name, {}),
-            )
-        )
-
     lrs = list(cfg.lr_grid)
-    grids = {
-        b: curves(b, lambda lr, b=b: create(b, learning_rate=lr), lrs, m if b == REFERENCE else 1)
-        for b in cfg.baselines
-    }
-    tuned = {
-        b: {
-            r: tune(lrs, g["batch_loss"], g.get("val_loss"), rule=r, horizon=T, eval_index=E, smoothing=cfg.smoothing)
-            for r in RULES
-        }
-        for b, g in grids.items()
-    }
-    if k > 1:  # the stability reference: Adam tuned (train rule) for the long horizon, from the same grid
-        tuned[REFERENCE]["long"] = tune(
-            lrs, grids[REFERENCE]["batch_loss"], rule="train", horizon=k * T, smoothing=cfg.smoothing
-        )
-
     rates = {r: float(guard_rates[r]) for r in RULES}
     unique = sorted(set(rates.values()))
-    at = {r: unique.index(rates[r]) for r in RULES}
-    runs = {
-        o: curves(o, f, [0.0] if base_method(o) == "learned" else unique)
-        for o, f in family(T).items()
-        if o in cfg.methods
-    }
-    if guard in grids and all(any(math.isclose(u, lr, rel_tol=1e-6) for lr in lrs) for u in unique):
-        idx = [next(i for i, lr in enumerate(lrs) if math.isclose(u, lr, rel_tol=1e-6)) for u in unique]
-        runs["guard"] = {kk: v[np.asarray(idx)] for kk, v in grids[guard].items()}
-    else:
-        runs["guard"] = curves("guard", lambda lr: create(guard, learning_rate=lr), unique)
-    long_runs = {}
-    if k > 1:
-        long_f = family(k * T)
-        for o in _long_methods(cfg.methods):
-            long_runs[o] = curves(o, long_f[o], [0.0] if base_method(o) == "learned" else [rates["train"]], k)
+    members = {o: f for o, f in family(T).items() if o in cfg.methods}
+    # the guard's runs come from its grid when that grid holds every rate it needs
+    guard_in_grid = guard in cfg.baselines and all(any(math.isclose(u, lr, rel_tol=1e-6) for lr in lrs) for u in unique)
+    long_methods = _long_methods(cfg.methods) if k > 1 else []
+    progress = TaskProgress(
+        name,
+        [
+            *cfg.baselines,
+            *members,
+            *([] if guard_in_grid else ["guard"]),
+            *(f"{o} ({k}x horizon)" for o in long_methods),
+        ],
+        log,
+    )
+    try:
+
+        def curves(name: str, make, hparams, mult: int = 1, label: str | None = None) -> dict:
+            # the first T steps are the same minibatches for every run; longer runs add (mult - 1) x T
+            # steps evaluated every T steps (so the points at k x T exist for every k)
+            timing: dict = {}
+            out = _np(
+                train_curves(
+                    task,
+                    make,
+                    jnp.asarray(hparams, jnp.float32),
+                    train,
+                    sets,
+                    keys=keys,
+                    num_steps=T,
+                    eval_every=cfg.eval_every,
+                    tail_steps=(mult - 1) * T,
+                    tail_eval_every=T,
+                    timing=timing,
+                )
+            )
+            total = timings.setdefault(name, {})
+            for key, value in timing.items():
+                total[key] = total.get(key, 0) + value
+            progress.program_done(label or name, timing["compile_seconds"], timing["run_seconds"])
+            return out
+
+        grids = {
+            b: curves(b, lambda lr, b=b: create(b, learning_rate=lr), lrs, m if b == REFERENCE else 1)
+            for b in cfg.baselines
+        }
+        tuned = {
+            b: {
+                r: tune(
+                    lrs, g["batch_loss"], g.get("val_loss"), rule=r, horizon=T, eval_index=E, smoothing=cfg.smoothing
+                )
+                for r in RULES
+            }
+            for b, g in grids.items()
+        }
+        if k > 1:  # the stability reference: Adam tuned (train rule) for the long horizon, from the same grid
+            tuned[REFERENCE]["long"] = tune(
+                lrs, grids[REFERENCE]["batch_loss"], rule="train", horizon=k * T, smoothing=cfg.smoothing
+            )
+
+        at = {r: unique.index(rates[r]) for r in RULES}
+        runs = {o: curves(o, f, [0.0] if base_method(o) == "learned" else unique) for o, f in members.items()}
+        if guard_in_grid:
+            idx = [next(i for i, lr in enumerate(lrs) if math.isclose(u, lr, rel_tol=1e-6)) for u in unique]
+            runs["guard"] = {kk: v[np.asarray(idx)] for kk, v in grids[guard].items()}
+        else:
+            runs["guard"] = curves("guard", lambda lr: create(guard, learning_rate=lr), unique)
+        long_runs = {}
+        if k > 1:
+            long_f = family(k * T)
+            for o in long_methods:
+                hparams = [0.0] if base_method(o) == "learned" else [rates["train"]]
+                long_runs[o] = curves(o, long_f[o], hparams, k, label=f"{o} ({k}x horizon)")
+    finally:
+        progress.close()
     return _Trained(grids, tuned, runs, long_runs, rates, at, time.perf_counter() - t0, timings)
 
 
@@ -292,6 +315,7 @@ def evaluate_on_task(
     guard: str,
     guard_rates: dict[str, float],
     relation: dict | None = None,
+    progress: Callable[[str], None] | None = write_line,
 ) -> TaskEvaluation:
     """Every optimizer of the protocol on one task under both rules (the module docstring).
 
@@ -306,6 +330,8 @@ def evaluate_on_task(
       guard: the hand-designed optimizer of HUB / LGL2O / GL2O (a baseline name).
       guard_rates: its rate per rule (``train``, ``validation``).
       relation: the task's relation to the meta-training distribution, stored as given.
+      progress: where the progress lines go (:mod:`components.evaluation.progress`: the programs to compile,
+        then one line as each finishes, with the task's and the stage's ETA); ``None``: silent.
 
     Returns:
       :class:`TaskEvaluation`.
@@ -313,7 +339,7 @@ def evaluate_on_task(
     cfg = config
     T, k = cfg.num_steps, cfg.horizon_multiplier
     m = max(cfg.adam_horizon_multiplier, k)
-    trained = _train_all(task, train, sets, keys, cfg, family, guard, guard_rates)
+    trained = _train_all(name, task, train, sets, keys, cfg, family, guard, guard_rates, progress)
     names = [*cfg.methods, *cfg.baselines]
     has_acc = bool(getattr(task, "has_accuracy", True))
     metric_keys = [f"{s}_{mm}" for s in sets for mm in ("loss", "acc") if mm == "loss" or has_acc]

@@ -62,6 +62,7 @@ import numpy as np
 
 from components.evaluation.experiment import ProtocolConfig, TaskEvaluation, evaluate_on_task, learned_family
 from components.evaluation.methods import LEARNED_KINDS, ZOO_METHODS, base_method, family_variants, zoo_method_names
+from components.evaluation.progress import write_line
 from components.evaluation.protocol import RULES, finite_or_none
 from components.evaluation.summary import aggregate_all, flat_numbers, headline
 from components.optimizers import load
@@ -170,10 +171,10 @@ def evaluate_job(job: EvalJob) -> dict:
     zoo = {e: load(f"zoo:{e}", zoo_dir=root / ZOO_DIR) for e in job.params.evaluate.zoo}
     safeguard = json.loads((root / SAFEGUARD).read_text())
     relation = task_relations(job.params).get(job.task)
-    print(f"evaluate: {job.task}: started", flush=True)  # in the worker's output: progress while tasks run
+    write_line(f"evaluate: {job.task}: started")  # in the worker's output: progress while tasks run
     result = evaluate_task(job.params, root, job.task, lopt, meta_params, safeguard, relation, zoo=zoo)
     compiling = sum(t.get("compile_seconds", 0.0) for t in result.timings.values())
-    print(f"evaluate: {job.task}: done in {result.seconds:.0f}s ({compiling:.0f}s of it compiling)", flush=True)
+    write_line(f"evaluate: {job.task}: done in {result.seconds:.0f}s ({compiling:.0f}s of it compiling)")
     return dataclasses.asdict(result)
 
 

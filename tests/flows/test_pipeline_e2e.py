@@ -53,6 +53,10 @@ def proc_mlflow_run_id(proc) -> str:
 def test_flow_runs_every_stage_and_writes_the_report(tiny_run, mirror):
     root, proc = tiny_run
     assert "ran: prepare_data, pretrain, meta_train, calibrate, evaluate, report" in proc.stdout
+    # evaluation progress: each task announces its programs, then one line per finished program with the ETAs
+    programs = "7 programs to compile and run (adam, sgdm, learned, hub, hub_inverted, lgl2o, gl2o)"
+    assert f"evaluate: digits_mlp: {programs}" in proc.stdout, proc.stdout[-3000:]
+    assert re.search(r"evaluate: digits_mlp: 7/7 gl2o \(compiled [\d.]+s, ran [\d.]+s\) \| task \d+s", proc.stdout)
     evaluation = json.loads((root / "metrics" / "evaluation.json").read_text())
     params = load_params(root / "params" / "tiny.yaml")
     assert set(evaluation["tasks"]) == set(params.evaluate.tasks)
