@@ -91,7 +91,7 @@ def test_flow_runs_every_stage_and_writes_the_report(tiny_run, mirror):
         assert 0.0 <= agg["train"][opt]["beats_adam_fraction"] <= 1.0 and not agg.get("long")
         assert 0.0 <= agg["validation"][opt]["algoperf_score"] <= 1.0
     assert 0.0 <= agg["train"]["lgl2o"]["fallback_rate"] <= 1.0
-    assert set(agg["claims"]) == {"celo", "hub", "lgl2o", "star", "algoperf"}
+    assert set(agg["claims"]) == {"celo", "hub", "lgl2o", "algoperf"}  # STAR's claim needs the long horizon
     headline = json.loads((root / "metrics" / "headline.json").read_text())
     assert set(headline) == set(names)
     assert headline["lgl2o"]["train_rule"]["speedup_iqm"] == agg["train"]["lgl2o"]["speedup_iqm"]["value"]
