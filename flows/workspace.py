@@ -81,6 +81,11 @@ def prepare(root: Path, ws: Path) -> None:
     """Make ``ws`` (or bring it up to date) a git + DVC repository with a fresh copy of the project's code."""
     new = not (ws / ".git").exists()
     ws.mkdir(parents=True, exist_ok=True)
+    # a fresh clone holds the zoo entries' .dvc files, not their weights: check them out here first (from the
+    # project's zoo remote, which the workspace's DVC config does not name), so that the workspace gets the files
+    from flows.zoo import materialize  # noqa: PLC0415
+
+    materialize(root, log=lambda _: None)
     _refresh(root, ws)
     if new:
         _git(ws, "init", "-q")

@@ -293,6 +293,18 @@ def test_zoo_remote_in_git_gives_a_fresh_clone_the_zoo_offline(zoo_project, mirr
     a, b = (load_file(str(r / "models/zoo/t1/weights.safetensors")) for r in (root, clone))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
+    # an experiment's workspace made first thing in a fresh clone (`l2o run --params params/tiny.yaml` before any
+    # `make run`) holds the entry's files: the workspace's own DVC config has no `zoo` remote to pull them from
+    fresh = tmp_path / "fresh"
+    subprocess.run(["git", "clone", "-q", str(root), str(fresh)], env=env, check=True, capture_output=True)
+    script = "from pathlib import Path; from flows.workspace import prepare; prepare(Path.cwd(), Path('.l2o/ws'))"
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=fresh, env=project_env(fresh, mirror), capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    c = load_file(str(fresh / ".l2o/ws/models/zoo/t1/weights.safetensors"))
+    assert c.keys() == a.keys() and all(np.array_equal(a[k], c[k]) for k in a)
+
 
 def test_pipeline_stage_order_ignores_the_zoo_dvc_files(zoo_project):
     """The entries' .dvc files are unnamed stages in DVC's graph: the pipeline still sees dvc.yaml's stages only."""
