@@ -1,5 +1,7 @@
 """Shared fixtures: an isolated copy of the project as a fresh git + DVC repository."""
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -31,9 +33,15 @@ PROJECT_FILES = [
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-# the modules whose tests run full pipelines or services (test_pipeline_e2e.py holds every test of the shared smoke
-# run): started first when the tests run on several workers, so the longest work units do not end up last on one
-HEAVY_FIRST = ("tests/flows/test_pipeline_e2e.py", "tests/flows/test_team.py")
+# the longest work units, started first when the tests run on several workers so that none ends up last on one:
+# the shared smoke run's module (every test of it), the optimizer conformance table, then the team's (servers and
+# workers running the smoke experiment). The team's module comes after the conformance table so that its
+# submission finds the XLA programs the smoke run compiled in the persistent cache (see `smoke_compile_lock`)
+HEAVY_FIRST = (
+    "tests/flows/test_pipeline_e2e.py",
+    "tests/components/optimizers/test_conformance.py",
+    "tests/flows/test_team.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -130,14 +138,33 @@ def run_cli(root: Path, mirror: Path, *args: str, timeout: int = 900) -> subproc
     )
 
 
+@contextlib.contextmanager
+def smoke_compile_lock():
+    """Held while a test runs a whole smoke experiment from scratch (``tiny_run``, the team's submission).
+
+    Two such runs compile the same XLA programs (same params and data; the runner does not change a program).
+    Run at the same time on two xdist workers, each compiles all of them, since a program enters JAX's persistent
+    cache (``JAX_CACHE``, shared by every test copy) only when its compilation ends. Under this lock (an
+    ``flock`` on a file beside the cache, released when its holder exits) the second waits for the first, then
+    loads the programs. One process, or one run selected alone, never waits."""
+    JAX_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(JAX_CACHE.parent / f"{JAX_CACHE.name}.smoke.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, mirror):
     """The smoke experiment (``params/tiny.yaml``) run once through ``l2o run`` in a project copy, shared by every
     test that reads its outputs or its MLflow runs: ``(root, completed process)``. Tests that re-run stages there
     keep what the first run wrote that they need (``first_evaluation.json``, ``first_dvc.lock`` beside it)."""
     root = make_project_copy(tmp_path_factory.mktemp("flow") / "project", mirror)
-    t0 = time.perf_counter()
-    proc = run_cli(root, mirror, "l2o", "run", "--params", "params/tiny.yaml")
+    with smoke_compile_lock():
+        t0 = time.perf_counter()
+        proc = run_cli(root, mirror, "l2o", "run", "--params", "params/tiny.yaml")
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     print(f"tiny pipeline through the Prefect flow: {seconds:.0f}s")
