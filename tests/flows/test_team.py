@@ -84,7 +84,8 @@ class Team:
 def team(tmp_path_factory, mirror):
     base = tmp_path_factory.mktemp("team")
     root = make_project_copy(base / "project", mirror)
-    env = dict(project_env(root, mirror), L2O_WORKSPACES=str(base / "workspaces"))
+    # workers poll their pools every 2 s instead of Prefect's 10 (each hand-over between the pools waits for one)
+    env = dict(project_env(root, mirror), L2O_WORKSPACES=str(base / "workspaces"), PREFECT_WORKER_QUERY_SECONDS="2")
     procs = []
     port = _free_port()
     dask = f"tcp://127.0.0.1:{port}"
