@@ -37,7 +37,8 @@ def _programs(root: Path, task_name: str):
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
-    from components.optimizers import create, guard_with_loss, hub, load  # noqa: PLC0415
+    from components.evaluation.experiment import learned_family  # noqa: PLC0415
+    from components.optimizers import load  # noqa: PLC0415
     from components.stages import evaluate as stage  # noqa: PLC0415
     from components.stages.paths import MODEL_DIR, SAFEGUARD  # noqa: PLC0415
     from flows.params_io import load_params  # noqa: PLC0415
@@ -47,15 +48,18 @@ def _programs(root: Path, task_name: str):
     keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(params.seed), 2), params.evaluate.num_seeds)
     trained = load(root / MODEL_DIR)
     safeguard = json.loads((root / SAFEGUARD).read_text())
-    guard = safeguard["guard"]
+    guard, loss_batch = safeguard["guard"], safeguard.get("loss_batch", "same")
     rate = jnp.asarray([safeguard["learning_rate"]], jnp.float32)
-    makers = {
-        "learned": lambda lr, theta: trained.lopt.make(theta, num_steps=steps),
-        "lgl2o": lambda lr, theta: guard_with_loss(
-            trained.lopt.make(theta, num_steps=steps), create(guard, learning_rate=lr)
-        ),
-        "hub": lambda lr, theta: hub(trained.lopt.make(theta, num_steps=steps), create(guard, learning_rate=lr)),
-    }
+
+    def maker(name: str):
+        # the evaluate stage's own family (components.evaluation.experiment.learned_family), built from theta
+        def make(lr, theta):
+            family = learned_family(lambda n: trained.lopt.make(theta, num_steps=n), guard, loss_batch)
+            return family(steps)[name](lr)
+
+        return make
+
+    makers = {name: maker(name) for name in ("learned", "lgl2o", "hub")}
     return dict(task=task, train=train, sets=sets, steps=steps, keys=keys, rate=rate, every=params.evaluate.eval_every,
                 theta=trained.meta_params, makers=makers)  # fmt: skip
 

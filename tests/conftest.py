@@ -149,11 +149,8 @@ def smoke_compile_lock():
     loads the programs. One process, or one run selected alone, never waits."""
     JAX_CACHE.mkdir(parents=True, exist_ok=True)
     with open(JAX_CACHE.parent / f"{JAX_CACHE.name}.smoke.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 @pytest.fixture(scope="session")
