@@ -189,10 +189,21 @@ def area_weights(n_in: int, n_out: int) -> np.ndarray:
 
 
 def resize_images(x: np.ndarray, size: int) -> np.ndarray:
-    """Downsample images to ``size x size`` by exact area averaging.
+    """Downsample images to ``size x size`` by exact area averaging, with the same bytes on every CPU.
 
     ``y[n] = R_H @ x[n] @ R_W^T`` (per channel) with ``R = area_weights(...)``; see the module
     docstring. Constant images stay constant and the per-image mean is preserved.
+
+    The result does not depend on the machine. A BLAS matmul would pick its kernel (and so its
+    summation order) by CPU, and the prepared data, with every DVC stage after it, would then differ
+    in the last bits between an AVX-512 Intel and an AMD machine. Instead ``R`` is applied in its exact
+    integer form ``O = n_in * R`` (overlaps in units of ``1 / size`` pixel) as elementwise
+    multiply-adds in a fixed order, and divided once by ``H * W`` at the end:
+
+    * integer images (uint8 MNIST, Fashion-MNIST, CIFAR, digits) are summed in int64, which is exact,
+      so the output is the correctly rounded float64 mean, rounded once more to float32;
+    * float images (e.g. CIFAR's float32 luma) are summed in float64 with the same fixed order: plain
+      IEEE operations on each element, so identical everywhere and within float64 rounding of exact.
 
     Args:
       x: images ``[N, H, W]`` or ``[N, H, W, C]``, any real dtype.
@@ -219,19 +230,38 @@ def resize_images(x: np.ndarray, size: int) -> np.ndarray:
     dtype = np.dtype(np.float64 if x.dtype == np.float64 else np.float32)
     if size == h == w:
         return x.astype(dtype, copy=True)
-    r_h = area_weights(h, size).astype(dtype)
-    r_w = area_weights(w, size).astype(dtype)
-    if x.ndim == 4:  # [N, H, W, C] -> [N * C, H, W], resize, and back
-        n, c = x.shape[0], x.shape[3]
-        flat = np.moveaxis(x, 3, 1).reshape(n * c, h, w)
-        return np.moveaxis(resize_images(flat, size).reshape(n, c, size, size), 1, 3)
-    # Two batched matmuls, x @ R_W^T then R_H @ (.), over chunks of ~8 MiB: converting the whole
-    # input to float at once costs ~10x more (page faults) than the arithmetic.
-    out = np.empty((x.shape[0], size, size), dtype=dtype)
-    chunk = max(1, _RESIZE_CHUNK_BYTES // (h * w * dtype.itemsize))
+    acc = np.dtype(np.int64 if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_ else np.float64)
+    o_h = np.rint(area_weights(h, size) * h).astype(np.int64)  # exact integers (overlap counts)
+    o_w = np.rint(area_weights(w, size) * w).astype(np.int64)
+    out = np.empty((x.shape[0], size, size, *x.shape[3:]), dtype=dtype)
+    # Chunks of ~8 MiB of accumulator: a whole-dataset int64 copy of MNIST is 440 MB.
+    chunk = max(1, _RESIZE_CHUNK_BYTES // (h * w * acc.itemsize * (x.shape[3] if x.ndim == 4 else 1)))
     for start in range(0, x.shape[0], chunk):
-        block = x[start : start + chunk].astype(dtype, copy=False)
-        out[start : start + chunk] = np.matmul(r_h, np.matmul(block, r_w.T))
+        block = x[start : start + chunk]
+        rows = _weighted_sum_axis(block, o_h, axis=1, acc=acc)  # [n, size, W, ...]
+        both = _weighted_sum_axis(rows, o_w, axis=2, acc=acc)  # [n, size, size, ...]
+        out[start : start + chunk] = both / np.float64(h * w)  # one rounding (int64 -> float64 exact)
+    return out
+
+
+def _weighted_sum_axis(x: np.ndarray, weights: np.ndarray, *, axis: int, acc: np.dtype) -> np.ndarray:
+    """``sum_j weights[i, j] * x.take(j, axis)`` for each ``i``, as elementwise ops in increasing ``j``.
+
+    No BLAS and no reduction kernel, whose order could depend on the CPU: each output element is
+    the same sequence of IEEE (or exact integer) multiply-adds on every machine.
+    """
+    n_out = weights.shape[0]
+    shape = list(x.shape)
+    shape[axis] = n_out
+    out = np.zeros(shape, dtype=acc)
+    index = [slice(None)] * x.ndim
+    for i in range(n_out):
+        index[axis] = i
+        target = out[tuple(index)]
+        for j in np.flatnonzero(weights[i]):
+            src = [slice(None)] * x.ndim
+            src[axis] = int(j)
+            target += x[tuple(src)].astype(acc) * acc.type(weights[i, j])
     return out
 
 

@@ -178,6 +178,55 @@ def test_resize_same_size_is_identity():
     np.testing.assert_array_equal(out, x)
 
 
+def test_resize_of_integer_images_is_the_correctly_rounded_exact_mean():
+    # Reference with exact rationals: y[i, k] = sum_jl O_h[i, j] x[j, l] O_w[k, l] / (H W), where O = n_in * R
+    # are integer overlaps; float32(float64(exact)) is what resize_images promises for integer input.
+    from fractions import Fraction
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    o = [[Fraction(v).limit_denominator(1000) * 28 for v in row] for row in area_weights(28, 8)]
+    out = resize_images(x, 8)
+    for n in range(3):
+        for i in range(8):
+            for k in range(8):
+                exact = sum(
+                    o[i][j] * int(x[n, j, l]) * o[k][l] for j in range(28) for l in range(28) if o[i][j] and o[k][l]
+                ) / (28 * 28)
+                assert out[n, i, k] == np.float32(float(exact)), (n, i, k)
+
+
+@pytest.mark.skipif(
+    __import__("platform").machine() not in ("x86_64", "AMD64"), reason="OpenBLAS x86 kernels named below"
+)
+def test_resize_gives_the_same_bytes_under_every_blas_kernel(tmp_path):
+    # The prepared data's DVC hash must not depend on the CPU. A float32 BLAS matmul did: OpenBLAS picks
+    # its sgemm kernel by CPU, and the Haswell and Sandybridge kernels sum in different orders. Force each
+    # kernel in a fresh process (OPENBLAS_CORETYPE is read at load) and compare the bytes.
+    import hashlib
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(4)
+    np.save(tmp_path / "u8.npy", rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8))
+    np.save(tmp_path / "f32.npy", (rng.random((64, 32, 32)) * 255).astype(np.float32))
+    script = (
+        "import hashlib, sys, numpy as np; from components.data import resize_images; "
+        "print(' '.join(hashlib.sha256(resize_images(np.load(f), 8).tobytes()).hexdigest() for f in sys.argv[1:]))"
+    )
+    root = Path(__file__).resolve().parents[3]
+    digests = {}
+    for kernel in ("Haswell", "Sandybridge"):
+        env = {**__import__("os").environ, "OPENBLAS_CORETYPE": kernel, "PYTHONPATH": str(root)}
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "u8.npy"), str(tmp_path / "f32.npy")],
+            env=env, capture_output=True, text=True, check=True, timeout=120,
+        )
+        digests[kernel] = done.stdout.split()
+    here = [hashlib.sha256(resize_images(np.load(tmp_path / f), 8).tobytes()).hexdigest() for f in ("u8.npy", "f32.npy")]
+    assert digests["Haswell"] == digests["Sandybridge"] == here
+
+
 @pytest.mark.parametrize(
     ("shape", "size", "match"),
     [
