@@ -1,12 +1,14 @@
-"""What passing a learned optimizer's weights to the evaluation program as an argument would change (issue 22, item 2).
+"""What passing a learned optimizer's weights to the evaluation program as an argument changes (issue 22, item 2).
 
     .venv/bin/python benchmarks/weights_as_arguments.py [--root DIR] [--task digits_mlp]
 
-Today :func:`components.evaluation.runner.train_curves` builds each optimizer inside the compiled program, so a
-learned optimizer's meta-parameters are closed over: XLA embeds them as constants, and every other set of weights
-(a re-trained optimizer, a zoo entry of the same architecture, a checkpoint of the same run) is a new program to
-compile. The proposed change gives the program the weights as one more argument, so that one compiled program
-serves every optimizer of the same structure on a task and JAX's persistent cache finds it on later runs.
+:func:`components.evaluation.runner.train_curves` builds each optimizer inside the compiled program. Closed over,
+a learned optimizer's meta-parameters are constants that XLA embeds, and every other set of weights (a re-trained
+optimizer, a zoo entry of the same architecture, a checkpoint of the same run) is a new program to compile. The
+evaluation's factories (:func:`components.evaluation.experiment.learned_family`) are
+:class:`components.evaluation.runner.WithWeights`: the program gets the weights as one more argument, so one
+compiled program serves every optimizer of the same structure on a task and JAX's persistent cache finds it on
+later runs. This compares the two forms (closed over: a plain factory calling the ``WithWeights``).
 
 This measures, on one evaluation task of a project whose pipeline has run (``models/lopt``, ``data/prepared``,
 ``models/safeguard.json``; e.g. the smoke run's workspace ``.l2o/experiments/tiny``), for the learned optimizer
@@ -26,7 +28,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,35 +52,22 @@ def _programs(root: Path, task_name: str):
     guard, loss_batch = safeguard["guard"], safeguard.get("loss_batch", "same")
     rate = jnp.asarray([safeguard["learning_rate"]], jnp.float32)
 
-    def maker(name: str):
-        # the evaluate stage's own family (components.evaluation.experiment.learned_family), built from theta
-        def make(lr, theta):
-            family = learned_family(lambda n: trained.lopt.make(theta, num_steps=n), guard, loss_batch)
-            return family(steps)[name](lr)
-
-        return make
-
-    makers = {name: maker(name) for name in ("learned", "lgl2o", "hub")}
+    family = learned_family(trained.lopt, trained.meta_params, guard, loss_batch)(steps)  # the evaluate stage's own
+    members = {name: family[name] for name in ("learned", "lgl2o", "hub")}
     return dict(task=task, train=train, sets=sets, steps=steps, keys=keys, rate=rate, every=params.evaluate.eval_every,
-                theta=trained.meta_params, makers=makers)  # fmt: skip
+                members=members)  # fmt: skip
 
 
-def _as_arguments(p: dict, make, theta):
-    """The evaluation program with the weights as an argument: (outputs, compile seconds)."""
-    import jax  # noqa: PLC0415
+def _train(p: dict, make_opt) -> tuple[dict, float]:
+    """``train_curves`` of one factory: (outputs, compile seconds)."""
+    from components.evaluation.runner import train_curves  # noqa: PLC0415
 
-    from components.evaluation.runner import run_training  # noqa: PLC0415
-
-    def run(lr, key, task, train, sets, theta):
-        return run_training(task, lambda h: make(h, theta), lr, train, sets, key, p["steps"], p["every"])
-
-    shared = (None,) * 4
-    fn = jax.jit(jax.vmap(jax.vmap(run, in_axes=(None, 0, *shared)), in_axes=(0, None, *shared)))
-    args = (p["rate"], p["keys"], p["task"], p["train"], p["sets"], theta)
-    t0 = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    seconds = time.perf_counter() - t0
-    return jax.block_until_ready(compiled(*args)), seconds
+    timing: dict = {}
+    out = train_curves(
+        p["task"], make_opt, p["rate"], p["train"], p["sets"], keys=p["keys"], num_steps=p["steps"],
+        eval_every=p["every"], timing=timing,
+    )  # fmt: skip
+    return out, timing["compile_seconds"]
 
 
 def _equal(a: dict, b: dict) -> bool:
@@ -101,23 +89,20 @@ def main(argv=None) -> list[dict]:
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
     import jax  # noqa: PLC0415
 
-    from components.evaluation.runner import train_curves  # noqa: PLC0415
+    from components.evaluation.runner import WithWeights  # noqa: PLC0415
 
     p = _programs(Path(args.root).resolve(), args.task)
     rows = []
-    for name, make in p["makers"].items():
-        timing: dict = {}
-        constants = train_curves(
-            p["task"], lambda lr, make=make: make(lr, p["theta"]), p["rate"], p["train"], p["sets"], keys=p["keys"],
-            num_steps=p["steps"], eval_every=p["every"], timing=timing,
-        )  # fmt: skip
-        arguments, compile_args = _as_arguments(p, make, p["theta"])
-        _, compile_other = _as_arguments(p, make, jax.tree.map(lambda x: x * 1.01, p["theta"]))
+    for name, member in p["members"].items():
+        constants, compile_constants = _train(p, lambda lr, member=member: member(lr))  # closed over
+        arguments, compile_args = _train(p, member)
+        other = WithWeights(member.make, jax.tree.map(lambda x: x * 1.01, member.weights))
+        _, compile_other = _train(p, other)
         rows.append(
             {
                 "optimizer": name,
                 "bitwise_equal": _equal(constants, arguments),
-                "compile_s_constants": round(timing["compile_seconds"], 2),
+                "compile_s_constants": round(compile_constants, 2),
                 "compile_s_arguments": round(compile_args, 2),
                 "compile_s_arguments_other_weights": round(compile_other, 2),
             }

@@ -8,7 +8,7 @@ from components.evaluation.metrics import (
     steps_to_reach,
     summarize_runs,
 )
-from components.evaluation.runner import OptFactory, run_training, train_curves
+from components.evaluation.runner import OptFactory, WithWeights, run_training, split_weights, train_curves
 from components.evaluation.stats import (
     aggregate_scores,
     iqm,
@@ -25,7 +25,9 @@ __all__ = [
     "steps_to_reach",
     "summarize_runs",
     "OptFactory",
+    "WithWeights",
     "run_training",
+    "split_weights",
     "train_curves",
     "aggregate_scores",
     "iqm",

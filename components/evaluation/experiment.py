@@ -42,7 +42,7 @@ from components.evaluation.protocol import (
     tune,
     validation_rule_row,
 )
-from components.evaluation.runner import OptFactory, train_curves
+from components.evaluation.runner import OptFactory, WithWeights, train_curves
 from components.optimizers import (
     create,
     fallback_fraction,
@@ -98,25 +98,34 @@ class TaskEvaluation:
     timings: dict = dataclasses.field(default_factory=dict)
 
 
-def learned_family(learned_for: Callable[[int], object], guard: str, loss_batch: str = "same"):
+def learned_family(lopt, meta_params, guard: str, loss_batch: str = "same"):
     """``horizon -> {name: hparam -> optimizer}`` of :data:`LEARNED_KINDS` for :func:`evaluate_on_task`.
 
+    Every member is a :class:`~components.evaluation.runner.WithWeights` over ``meta_params``: the compiled
+    programs take the learned weights as an argument, so two optimizers of the same architecture (the fresh
+    one and a zoo entry, or two meta-training runs) share them.
+
     Args:
-      learned_for: ``num_steps -> optax transformation`` of the trained learned optimizer
-        (``lambda n: lopt.make(meta_params, num_steps=n)``).
+      lopt: the learned optimizer (``make(meta_params, num_steps=n)`` gives its optax transformation).
+      meta_params: its trained meta-parameters.
       guard: the hand-designed optimizer (a baseline name) of HUB, LGL2O and GL2O.
       loss_batch: LGL2O's loss-estimate batch (``same`` / ``fresh``).
     """
 
     def at(num_steps: int) -> dict[str, OptFactory]:
-        learned = learned_for(num_steps)
-        return {
-            "learned": lambda _: learned,
-            "hub": lambda lr: hub(learned, create(guard, learning_rate=lr)),
-            "hub_inverted": lambda lr: hub(learned, create(guard, learning_rate=lr), inverted=True),
-            "lgl2o": lambda lr: guard_with_loss(learned, create(guard, learning_rate=lr), loss_batch=loss_batch),
-            "gl2o": lambda lr: guard_with_fixed_point(learned, create(guard, learning_rate=lr)),
+        def learned(theta):
+            return lopt.make(theta, num_steps=num_steps)
+
+        builds = {
+            "learned": lambda _, theta: learned(theta),
+            "hub": lambda lr, theta: hub(learned(theta), create(guard, learning_rate=lr)),
+            "hub_inverted": lambda lr, theta: hub(learned(theta), create(guard, learning_rate=lr), inverted=True),
+            "lgl2o": lambda lr, theta: guard_with_loss(
+                learned(theta), create(guard, learning_rate=lr), loss_batch=loss_batch
+            ),
+            "gl2o": lambda lr, theta: guard_with_fixed_point(learned(theta), create(guard, learning_rate=lr)),
         }
+        return {name: WithWeights(build, meta_params) for name, build in builds.items()}
 
     return at
 
@@ -179,22 +188,27 @@ def _train_all(name, task, train, sets, keys, cfg: ProtocolConfig, family, guard
     # the guard's runs come from its grid when that grid holds every rate it needs
     guard_in_grid = guard in cfg.baselines and all(any(math.isclose(u, lr, rel_tol=1e-6) for lr in lrs) for u in unique)
     long_methods = _long_methods(cfg.methods) if k > 1 else []
+
+    def long_label(o: str) -> str:
+        return f"{o} ({k}x horizon)"
+
     progress = TaskProgress(
         name,
         [
             *cfg.baselines,
             *members,
             *([] if guard_in_grid else ["guard"]),
-            *(f"{o} ({k}x horizon)" for o in long_methods),
+            *(long_label(o) for o in long_methods),
         ],
         log,
     )
     try:
 
-        def curves(name: str, make, hparams, mult: int = 1, label: str | None = None) -> dict:
+        def curves(opt: str, make, hparams, mult: int = 1, label: str | None = None) -> dict:
             # the first T steps are the same minibatches for every run; longer runs add (mult - 1) x T
             # steps evaluated every T steps (so the points at k x T exist for every k)
-            timing: dict = {}
+            total = timings.setdefault(opt, {})  # train_curves adds this program's cost to the optimizer's
+            compiled, ran = total.get("compile_seconds", 0.0), total.get("run_seconds", 0.0)
             out = _np(
                 train_curves(
                     task,
@@ -207,13 +221,10 @@ def _train_all(name, task, train, sets, keys, cfg: ProtocolConfig, family, guard
                     eval_every=cfg.eval_every,
                     tail_steps=(mult - 1) * T,
                     tail_eval_every=T,
-                    timing=timing,
+                    timing=total,
                 )
             )
-            total = timings.setdefault(name, {})
-            for key, value in timing.items():
-                total[key] = total.get(key, 0) + value
-            progress.program_done(label or name, timing["compile_seconds"], timing["run_seconds"])
+            progress.program_done(label or opt, total["compile_seconds"] - compiled, total["run_seconds"] - ran)
             return out
 
         grids = {
@@ -246,7 +257,7 @@ def _train_all(name, task, train, sets, keys, cfg: ProtocolConfig, family, guard
             long_f = family(k * T)
             for o in long_methods:
                 hparams = [0.0] if base_method(o) == "learned" else [rates["train"]]
-                long_runs[o] = curves(o, long_f[o], hparams, k, label=f"{o} ({k}x horizon)")
+                long_runs[o] = curves(o, long_f[o], hparams, k, label=long_label(o))
     finally:
         progress.close()
     return _Trained(grids, tuned, runs, long_runs, rates, at, time.perf_counter() - t0, timings)

@@ -6,8 +6,15 @@ Every optimizer goes through this one path (baseline, learned, guarded), and eac
 extra args ``loss`` (the minibatch loss), ``loss_fn`` (a closure giving the loss of any parameters on
 the *same* minibatch, used by the LGL2O guard to compare candidates) and ``fresh_loss_fn`` (the same
 on an independent minibatch), and is applied with ``optax.apply_updates``.
+
+A learned optimizer's meta-parameters go into the program as an argument (:class:`WithWeights`), not as
+closed-over constants: one compiled program then serves every optimizer of the same structure on a task (the
+freshly trained one, a zoo entry of the same architecture, the next meta-training run's), and JAX's persistent
+cache finds it on later runs. ``benchmarks/weights_as_arguments.py`` shows the two forms give bitwise-identical
+results.
 """
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,10 +26,35 @@ import optax
 from components.meta.inner import draw_batches, inner_step
 from components.tasks.protocol import TaskProtocol as Task
 
-__all__ = ["train_curves", "run_training", "OptFactory"]
+__all__ = ["train_curves", "lower_training", "run_training", "split_weights", "OptFactory", "WithWeights"]
 
 # hyperparameter (a scalar array, e.g. a learning rate; ignored by learned optimizers) -> optimizer
 OptFactory = Callable[[jax.Array], optax.GradientTransformationExtraArgs]
+
+
+@dataclasses.dataclass(frozen=True)
+class WithWeights:
+    """An :data:`OptFactory` whose weights (a learned optimizer's meta-parameters) are a program argument.
+
+    ``make(hparam, weights)`` builds the optimizer; calling the factory, ``f(hparam)``, builds it with
+    :attr:`weights`, so it works wherever an :data:`OptFactory` does. :func:`train_curves` instead passes
+    ``weights`` to the compiled program as an argument and calls ``make`` with the traced value inside, so
+    the program does not depend on the values of the weights, only on their structure.
+    """
+
+    make: Callable[[jax.Array, Any], optax.GradientTransformationExtraArgs]
+    weights: Any
+
+    def __call__(self, hparam: jax.Array) -> optax.GradientTransformationExtraArgs:
+        return self.make(hparam, self.weights)
+
+
+def split_weights(make_opt: OptFactory) -> tuple[Callable[[jax.Array, Any], Any], Any]:
+    """``(build, weights)`` with ``build(hparam, weights)`` the optimizer: a :class:`WithWeights`'s own parts, and
+    ``(make_opt(hparam), None)`` for any other factory (whose values, if any, stay closed over)."""
+    if isinstance(make_opt, WithWeights):
+        return make_opt.make, make_opt.weights
+    return (lambda hparam, _: make_opt(hparam)), None
 
 
 def run_training(
@@ -100,7 +132,8 @@ def train_curves(
     Args:
       task: the problem: any task of :mod:`components.tasks.protocol` (a pytree, passed to the
         compiled program as an argument).
-      make_opt: builds the optimizer from one hyperparameter value.
+      make_opt: builds the optimizer from one hyperparameter value; a :class:`WithWeights` gets its weights
+        as a program argument (one program for every set of weights of the same structure).
       hparams: ``[H]`` hyperparameter values (e.g. learning rates; pass ``jnp.zeros(1)`` if unused).
       train: training data; minibatches are drawn from it with per-step keys.
       eval_sets: name -> full batch ``(x, y)`` evaluated every ``eval_every`` steps (and at step 0);
@@ -126,16 +159,9 @@ def train_curves(
     if tail_steps and (not tail_eval_every or tail_steps % tail_eval_every):
         raise ValueError(f"tail_steps ({tail_steps}) must be a multiple of tail_eval_every ({tail_eval_every})")
 
-    # the task (its arrays: dataset index, scales, pre-trained weights) and the data are arguments,
-    # not closed-over constants: XLA would otherwise fold them into the program
-    def run(hparam, key, task, train, eval_sets):
-        return run_training(
-            task, make_opt, hparam, train, eval_sets, key, num_steps, eval_every, tail_steps, tail_eval_every
-        )
-
-    shared = (None, None, None)
-    fn = jax.jit(jax.vmap(jax.vmap(run, in_axes=(None, 0, *shared)), in_axes=(0, None, *shared)))
-    args = (jnp.asarray(hparams), keys, task, train, eval_sets)
+    fn, args = _program(
+        task, make_opt, hparams, train, eval_sets, keys, num_steps, eval_every, tail_steps, tail_eval_every
+    )
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile()
     t1 = time.perf_counter()
@@ -146,3 +172,50 @@ def train_curves(
         runs = args[0].shape[0] * keys.shape[0]
         timing["steps"] = timing.get("steps", 0) + runs * (num_steps + tail_steps)
     return out
+
+
+def lower_training(
+    task: Task,
+    make_opt: OptFactory,
+    hparams: jax.Array,
+    train: Any,
+    eval_sets: dict[str, tuple[jax.Array, jax.Array]],
+    *,
+    keys: jax.Array,
+    num_steps: int,
+    eval_every: int,
+    tail_steps: int = 0,
+    tail_eval_every: int | None = None,
+) -> jax.stages.Lowered:
+    """The program :func:`train_curves` compiles, lowered (``.as_text()`` is its StableHLO): to inspect it, e.g.
+    to check that it does not depend on a :class:`WithWeights`'s values."""
+    fn, args = _program(
+        task, make_opt, hparams, train, eval_sets, keys, num_steps, eval_every, tail_steps, tail_eval_every
+    )
+    return fn.lower(*args)
+
+
+def _program(task, make_opt, hparams, train, eval_sets, keys, num_steps, eval_every, tail_steps, tail_eval_every):
+    """``(jitted function, its arguments)`` of :func:`train_curves`: ``vmap`` over hparams, then seeds."""
+    # the task (its arrays: dataset index, scales, pre-trained weights), the data and a learned optimizer's
+    # weights are arguments, not closed-over constants: XLA would otherwise fold them into the program
+    build, weights = split_weights(make_opt)
+
+    def run(hparam, key, task, train, eval_sets, weights):
+        return run_training(
+            task,
+            lambda h: build(h, weights),
+            hparam,
+            train,
+            eval_sets,
+            key,
+            num_steps,
+            eval_every,
+            tail_steps,
+            tail_eval_every,
+        )
+
+    shared = (None, None, None, None)
+    fn = jax.jit(jax.vmap(jax.vmap(run, in_axes=(None, 0, *shared)), in_axes=(0, None, *shared)))
+    args = (jnp.asarray(hparams), keys, task, train, eval_sets, weights)
+    return fn, args

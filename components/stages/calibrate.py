@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from components.evaluation import run_training
+from components.evaluation import run_training, split_weights
 from components.evaluation.experiment import learned_family
 from components.evaluation.protocol import RULES, finite_or_none, tune
 from components.optimizers import create, fallback_fraction, load
@@ -68,15 +68,16 @@ def _sweep(cal, make, tasks, run_keys, lrs, train, val):
     guarded optimizer's normalised validation loss (zeros without a validation split) and its fallback fraction.
     """
     guard_alone = lambda lr: create(cal.guard, learning_rate=lr)  # noqa: E731
+    build, weights = split_weights(make)  # the learned weights are an argument of the program, not constants
 
-    def one(task, lr, k, train, val):
+    def one(task, lr, k, train, val, weights):
         k_run, k_val = k, jax.random.fold_in(k, 7)
         if val is None:
             sets = {}
         else:  # a fixed validation batch of VALIDATION_BATCHES minibatches of the task's own dataset
             parts = jax.vmap(lambda kk: task.batch(val, kk))(jax.random.split(k_val, VALIDATION_BATCHES))
             sets = {"val": jax.tree_util.tree_map(lambda a: a.reshape(-1, *a.shape[2:]), parts)}
-        guarded = run_training(task, make, lr, train, sets, k_run, cal.num_steps, cal.num_steps)
+        guarded = run_training(task, lambda h: build(h, weights), lr, train, sets, k_run, cal.num_steps, cal.num_steps)
         alone = run_training(task, guard_alone, lr, train, {}, k_run, cal.num_steps, cal.num_steps)
         val_loss = task.normalized_loss(guarded["val_loss"]) if sets else jnp.zeros(2)
         return (
@@ -86,8 +87,10 @@ def _sweep(cal, make, tasks, run_keys, lrs, train, val):
             fallback_fraction(guarded["opt_state"]),
         )
 
-    sweep_fn = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0, None, None, None)), in_axes=(0, None, 0, None, None)))
-    return sweep_fn(tasks, jnp.asarray(lrs, jnp.float32), run_keys, train, val)
+    sweep_fn = jax.jit(
+        jax.vmap(jax.vmap(one, in_axes=(None, 0, None, None, None, None)), in_axes=(0, None, 0, None, None, None))
+    )
+    return sweep_fn(tasks, jnp.asarray(lrs, jnp.float32), run_keys, train, val, weights)
 
 
 def _choose(cal, lrs, losses, alone, val_losses, has_val: bool) -> tuple[dict, np.ndarray]:
@@ -157,7 +160,7 @@ def run(params: PipelineParams, root: Path, context: StageContext | None = None)
     lrs = cal.lr_grid.values()
     key = jax.random.fold_in(jax.random.PRNGKey(params.seed), 1)
     # LGL2O exactly as the evaluation builds it
-    methods = learned_family(lambda n: lopt.make(meta_params, num_steps=n), cal.guard, cal.loss_batch)
+    methods = learned_family(lopt, meta_params, cal.guard, cal.loss_batch)
     make = methods(cal.num_steps)["lgl2o"]
     t0 = time.perf_counter()
 

@@ -217,8 +217,8 @@ def evaluate_task(
     task, train, sets, _ = task_setup(params, root, name)
     keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(params.seed), 2), params.evaluate.num_seeds)
     guard, loss_batch = safeguard["guard"], safeguard.get("loss_batch", "same")
-    fresh = learned_family(lambda n: lopt.make(meta_params, num_steps=n), guard, loss_batch)
-    entries = {e: learned_family(lambda n, t=t: t.make(num_steps=n), guard, loss_batch) for e, t in (zoo or {}).items()}
+    fresh = learned_family(lopt, meta_params, guard, loss_batch)
+    entries = {e: learned_family(t.lopt, t.meta_params, guard, loss_batch) for e, t in (zoo or {}).items()}
 
     def family(num_steps: int) -> dict:
         out = fresh(num_steps)

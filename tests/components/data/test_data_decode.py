@@ -220,10 +220,16 @@ def test_resize_gives_the_same_bytes_under_every_blas_kernel(tmp_path):
         env = {**__import__("os").environ, "OPENBLAS_CORETYPE": kernel, "PYTHONPATH": str(root)}
         done = subprocess.run(
             [sys.executable, "-c", script, str(tmp_path / "u8.npy"), str(tmp_path / "f32.npy")],
-            env=env, capture_output=True, text=True, check=True, timeout=120,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
         )
         digests[kernel] = done.stdout.split()
-    here = [hashlib.sha256(resize_images(np.load(tmp_path / f), 8).tobytes()).hexdigest() for f in ("u8.npy", "f32.npy")]
+    here = [
+        hashlib.sha256(resize_images(np.load(tmp_path / f), 8).tobytes()).hexdigest() for f in ("u8.npy", "f32.npy")
+    ]
     assert digests["Haswell"] == digests["Sandybridge"] == here
 
 

@@ -35,7 +35,7 @@ def result():
         {},
         keys=jax.random.split(jax.random.PRNGKey(1), 2),
         config=config,
-        family=learned_family(lambda n: lopt.make(theta, num_steps=n), "adam"),
+        family=learned_family(lopt, theta, "adam"),
         guard="adam",
         guard_rates={"train": 1e-1, "validation": 1e-2},
         relation={"in_distribution": False, "ood_axes": ["dataset"]},
