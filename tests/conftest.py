@@ -31,6 +31,12 @@ PROJECT_FILES = [
 ]
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The test processes themselves (the xdist workers) use the same persistent compilation cache: a program one test
+# compiled, in any worker or pipeline run, is loaded by the next test that builds it (e.g. a zoo entry's evaluation
+# beside the fresh optimizer of the same architecture: the learned weights are a program argument). Set before
+# jax is imported (it reads these at import); loading a cached program gives the bytes compiling it would.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(JAX_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
 # the longest work units, started first when the tests run on several workers so that none ends up last on one:

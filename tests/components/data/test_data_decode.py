@@ -191,7 +191,7 @@ def test_resize_of_integer_images_is_the_correctly_rounded_exact_mean():
         for i in range(8):
             for k in range(8):
                 exact = sum(
-                    o[i][j] * int(x[n, j, l]) * o[k][l] for j in range(28) for l in range(28) if o[i][j] and o[k][l]
+                    o[i][j] * int(x[n, j, c]) * o[k][c] for j in range(28) for c in range(28) if o[i][j] and o[k][c]
                 ) / (28 * 28)
                 assert out[n, i, k] == np.float32(float(exact)), (n, i, k)
 
