@@ -1,7 +1,12 @@
 """IDX / digits decoding, downsampling, padding, splitting and building image arrays, on the mirrored data."""
 
 import gzip
+import hashlib
+import os
+import platform
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -197,16 +202,12 @@ def test_resize_of_integer_images_is_the_correctly_rounded_exact_mean():
 
 
 @pytest.mark.skipif(
-    __import__("platform").machine() not in ("x86_64", "AMD64"), reason="OpenBLAS x86 kernels named below"
+    platform.machine() not in ("x86_64", "AMD64"), reason="the OpenBLAS kernels it forces exist on x86-64 only"
 )
 def test_resize_gives_the_same_bytes_under_every_blas_kernel(tmp_path):
     # The prepared data's DVC hash must not depend on the CPU. A float32 BLAS matmul did: OpenBLAS picks
     # its sgemm kernel by CPU, and the Haswell and Sandybridge kernels sum in different orders. Force each
     # kernel in a fresh process (OPENBLAS_CORETYPE is read at load) and compare the bytes.
-    import hashlib
-    import subprocess
-    import sys
-
     rng = np.random.default_rng(4)
     np.save(tmp_path / "u8.npy", rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8))
     np.save(tmp_path / "f32.npy", (rng.random((64, 32, 32)) * 255).astype(np.float32))
@@ -217,7 +218,7 @@ def test_resize_gives_the_same_bytes_under_every_blas_kernel(tmp_path):
     root = Path(__file__).resolve().parents[3]
     digests = {}
     for kernel in ("Haswell", "Sandybridge"):
-        env = {**__import__("os").environ, "OPENBLAS_CORETYPE": kernel, "PYTHONPATH": str(root)}
+        env = {**os.environ, "OPENBLAS_CORETYPE": kernel, "PYTHONPATH": str(root)}
         done = subprocess.run(
             [sys.executable, "-c", script, str(tmp_path / "u8.npy"), str(tmp_path / "f32.npy")],
             env=env,
