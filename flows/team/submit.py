@@ -19,6 +19,7 @@ What it does, in order, stopping with exit code 2 and nothing submitted at the f
 """
 
 import argparse
+import datetime
 import os
 import subprocess
 import sys
@@ -33,6 +34,8 @@ __all__ = ["add_arguments", "cmd_submit", "choose_placement"]
 DEFAULT_PLACEMENT = {"meta_train": "gpu"}
 PLACES = ("gpu", "cpu", "pipeline")  # "pipeline": in the pipeline's own process (no delegation)
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+# how much later than a newer one a log line may reach the Prefect API (its process sends lines in batches)
+LATE_LOGS = datetime.timedelta(seconds=60)
 
 
 def add_arguments(sub) -> None:
@@ -222,23 +225,49 @@ def _online_workers(pools: list[str]) -> dict[str, int] | str:
     return online
 
 
-def _follow(flow_run_id, submission: str, timeout: float | None) -> int:
-    """Print the logs of the submission's flow runs as they come; the exit code of the pipeline run."""
-    from prefect.client.orchestration import get_client  # noqa: PLC0415
-    from prefect.client.schemas.filters import (  # noqa: PLC0415
-        FlowRunFilter,
-        FlowRunFilterTags,
-        LogFilter,
-        LogFilterFlowRunId,
-        LogFilterTimestamp,
-    )
+def print_new_logs(client, flow_run_ids: list, names: dict, seen: set, newest):
+    """Print the log lines of ``flow_run_ids`` not in ``seen`` (adding them), oldest first; the newest timestamp.
+
+    Each process of a submission (the pipeline's flow run, a stage's on another pool) sends its log lines to the
+    Prefect API in batches, so a line can arrive after lines of another process stamped later: this reads again
+    from :data:`LATE_LOGS` before ``newest`` (the newest line printed so far), not from ``newest``, which would
+    skip it.
+    """
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTimestamp  # noqa: PLC0415
     from prefect.client.schemas.sorting import LogSort  # noqa: PLC0415
+
+    since = LogFilterTimestamp(after_=newest - LATE_LOGS) if newest else None
+    offset = 0
+    while True:  # a page at a time
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_run_ids), timestamp=since),
+            sort=LogSort.TIMESTAMP_ASC,
+            limit=200,
+            offset=offset,
+        )
+        for entry in logs:
+            if entry.id in seen:
+                continue
+            seen.add(entry.id)
+            newest = entry.timestamp if newest is None else max(newest, entry.timestamp)
+            print(f"[{names.get(entry.flow_run_id, '?')}] {entry.message}", flush=True)
+        if len(logs) < 200:
+            return newest
+        offset += len(logs)
+
+
+def _follow(flow_run_id, submission: str, timeout: float | None) -> int:
+    """Print the logs of the submission's flow runs as they come (:func:`print_new_logs`); the exit code of the
+    pipeline run. Once the run has ended, one more poll collects its processes' last batches of lines."""
+    from prefect.client.orchestration import get_client  # noqa: PLC0415
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags  # noqa: PLC0415
 
     t0 = time.monotonic()
     seen: set = set()
     names: dict = {}
-    after = None
+    newest = None
     state = None
+    ended = False
     try:
         with get_client(sync_client=True) as client:
             while True:
@@ -246,28 +275,13 @@ def _follow(flow_run_id, submission: str, timeout: float | None) -> int:
                     flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"l2o-submission:{submission}"]))
                 )
                 names.update({r.id: r.name for r in runs})
-                ids = list(names) or [flow_run_id]
-                main = client.read_flow_run(flow_run_id)
-                state = main.state
-                while True:  # every new line, a page at a time
-                    logs = client.read_logs(
-                        log_filter=LogFilter(
-                            flow_run_id=LogFilterFlowRunId(any_=ids),
-                            timestamp=LogFilterTimestamp(after_=after) if after else None,
-                        ),
-                        sort=LogSort.TIMESTAMP_ASC,
-                        limit=200,
-                    )
-                    fresh = [e for e in logs if e.id not in seen]
-                    for entry in fresh:
-                        seen.add(entry.id)
-                        after = entry.timestamp
-                        print(f"[{names.get(entry.flow_run_id, '?')}] {entry.message}", flush=True)
-                    if len(logs) < 200 or not fresh:
-                        break
-                if state is not None and state.type.value in FINAL:
+                state = client.read_flow_run(flow_run_id).state
+                newest = print_new_logs(client, list(names) or [flow_run_id], names, seen, newest)
+                if ended:
                     break
-                if timeout is not None and time.monotonic() - t0 > timeout:
+                if state is not None and state.type.value in FINAL:
+                    ended = True  # one more poll: the last batches of its processes
+                elif timeout is not None and time.monotonic() - t0 > timeout:
                     error(f"still {state.name if state else 'pending'} after {timeout:.0f}s")
                     return 1
                 time.sleep(2)

@@ -82,3 +82,44 @@ def test_meta_training_goes_to_gpu_workers_when_they_exist_else_to_the_cpu():
     # placed by the user: it stays on the GPU pool and waits for a worker
     final, notes = choose_placement(placed, {"meta_train"}, {"l2o-cpu": 1})
     assert final == {"meta_train": "gpu"} and "meta_train waits for one" in notes[0]
+
+
+def test_following_a_submission_prints_a_line_that_reaches_prefect_after_a_later_stamped_one(capsys):
+    """Each process of a submission sends its log lines to the Prefect API in batches: a line of the pipeline's
+    process can arrive after a later-stamped line of a stage's process (the team test once lost the pipeline's
+    "ran on pool" line so). Following from the newest line printed would skip it; the follower prints it once."""
+    import datetime
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import LogCreate
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.team.submit import print_new_logs
+
+    @flow(name="l2o-follow-test")
+    def pipeline():
+        pass
+
+    with prefect_test_harness(), get_client(sync_client=True) as client:
+        run = client.create_flow_run(pipeline, name="tiny@test", tags=["l2o-submission:test"])
+        stage = client.create_flow_run(pipeline, name="meta_train@gpu", tags=["l2o-submission:test"])
+        names = {run.id: run.name, stage.id: stage.name}
+        t = datetime.datetime.now(datetime.UTC)
+
+        def send(flow_run, message, at):
+            entry = LogCreate(name="l2o", level=20, message=message, timestamp=at, flow_run_id=flow_run.id)
+            client.create_logs([entry])
+
+        seen: set = set()
+        send(run, "handing meta_train to pool gpu", t)
+        send(stage, "stage done", t + datetime.timedelta(seconds=5))
+        newest = print_new_logs(client, list(names), names, seen, None)
+        send(run, "ran on pool gpu", t + datetime.timedelta(seconds=3))  # stamped before the newest line printed
+        newest = print_new_logs(client, list(names), names, seen, newest)
+        print_new_logs(client, list(names), names, seen, newest)  # nothing new: nothing printed again
+    assert capsys.readouterr().out.splitlines() == [
+        "[tiny@test] handing meta_train to pool gpu",
+        "[meta_train@gpu] stage done",
+        "[tiny@test] ran on pool gpu",
+    ]
