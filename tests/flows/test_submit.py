@@ -2,11 +2,15 @@
 message naming the fix; the placement falls back to the CPU when no GPU worker is online."""
 
 import http.server
+import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 from flows.team.submit import choose_placement
 
@@ -84,41 +88,55 @@ def test_meta_training_goes_to_gpu_workers_when_they_exist_else_to_the_cpu():
     assert final == {"meta_train": "gpu"} and "meta_train waits for one" in notes[0]
 
 
-def test_following_a_submission_prints_a_line_that_reaches_prefect_after_a_later_stamped_one(capsys):
+# run in a fresh process: a temporary Prefect API (``prefect_test_harness``) beside the logging that earlier tests
+# of the same pytest worker configured fails on exit
+FOLLOW_DRIVER = """
+import contextlib, datetime, io, json
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import LogCreate
+from prefect.testing.utilities import prefect_test_harness
+from flows.team.submit import print_new_logs
+
+@flow(name="l2o-follow-test")
+def pipeline():
+    pass
+
+out = io.StringIO()
+with prefect_test_harness(), get_client(sync_client=True) as client:
+    run = client.create_flow_run(pipeline, name="tiny@test", tags=["l2o-submission:test"])
+    stage = client.create_flow_run(pipeline, name="meta_train@gpu", tags=["l2o-submission:test"])
+    names = {run.id: run.name, stage.id: stage.name}
+    t = datetime.datetime.now(datetime.UTC)
+
+    def send(flow_run, message, seconds):
+        at = t + datetime.timedelta(seconds=seconds)
+        client.create_logs([LogCreate(name="l2o", level=20, message=message, timestamp=at, flow_run_id=flow_run.id)])
+
+    seen = set()
+    with contextlib.redirect_stdout(out):
+        send(run, "handing meta_train to pool gpu", 0)
+        send(stage, "stage done", 5)
+        newest = print_new_logs(client, list(names), names, seen, None)
+        send(run, "ran on pool gpu", 3)  # stamped before the newest line printed, reaching the API after it
+        newest = print_new_logs(client, list(names), names, seen, newest)
+        print_new_logs(client, list(names), names, seen, newest)  # nothing new: nothing printed again
+print("FOLLOWED " + json.dumps(out.getvalue().splitlines()))
+"""
+
+
+def test_following_a_submission_prints_a_line_that_reaches_prefect_after_a_later_stamped_one(tmp_path):
     """Each process of a submission sends its log lines to the Prefect API in batches: a line of the pipeline's
     process can arrive after a later-stamped line of a stage's process (the team test once lost the pipeline's
     "ran on pool" line so). Following from the newest line printed would skip it; the follower prints it once."""
-    import datetime
-
-    from prefect import flow
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import LogCreate
-    from prefect.testing.utilities import prefect_test_harness
-
-    from flows.team.submit import print_new_logs
-
-    @flow(name="l2o-follow-test")
-    def pipeline():
-        pass
-
-    with prefect_test_harness(), get_client(sync_client=True) as client:
-        run = client.create_flow_run(pipeline, name="tiny@test", tags=["l2o-submission:test"])
-        stage = client.create_flow_run(pipeline, name="meta_train@gpu", tags=["l2o-submission:test"])
-        names = {run.id: run.name, stage.id: stage.name}
-        t = datetime.datetime.now(datetime.UTC)
-
-        def send(flow_run, message, at):
-            entry = LogCreate(name="l2o", level=20, message=message, timestamp=at, flow_run_id=flow_run.id)
-            client.create_logs([entry])
-
-        seen: set = set()
-        send(run, "handing meta_train to pool gpu", t)
-        send(stage, "stage done", t + datetime.timedelta(seconds=5))
-        newest = print_new_logs(client, list(names), names, seen, None)
-        send(run, "ran on pool gpu", t + datetime.timedelta(seconds=3))  # stamped before the newest line printed
-        newest = print_new_logs(client, list(names), names, seen, newest)
-        print_new_logs(client, list(names), names, seen, newest)  # nothing new: nothing printed again
-    assert capsys.readouterr().out.splitlines() == [
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    proc = subprocess.run(
+        [sys.executable, "-c", FOLLOW_DRIVER], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    followed = next(line for line in proc.stdout.splitlines() if line.startswith("FOLLOWED "))
+    assert json.loads(followed.removeprefix("FOLLOWED ")) == [
         "[tiny@test] handing meta_train to pool gpu",
         "[meta_train@gpu] stage done",
         "[tiny@test] ran on pool gpu",
