@@ -3,14 +3,13 @@ message naming the fix; the placement falls back to the CPU when no GPU worker i
 
 import http.server
 import json
-import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, project_env, run_cli
 
 from flows.team.submit import choose_placement
 
@@ -125,12 +124,11 @@ print("FOLLOWED " + json.dumps(out.getvalue().splitlines()))
 """
 
 
-def test_following_a_submission_prints_a_line_that_reaches_prefect_after_a_later_stamped_one(tmp_path):
+def test_following_a_submission_prints_a_line_that_reaches_prefect_after_a_later_stamped_one(tmp_path, mirror):
     """Each process of a submission sends its log lines to the Prefect API in batches: a line of the pipeline's
     process can arrive after a later-stamped line of a stage's process (the team test once lost the pipeline's
     "ran on pool" line so). Following from the newest line printed would skip it; the follower prints it once."""
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env = project_env(tmp_path, mirror)  # no server from outside; its Prefect home in tmp_path
     proc = subprocess.run(
         [sys.executable, "-c", FOLLOW_DRIVER], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
